@@ -1,0 +1,47 @@
+"""JSON in and out, keeping FHIR decimals exactly as written.
+
+FHIR requires a decimal's precision to survive a round trip (``1.50`` stays ``1.50``). orjson reads
+numbers as binary floats, which is exact for most inputs and fast; where the text holds a number
+a float would change (trailing zeros, exponents, more than 15 digits), the document is read again
+with the standard library, decimals as :class:`decimal.Decimal`, and written back verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+# A number a float cannot reproduce. May also match inside strings: then we just take the
+# slower, exact path.
+_LOSSY = re.compile(rb"\d\.\d*0(?![\d.])|\d[eE][+-]?\d|\d(?:\.?\d){15,}")
+
+
+class JsonError(ValueError):
+    pass
+
+
+def loads(data: bytes | str) -> Any:
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        if _LOSSY.search(data) is None:
+            return orjson.loads(data)
+        return json.loads(data, parse_float=Decimal)
+    except (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise JsonError(str(exc)) from None
+    except RecursionError:
+        raise JsonError("JSON nested too deeply") from None
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return orjson.Fragment(str(obj))
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def dumps(obj: Any, pretty: bool = False) -> bytes:
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_INDENT_2 if pretty else 0)

@@ -1,0 +1,134 @@
+"""The ResourceStore contract: the only door to persistence.
+
+Backends (``sqlite``, later ``mongodb``) implement :class:`ResourceStore`. Nothing above this
+module knows how they keep data. Reads are ``async`` methods. Writes run as a plain function over
+a :class:`Transaction` that the backend executes atomically (``await store.run(fn)``); the
+function may read, search and write several resources, and raising anything inside it leaves
+stored data exactly as it was. A write is acknowledged only once it is durable.
+
+FHIR sections implemented here: read/vread (http.html#read, #vread), history (#history),
+create/update/delete with versions (#create, #update, #delete), transactions (#transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+#: Search index entries extracted from a resource, by kind (``string``, ``token``, ``reference``,
+#: ``date``, ``number``, ``quantity``, ``uri``, ``composite``); rows as defined in
+#: ``server.search.index``. Backends store them beside the resource; they carry no resource id.
+IndexRows = Mapping[str, Sequence[tuple[Any, ...]]]
+
+
+def instant(us: int) -> str:
+    """FHIR ``instant`` text of a timestamp in microseconds since the epoch (UTC)."""
+    dt = datetime.fromtimestamp(us / 1_000_000, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond:06d}"[:3] + "Z"
+
+
+def http_date(us: int) -> str:
+    """RFC 7231 date, as used by Last-Modified."""
+    dt = datetime.fromtimestamp(us // 1_000_000, UTC)
+    return dt.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One stored version of a resource. ``body`` is its JSON, or None for a deletion."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: int  # microseconds since the epoch, UTC
+    deleted: bool
+    body: bytes | None
+    method: str = "PUT"  # POST, PUT, PATCH or DELETE: how this version came to be
+
+    @property
+    def last_updated_instant(self) -> str:
+        return instant(self.last_updated)
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """``_history`` at system (type and id None), type (id None) or instance level."""
+
+    type: str | None = None
+    id: str | None = None
+    since: int | None = None  # include versions at or after (µs)
+    at: int | None = None  # include versions current at this time (µs): R4 ``_at``
+    count: int = 20
+    cursor: str | None = None  # opaque, from a previous page's ``next_cursor``
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    entries: list[Version]
+    next_cursor: str | None
+    total: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """Matches of a search, in order, and the resources ``_include``/``_revinclude`` brought."""
+
+    matches: list[Version]
+    included: list[Version] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: str | None = None
+    prev_cursor: str | None = None
+
+
+class StoreError(Exception):
+    """A backend failure that is not the caller's fault (disk full, database gone)."""
+
+
+class Transaction(Protocol):
+    """Operations inside one atomic unit of work. Synchronous: it runs inside the backend."""
+
+    #: The lastUpdated every write in this transaction gets (µs since the epoch, UTC).
+    now: int
+
+    def read(self, type: str, id: str) -> Version | None:
+        """The current version (a deletion included), or None if the resource never existed."""
+
+    def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
+              method: str) -> Version:
+        """Store a new version. Sets ``id``, ``meta.versionId`` and ``meta.lastUpdated`` in
+        ``resource`` (the caller's dict is updated) and returns what was stored."""
+
+    def delete(self, type: str, id: str) -> Version | None:
+        """Record a deletion as a new version. None if the resource does not exist; the existing
+        deletion if it was already deleted (no new version then)."""
+
+    def search(self, query: Any, limit: int | None = None) -> list[Version]:
+        """Current, not deleted resources matching a compiled search query (see server.search)."""
+
+
+class ResourceStore(Protocol):
+    async def read(self, type: str, id: str) -> Version | None:
+        """Current version of a resource, deletions included; None if it never existed."""
+
+    async def vread(self, type: str, id: str, version: int) -> Version | None:
+        """A given version of a resource; None if there is no such version."""
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        """Versions newest first, paged by an opaque cursor that stays valid while data changes."""
+
+    async def search(self, query: Any) -> SearchPage:
+        """Run a compiled search (server.search.plan)."""
+
+    async def run(self, fn: Callable[[Transaction], T]) -> T:
+        """Run ``fn`` atomically; return its result once the changes are durable."""
+
+    async def close(self) -> None:
+        """Release connections and background threads."""

@@ -1,0 +1,319 @@
+"""The embedded store: one SQLite file in WAL mode under the data dir.
+
+Reads run on the caller's thread over a read connection (a primary-key read costs a few µs,
+less than handing it to a thread). Writes go to one writer thread per process, which groups
+whatever writes are waiting into one SQLite transaction, each in its own savepoint, and commits
+them with one fsync (``synchronous=FULL``): a write is acknowledged only after its commit is on
+disk, so ``kill -9`` loses nothing that was acknowledged, and a failing write leaves no trace.
+Several processes may open the same file; SQLite's lock serialises their writers.
+
+Layout: ``resource`` holds one row per logical resource (its current version), ``version``
+one row per version in commit order (``seq``), and ``idx_*`` the search index rows of current
+versions, keyed by the resource's ``rid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from server.fhir import codec
+from server.storage.base import (
+    HistoryPage,
+    HistoryQuery,
+    IndexRows,
+    SearchPage,
+    StoreError,
+    Version,
+    instant,
+)
+from server.storage import sqlite_schema
+
+T = TypeVar("T")
+
+_READ_CURRENT = (
+    "SELECT r.version, r.updated, r.deleted, v.body, v.method FROM resource r "
+    "JOIN version v ON v.seq = r.seq WHERE r.type = ? AND r.id = ?"
+)
+_READ_VERSION = (
+    "SELECT v.version, v.updated, v.body IS NULL, v.body, v.method FROM resource r "
+    "JOIN version v ON v.rid = r.rid AND v.version = ? WHERE r.type = ? AND r.id = ?"
+)
+_MAX_BATCH = 128
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA cache_size = -65536")
+    conn.execute("PRAGMA mmap_size = 1073741824")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    if readonly:
+        conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+class SqliteTransaction:
+    """The :class:`~server.storage.base.Transaction` of the SQLite backend (writer thread only)."""
+
+    def __init__(self, conn: sqlite3.Connection, now: int, search: Callable[..., list[Version]]):
+        self.conn = conn
+        self.now = now
+        self._search = search
+
+    def read(self, type: str, id: str) -> Version | None:
+        row = self.conn.execute(_READ_CURRENT, (type, id)).fetchone()
+        if row is None:
+            return None
+        return Version(type, id, row[0], row[1], bool(row[2]), row[3], row[4])
+
+    def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
+              method: str) -> Version:
+        conn = self.conn
+        row = conn.execute("SELECT rid, version FROM resource WHERE type = ? AND id = ?",
+                           (type, id)).fetchone()
+        version = row[1] + 1 if row else 1
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = instant(self.now)
+        resource.pop("id", None)
+        resource.pop("meta", None)
+        body_dict = {"resourceType": type, "id": id, "meta": meta, **resource}
+        resource.clear()
+        resource.update(body_dict)
+        body = codec.dumps(body_dict)
+        if row is None:
+            rid = conn.execute(
+                "INSERT INTO resource (type, id, version, updated, deleted, seq) "
+                "VALUES (?, ?, ?, ?, 0, 0)", (type, id, version, self.now)).lastrowid
+        else:
+            rid = row[0]
+            sqlite_schema.delete_index_rows(conn, rid)
+        seq = conn.execute(
+            "INSERT INTO version (rid, type, version, updated, method, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (rid, type, version, self.now, method, body)).lastrowid
+        conn.execute("UPDATE resource SET version = ?, updated = ?, deleted = 0, seq = ? "
+                     "WHERE rid = ?", (version, self.now, seq, rid))
+        sqlite_schema.insert_index_rows(conn, rid, type, indexes)
+        return Version(type, id, version, self.now, False, body, method)
+
+    def delete(self, type: str, id: str) -> Version | None:
+        conn = self.conn
+        row = conn.execute("SELECT rid, version, deleted FROM resource WHERE type = ? AND id = ?",
+                           (type, id)).fetchone()
+        if row is None:
+            return None
+        rid, version, deleted = row
+        if deleted:
+            return self.read(type, id)
+        version += 1
+        seq = conn.execute(
+            "INSERT INTO version (rid, type, version, updated, method, body) "
+            "VALUES (?, ?, ?, ?, 'DELETE', NULL)", (rid, type, version, self.now)).lastrowid
+        conn.execute("UPDATE resource SET version = ?, updated = ?, deleted = 1, seq = ? "
+                     "WHERE rid = ?", (version, self.now, seq, rid))
+        sqlite_schema.delete_index_rows(conn, rid)
+        return Version(type, id, version, self.now, True, None, "DELETE")
+
+    def search(self, query: Any, limit: int | None = None) -> list[Version]:
+        return self._search(self.conn, query, limit)
+
+
+class _Op:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[SqliteTransaction], Any], future: Future[Any]):
+        self.fn = fn
+        self.future = future
+
+
+class _Writer(threading.Thread):
+    """Executes queued write functions in grouped, durable SQLite transactions."""
+
+    def __init__(self, path: Path, search: Callable[..., list[Version]]):
+        super().__init__(name="sqlite-writer", daemon=True)
+        self.path = path
+        self.search = search
+        self.queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self.ready = threading.Event()
+        self.startup_error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn = connect(self.path)
+        except BaseException as exc:  # reported to the opener
+            self.startup_error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            while True:
+                op = self.queue.get()
+                if op is None:
+                    return
+                batch = [op]
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        nxt = self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self.queue.put(None)
+                        break
+                    batch.append(nxt)
+                self._commit(conn, batch)
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            last = conn.execute("SELECT max(updated) FROM version").fetchone()[0] or 0
+            for op in batch:
+                now = max(_now_us(), last + 1)
+                last = now
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op.fn(SqliteTransaction(conn, now, self.search))
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((op.future, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((op.future, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = StoreError(f"write failed: {exc}")
+            outcomes = [(op.future, None, error) for op in batch]
+        for future, result, exc in outcomes:
+            if exc is None:
+                future.set_result(result)
+            else:
+                future.set_exception(exc)
+
+
+class SqliteStore:
+    """:class:`~server.storage.base.ResourceStore` over one SQLite file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with connect(self.path) as conn:
+            sqlite_schema.migrate(conn)
+        self._reader = connect(self.path, readonly=True)
+        self._reader_lock = threading.Lock()
+        from server.storage import sqlite_search
+
+        self._search_sql = sqlite_search
+        self._writer = _Writer(self.path, sqlite_search.run_in_transaction)
+        self._writer.start()
+        self._writer.ready.wait()
+        if self._writer.startup_error is not None:
+            raise StoreError(f"cannot open {self.path}: {self._writer.startup_error}")
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: Iterable[Any]) -> list[Any]:
+        # The read connection is shared by the event loop thread and helper threads.
+        with self._reader_lock:
+            return self._reader.execute(sql, tuple(params)).fetchall()
+
+    async def read(self, type: str, id: str) -> Version | None:
+        return self.read_sync(type, id)
+
+    def read_sync(self, type: str, id: str) -> Version | None:
+        with self._reader_lock:
+            row = self._reader.execute(_READ_CURRENT, (type, id)).fetchone()
+        if row is None:
+            return None
+        return Version(type, id, row[0], row[1], bool(row[2]), row[3], row[4])
+
+    async def vread(self, type: str, id: str, version: int) -> Version | None:
+        with self._reader_lock:
+            row = self._reader.execute(_READ_VERSION, (version, type, id)).fetchone()
+        if row is None:
+            return None
+        return Version(type, id, row[0], row[1], bool(row[2]), row[3], row[4])
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        where: list[str] = []
+        params: list[Any] = []
+        if query.id is not None:
+            where.append("r.type = ? AND r.id = ?")
+            params += [query.type, query.id]
+        elif query.type is not None:
+            where.append("v.type = ?")
+            params.append(query.type)
+        if query.since is not None:
+            where.append("v.updated >= ?")
+            params.append(query.since)
+        if query.at is not None:
+            # Versions current at ``at``: the newest version of each resource not after it.
+            where.append("v.updated <= ? AND NOT EXISTS (SELECT 1 FROM version w WHERE "
+                         "w.rid = v.rid AND w.version > v.version AND w.updated <= ?)")
+            params += [query.at, query.at]
+        if query.cursor is not None:
+            where.append("v.seq < ?")
+            params.append(_decode_cursor(query.cursor))
+        sql = ("SELECT r.type, r.id, v.version, v.updated, v.body, v.method, v.seq "
+               "FROM version v JOIN resource r ON r.rid = v.rid")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY v.seq DESC LIMIT ?"
+        rows = self._query(sql, [*params, query.count + 1])
+        entries = [Version(t, i, ver, upd, body is None, body, method)
+                   for t, i, ver, upd, body, method, _ in rows[: query.count]]
+        next_cursor = str(rows[query.count - 1][6]) if len(rows) > query.count else None
+        total = None
+        if query.id is not None and query.cursor is None and query.since is None and query.at is None:
+            total = len(entries) if next_cursor is None else None
+        return HistoryPage(entries, next_cursor, total)
+
+    async def search(self, query: Any) -> SearchPage:
+        with self._reader_lock:
+            return self._search_sql.run_search(self._reader, query)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def run(self, fn: Callable[[SqliteTransaction], T]) -> T:
+        future: Future[T] = Future()
+        self._writer.queue.put(_Op(fn, future))
+        return await asyncio.wrap_future(future)
+
+    def run_sync(self, fn: Callable[[SqliteTransaction], T]) -> T:
+        """For command-line tools without an event loop."""
+        future: Future[T] = Future()
+        self._writer.queue.put(_Op(fn, future))
+        return future.result()
+
+    async def close(self) -> None:
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        if self._writer.is_alive():
+            self._writer.queue.put(None)
+            self._writer.join()
+        self._reader.close()
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        return int(cursor)
+    except ValueError:
+        raise ValueError("invalid page cursor") from None

@@ -1,0 +1,143 @@
+"""Tables of the SQLite store and how search index rows are written into them.
+
+Index tables are ``WITHOUT ROWID`` tables clustered on (parameter, value, resource), so an
+equality or range search reads one contiguous run of the B-tree; a second index on the resource
+id lets a new version replace the rows of the previous one. Parameters are stored as small
+integers (:func:`param_id`) so the rows stay short at millions of resources.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS resource (
+    rid INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    UNIQUE (type, id)
+);
+CREATE INDEX IF NOT EXISTS resource_type_updated ON resource (type, updated);
+
+CREATE TABLE IF NOT EXISTS version (
+    seq INTEGER PRIMARY KEY,
+    rid INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    body BLOB
+);
+CREATE UNIQUE INDEX IF NOT EXISTS version_rid ON version (rid, version);
+CREATE INDEX IF NOT EXISTS version_type ON version (type, seq);
+CREATE INDEX IF NOT EXISTS version_updated ON version (updated);
+
+CREATE TABLE IF NOT EXISTS idx_string (
+    pid INTEGER NOT NULL, value TEXT NOT NULL, exact TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, value, exact, rid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_string_rid ON idx_string (rid);
+
+CREATE TABLE IF NOT EXISTS idx_token (
+    pid INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, code, system, rid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token (rid);
+
+CREATE TABLE IF NOT EXISTS idx_reference (
+    pid INTEGER NOT NULL, target_id TEXT NOT NULL, target_type TEXT NOT NULL,
+    url TEXT NOT NULL, version TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, target_id, target_type, url, version, rid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_reference_rid ON idx_reference (rid);
+CREATE INDEX IF NOT EXISTS idx_reference_url ON idx_reference (pid, url);
+
+CREATE TABLE IF NOT EXISTS idx_date (
+    pid INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, lo, hi, rid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date (rid);
+CREATE INDEX IF NOT EXISTS idx_date_hi ON idx_date (pid, hi);
+
+CREATE TABLE IF NOT EXISTS idx_number (
+    pid INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, lo, hi, rid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_number_rid ON idx_number (rid);
+
+CREATE TABLE IF NOT EXISTS idx_quantity (
+    pid INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL,
+    lo REAL NOT NULL, hi REAL NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, code, system, lo, hi, rid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity (rid);
+
+CREATE TABLE IF NOT EXISTS idx_uri (
+    pid INTEGER NOT NULL, uri TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, uri, rid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_uri_rid ON idx_uri (rid);
+"""
+
+#: Index kind -> (table, value columns in the order extraction emits them after the code).
+INDEX_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "string": ("idx_string", ("value", "exact")),
+    "token": ("idx_token", ("system", "code")),
+    "reference": ("idx_reference", ("target_type", "target_id", "version", "url")),
+    "date": ("idx_date", ("lo", "hi")),
+    "number": ("idx_number", ("lo", "hi")),
+    "quantity": ("idx_quantity", ("system", "code", "lo", "hi")),
+    "uri": ("idx_uri", ("uri",)),
+}
+
+_INSERT = {
+    kind: f"INSERT OR IGNORE INTO {table} (pid, {', '.join(cols)}, rid) "
+          f"VALUES (?, {', '.join('?' for _ in cols)}, ?)"
+    for kind, (table, cols) in INDEX_TABLES.items()
+}
+_DELETE = [f"DELETE FROM {table} WHERE rid = ?" for table, _ in INDEX_TABLES.values()]
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise sqlite3.OperationalError(
+            f"database schema {current} is newer than this server understands ({SCHEMA_VERSION})")
+    conn.executescript(_SCHEMA)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+@functools.lru_cache(maxsize=8192)
+def param_id(type: str, code: str) -> int:
+    """Stable 32-bit id of a search parameter of a type (a hash: no table, nothing to roll back).
+
+    The registry checks at start-up that no two parameters it knows share an id.
+    """
+    digest = hashlib.blake2b(f"{type}.{code}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def delete_index_rows(conn: sqlite3.Connection, rid: int) -> None:
+    for sql in _DELETE:
+        conn.execute(sql, (rid,))
+
+
+def insert_index_rows(conn: sqlite3.Connection, rid: int, type: str,
+                      indexes: Any) -> None:
+    for kind, rows in indexes.items():
+        sql = _INSERT.get(kind)
+        if sql is None or not rows:
+            continue
+        conn.executemany(sql, _with_ids(rid, type, rows))
+
+
+def _with_ids(rid: int, type: str,
+              rows: Iterable[Sequence[Any]]) -> Iterable[tuple[Any, ...]]:
+    for row in rows:
+        yield (param_id(type, row[0]), *(("" if v is None else v) for v in row[1:]), rid)
