@@ -1,0 +1,582 @@
+"""Search index rows extracted from a resource at write time.
+
+:func:`extract` evaluates the compiled expressions of every search parameter of the resource's
+type (:mod:`server.search.registry`) and turns each value into typed rows the store writes as
+they are (``None`` where a value is absent)::
+
+    "string":    (code, normalised, exact)
+    "token":     (code, system, value)
+    "reference": (code, target_type, target_id, version, url)
+    "date":      (code, lo, hi)          µs since the epoch, UTC, inclusive
+    "number":    (code, lo, hi)          floats
+    "quantity":  (code, system, code, lo, hi)
+    "uri":       (code, uri)
+    "composite": (code, (component row without code, …))
+
+How a value of each data type becomes rows follows search.html (string, token, reference, date,
+number, quantity, uri sections). Ranges stand for the precision the value was written with, so a
+search compares ranges and never re-reads the resource.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import unicodedata
+from collections.abc import Callable, Iterable
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from server.fhir.structures import structures
+from server.search.fhirpath import FhirPath, Node, TypeInfo
+from server.search.plan import NEG_INF, POS_INF
+from server.search.registry import SearchParam, indexed_as, registry
+
+KINDS = ("string", "token", "reference", "date", "number", "quantity", "uri", "composite")
+ISO_4217 = "urn:iso:std:iso:4217"
+Row = tuple[Any, ...]
+Tails = Callable[[Any, TypeInfo], list[Row]]
+Out = dict[str, dict[Row, None]]
+
+_DAY_US = 86_400_000_000
+_EPOCH = date(1970, 1, 1).toordinal()
+_NEG_F = float(NEG_INF)
+_POS_F = float(POS_INF)
+
+
+# ---------------------------------------------------------------------------------------- strings
+
+def normalize(text: str) -> str:
+    """The form string search compares (search.html#string: case- and accent-insensitive):
+    casefolded, Unicode NFKD with combining marks removed (also Arabic-script vowel marks),
+    whitespace runs collapsed to one space and trimmed. Queries must be normalised the same."""
+    if text.isascii():
+        return " ".join(text.lower().split())
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
+
+
+def _string_rows(values: Iterable[Any]) -> list[Row]:
+    return [(normalize(v), v) for v in values if type(v) is str and v]
+
+
+def _strings(value: Any, keys: tuple[str, ...]) -> list[Any]:
+    out: list[Any] = []
+    if type(value) is dict:
+        for key in keys:
+            x = value.get(key)
+            if type(x) is list:
+                out.extend(x)
+            elif x is not None:
+                out.append(x)
+    return out
+
+
+_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
+_ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
+
+STRING: dict[str, Tails] = {
+    "string": lambda v, t: _string_rows((v,)),
+    "uri": lambda v, t: _string_rows((v,)),
+    "HumanName": lambda v, t: _string_rows(_strings(v, _NAME_PARTS)),
+    "Address": lambda v, t: _string_rows(_strings(v, _ADDRESS_PARTS)),
+}
+
+
+# ----------------------------------------------------------------------------------------- tokens
+
+def _coding(v: Any) -> list[Row]:
+    if type(v) is dict:
+        code = v.get("code")
+        if type(code) is str and code:
+            return [(v.get("system"), code)]
+    return []
+
+
+def _codeable_concept(v: Any) -> list[Row]:
+    if type(v) is not dict:
+        return []
+    return [row for c in v.get("coding") or () for row in _coding(c)]
+
+
+def _identifier(v: Any) -> list[Row]:
+    if type(v) is dict:
+        value = v.get("value")
+        if type(value) is str and value:
+            return [(v.get("system"), value)]
+    return []
+
+
+def _contact_point(v: Any) -> list[Row]:
+    # search.html#token: ContactPoint matches on its value; the system column is unused.
+    if type(v) is dict:
+        value = v.get("value")
+        if type(value) is str and value:
+            return [(None, value)]
+    return []
+
+
+def _primitive_token(v: Any, t: TypeInfo) -> list[Row]:
+    if type(v) is not str or not v:
+        return []
+    if t.system is not None:  # required binding to a value set of one code system
+        return [(None, v), (t.system, v)]
+    return [(None, v)]
+
+
+def _boolean(v: Any, t: TypeInfo) -> list[Row]:
+    return [(None, "true" if v else "false")] if type(v) is bool else []
+
+
+TOKEN: dict[str, Tails] = {
+    "Coding": lambda v, t: _coding(v),
+    "CodeableConcept": lambda v, t: _codeable_concept(v),
+    "Identifier": lambda v, t: _identifier(v),
+    "ContactPoint": lambda v, t: _contact_point(v),
+    "boolean": _boolean,
+    "string": _primitive_token,
+    "id": _primitive_token,
+    "uri": _primitive_token,
+}
+
+
+def _token_extras(code: str, v: Any, t: TypeInfo, out: Out) -> None:
+    """Rows for the token modifiers: ``:text`` (search.html#token: CodeableConcept.text,
+    Coding.display, Identifier.type.text) and ``:of-type`` (Identifier.type + value)."""
+    if type(v) is not dict:
+        return
+    name = t.name
+    texts: list[Any] = []
+    if name == "Coding":
+        texts.append(v.get("display"))
+    elif name == "CodeableConcept":
+        texts.append(v.get("text"))
+        texts.extend(c.get("display") for c in v.get("coding") or () if type(c) is dict)
+    elif name == "Identifier":
+        id_type = v.get("type")
+        if type(id_type) is dict:
+            texts.append(id_type.get("text"))
+            value = v.get("value")
+            for c in id_type.get("coding") or ():
+                if type(c) is not dict:
+                    continue
+                texts.append(c.get("display"))
+                if type(value) is str and value and type(c.get("code")) is str:
+                    out["token"][(f"{code}:of-type", c.get("system"),
+                                  f"{c['code']}|{value}")] = None
+    if texts:
+        strings = out["string"]
+        text_code = f"{code}:text"
+        for norm, exact in _string_rows(texts):
+            strings[(text_code, norm, exact)] = None
+
+
+# ------------------------------------------------------------------------------------- references
+
+@functools.cache
+def _is_resource_type(name: str) -> bool:
+    return structures().is_resource_type(name)
+
+
+def _is_id(text: str) -> bool:
+    """An R4 ``id``: 1-64 of ``A-Z a-z 0-9 - .``."""
+    return 0 < len(text) <= 64 and text.isascii() and \
+        text.replace("-", "").replace(".", "").isalnum()
+
+
+def reference_row(ref: str) -> Row | None:
+    """``(target_type, target_id, version, url)`` of a Reference.reference string.
+
+    ``Patient/1`` and ``Patient/1/_history/2`` are local; an absolute URL keeps the whole URL
+    and, when its path ends in ``Type/id[/_history/v]``, that type, id and version as well;
+    ``urn:uuid:``/``urn:oid:`` keep only the url; ``#contained`` gives no row (searching inside
+    contained resources is not supported).
+    """
+    if not ref or ref[0] == "#":
+        return None
+    if ref.startswith("urn:"):
+        return (None, None, None, ref)
+    absolute = "://" in ref
+    path = ref.split("?", 1)[0].split("#", 1)[0] if absolute else ref
+    parts = path.split("/")
+    version = None
+    if len(parts) >= 4 and parts[-2] == "_history":
+        version = parts[-1]
+        parts = parts[:-2]
+    if len(parts) >= 2 and _is_resource_type(parts[-2]) and _is_id(parts[-1]) and (
+            absolute or len(parts) == 2):
+        return (parts[-2], parts[-1], version, ref if absolute else None)
+    return (None, None, None, ref)
+
+
+def canonical_row(value: str) -> Row | None:
+    """``(None, None, version, url)`` of a canonical (``url|version``) or uri used as a
+    reference: matched by url, not by local type and id."""
+    if not value:
+        return None
+    url, bar, version = value.partition("|")
+    return (None, None, version if bar and version else None, url)
+
+
+def _reference(v: Any) -> list[Row]:
+    if type(v) is dict:
+        ref = v.get("reference")
+        if type(ref) is str:
+            row = reference_row(ref)
+            if row is not None:
+                return [row]
+    return []
+
+
+def _canonical(v: Any) -> list[Row]:
+    row = canonical_row(v) if type(v) is str else None
+    return [row] if row is not None else []
+
+
+REFERENCE: dict[str, Tails] = {
+    "Reference": lambda v, t: _reference(v),
+    "uri": lambda v, t: _canonical(v),
+}
+
+
+def _reference_extras(code: str, v: Any, t: TypeInfo, out: Out) -> None:
+    """``:identifier`` rows: a Reference's logical identifier (search.html#reference)."""
+    if t.name == "Reference" and type(v) is dict:
+        ident = v.get("identifier")
+        if ident is not None:
+            tokens = out["token"]
+            for system, value in _identifier(ident):
+                tokens[(f"{code}:identifier", system, value)] = None
+
+
+# ------------------------------------------------------------------------------------------ dates
+
+def _micros(year: int, month: int, day: int) -> int:
+    return (date(year, month, day).toordinal() - _EPOCH) * _DAY_US
+
+
+def _month_end(year: int, month: int) -> int:
+    """µs of the first instant after the month."""
+    return _micros(year + 1, 1, 1) if month == 12 else _micros(year, month + 1, 1)
+
+
+def date_range(text: str) -> tuple[int, int]:
+    """The inclusive µs range (UTC) a date, dateTime or instant covers at its precision:
+    ``2020`` is the whole year, ``2020-02`` all of February, a time the second (or the stated
+    fraction of it). A zone converts to UTC; a value without one is taken as UTC. Search values
+    are read the same way. Raises ValueError if the text is not a date."""
+    found = _date_range(text)
+    if found is None:
+        raise ValueError(f"not a date, dateTime or instant: {text!r}")
+    return found
+
+
+def _date_range(text: str) -> tuple[int, int] | None:
+    try:
+        n = len(text)
+        year = int(text[0:4])
+        if n == 4:
+            if year == 9999:
+                return _micros(year, 1, 1), _micros(year, 12, 31) + _DAY_US - 1
+            return _micros(year, 1, 1), _micros(year + 1, 1, 1) - 1
+        if text[4] != "-":
+            return None
+        month = int(text[5:7])
+        if n == 7:
+            if year == 9999 and month == 12:
+                return _micros(year, 12, 1), _micros(year, 12, 31) + _DAY_US - 1
+            return _micros(year, month, 1), _month_end(year, month) - 1
+        day_start = _micros(year, month, int(text[8:10]))
+        if n == 10:
+            return day_start, day_start + _DAY_US - 1
+        if text[7] != "-" or text[10] != "T":
+            return None
+        return _time_range(day_start, text[11:])
+    except (ValueError, IndexError):
+        return None
+
+
+def _time_range(day_start: int, t: str) -> tuple[int, int] | None:
+    hour, minute = int(t[0:2]), int(t[3:5])
+    if t[2] != ":" or hour > 23 or minute > 59:
+        return None
+    pos, second, width = 5, 0, 60_000_000  # hh:mm without seconds: the minute
+    if len(t) > 5 and t[5] == ":":
+        second = int(t[6:8])
+        if second > 60:
+            return None
+        pos, width = 8, 1_000_000
+    fraction = 0
+    if len(t) > pos and t[pos] == ".":
+        end = pos + 1
+        while end < len(t) and t[end].isdigit():
+            end += 1
+        digits = t[pos + 1:end]
+        if not digits:
+            return None
+        fraction = int(digits[:6].ljust(6, "0"))
+        width = 10 ** (6 - min(len(digits), 6))
+        pos = end
+    zone = t[pos:]
+    offset = 0
+    if zone and zone != "Z":
+        if len(zone) != 6 or zone[0] not in "+-" or zone[3] != ":":
+            return None
+        offset = (int(zone[1:3]) * 60 + int(zone[4:6])) * 60_000_000
+        if zone[0] == "-":
+            offset = -offset
+    lo = day_start + ((hour * 60 + minute) * 60 + second) * 1_000_000 + fraction - offset
+    return lo, lo + width - 1
+
+
+def _date(v: Any) -> list[Row]:
+    r = _date_range(v) if type(v) is str else None
+    return [r] if r is not None else []
+
+
+def _period(v: Any) -> list[Row]:
+    """A Period covers start..end; a missing end is ongoing (+∞), a missing start unknown
+    (-∞); a Period with neither gives nothing to match."""
+    if type(v) is not dict:
+        return []
+    start, end = v.get("start"), v.get("end")
+    if start is None and end is None:
+        return []
+    lo_range = _date_range(start) if type(start) is str else None
+    hi_range = _date_range(end) if type(end) is str else None
+    lo = lo_range[0] if lo_range else NEG_INF
+    hi = hi_range[1] if hi_range else POS_INF
+    return [(lo, hi)]
+
+
+def _timing(v: Any) -> list[Row]:
+    """Timing: each event, and the repeat's boundsPeriod."""
+    if type(v) is not dict:
+        return []
+    rows = [r for e in v.get("event") or () for r in _date(e)]
+    repeat = v.get("repeat")
+    if type(repeat) is dict and repeat.get("boundsPeriod") is not None:
+        rows.extend(_period(repeat["boundsPeriod"]))
+    return rows
+
+
+DATE: dict[str, Tails] = {
+    "date": lambda v, t: _date(v),
+    "dateTime": lambda v, t: _date(v),
+    "instant": lambda v, t: _date(v),
+    "Period": lambda v, t: _period(v),
+    "Timing": lambda v, t: _timing(v),
+}
+
+
+# ------------------------------------------------------------------------ numbers and quantities
+
+def number_range(value: Any) -> tuple[float, float]:
+    """The range a number's written precision implies (search.html#number): ``100`` is
+    [99.5, 100.5], ``1.50`` is [1.495, 1.505]. Decimals keep their written digits; a float is
+    read as Python writes it (``repr``); a string (a search value) as written. Raises
+    ValueError for anything else."""
+    found = _number_range(value)
+    if found is None:
+        raise ValueError(f"not a number: {value!r}")
+    return found
+
+
+def _number_range(value: Any) -> tuple[float, float] | None:
+    kind = type(value)
+    if kind is int:
+        return value - 0.5, value + 0.5
+    try:
+        if kind is float:
+            value = Decimal(repr(value))
+        elif kind is str:
+            if not value or value != value.strip() or "_" in value:
+                return None
+            value = Decimal(value)
+        elif kind is not Decimal:
+            return None
+    except InvalidOperation:
+        return None
+    exponent = value.as_tuple().exponent
+    if not isinstance(exponent, int) or not value.is_finite():
+        return None
+    half = Decimal((0, (5,), exponent - 1))
+    return float(value - half), float(value + half)
+
+
+def _number(v: Any) -> list[Row]:
+    r = _number_range(v)
+    return [r] if r is not None else []
+
+
+def _range_bounds(v: Any) -> tuple[float, float] | None:
+    """A Range covers low..high at their precision; a missing side is open."""
+    low, high = v.get("low"), v.get("high")
+    lo_r = _number_range(low.get("value")) if type(low) is dict else None
+    hi_r = _number_range(high.get("value")) if type(high) is dict else None
+    if lo_r is None and hi_r is None:
+        return None
+    return (lo_r[0] if lo_r else _NEG_F, hi_r[1] if hi_r else _POS_F)
+
+
+def _number_range_value(v: Any) -> list[Row]:
+    bounds = _range_bounds(v) if type(v) is dict else None
+    return [bounds] if bounds is not None else []
+
+
+NUMBER: dict[str, Tails] = {
+    "integer": lambda v, t: _number(v),
+    "decimal": lambda v, t: _number(v),
+    "Range": lambda v, t: _number_range_value(v),
+}
+
+
+def _quantity(v: Any) -> list[Row]:
+    """(system, code, lo, hi). A comparator opens the range on its side (``<5``: up to 5).
+    When the human unit differs from the code, a row without system carries the unit too, so
+    ``5.4||mg`` finds it (search.html#quantity: the code matches Quantity.code or unit)."""
+    if type(v) is not dict:
+        return []
+    r = _number_range(v.get("value"))
+    if r is None:
+        return []
+    lo, hi = r
+    comparator = v.get("comparator")
+    if comparator in ("<", "<="):
+        lo = _NEG_F
+    elif comparator in (">", ">="):
+        hi = _POS_F
+    code = v.get("code")
+    rows: list[Row] = [(v.get("system"), code, lo, hi)]
+    unit = v.get("unit")
+    if type(unit) is str and unit and unit != code:
+        rows.append((None, unit, lo, hi))
+    return rows
+
+
+def _money(v: Any) -> list[Row]:
+    if type(v) is not dict:
+        return []
+    r = _number_range(v.get("value"))
+    return [(ISO_4217, v.get("currency"), r[0], r[1])] if r is not None else []
+
+
+def _quantity_range(v: Any) -> list[Row]:
+    if type(v) is not dict:
+        return []
+    bounds = _range_bounds(v)
+    if bounds is None:
+        return []
+    low, high = v.get("low"), v.get("high")
+    side: dict[str, Any] = low if type(low) is dict else high if type(high) is dict else {}
+    return [(side.get("system"), side.get("code"), bounds[0], bounds[1])]
+
+
+QUANTITY: dict[str, Tails] = {
+    "Quantity": lambda v, t: _quantity(v),
+    "Money": lambda v, t: _money(v),
+    "Range": lambda v, t: _quantity_range(v),
+}
+
+URI: dict[str, Tails] = {
+    "uri": lambda v, t: [(v,)] if type(v) is str and v else [],
+}
+
+TAILS: dict[str, dict[str, Tails]] = {
+    "string": STRING, "token": TOKEN, "reference": REFERENCE, "date": DATE,
+    "number": NUMBER, "quantity": QUANTITY, "uri": URI,
+}
+EXTRAS: dict[str, Callable[[str, Any, TypeInfo, Out], None]] = {
+    "token": _token_extras, "reference": _reference_extras,
+}
+
+
+# ------------------------------------------------------------------------------------ extraction
+
+Converters = dict[TypeInfo, Tails]
+
+
+def _converters(kind: str, path: FhirPath) -> Converters:
+    """Per possible node type of the expression, how it becomes rows of ``kind``."""
+    table: Converters = {}
+    for t in path.types:
+        as_type = indexed_as(kind, t.name)
+        if as_type is not None:
+            table[t] = TAILS[kind][as_type]
+    return table
+
+
+Step = tuple[str, str, FhirPath, Converters, Any]
+
+
+@functools.cache
+def plan(resource_type: str) -> tuple[Step, ...]:
+    """What to evaluate for a resource type, prepared once: (code, kind, expression,
+    converters, extras or composite components)."""
+    steps: list[Step] = []
+    for param in registry().params_for(resource_type).values():
+        path = param.extractor(resource_type)
+        if param.column or path is None:
+            continue
+        if param.type == "composite":
+            parts = _composite_parts(param, resource_type)
+            if parts is not None:
+                steps.append((param.code, "composite", path, {}, parts))
+            continue
+        steps.append((param.code, param.type, path, _converters(param.type, path),
+                      EXTRAS.get(param.type)))
+    return tuple(steps)
+
+
+def _composite_parts(param: SearchParam,
+                     resource_type: str) -> tuple[tuple[FhirPath, Converters], ...] | None:
+    parts = []
+    for comp in param.components:
+        path = comp.extractors.get(resource_type)
+        if path is None:
+            return None
+        parts.append((path, _converters(comp.param.type, path)))
+    return tuple(parts)
+
+
+def _composite_rows(code: str, nodes: list[Node], resource: dict[str, Any],
+                    parts: tuple[tuple[FhirPath, Converters], ...], rows: dict[Row, None]) -> None:
+    """One row per element the composite expression selects (each Observation.component on
+    its own) and per combination of its components' values, in component order."""
+    for node in nodes:
+        values: list[list[Row]] = []
+        for path, converters in parts:
+            tails: list[Row] = []
+            for v, t in path.evaluate_on([node], resource):
+                conv = converters.get(t)
+                if conv is not None:
+                    tails.extend(conv(v, t))
+            if not tails:
+                break
+            values.append(tails)
+        else:
+            for combo in itertools.product(*values):
+                rows[(code, combo)] = None
+
+
+def extract(resource: dict[str, Any]) -> dict[str, list[Row]]:
+    """Index rows of every supported search parameter of the resource's type, deduplicated,
+    per kind (every kind present, possibly empty)."""
+    out: Out = {kind: {} for kind in KINDS}
+    for code, kind, path, converters, extra in plan(resource["resourceType"]):
+        nodes = path(resource)
+        if not nodes:
+            continue
+        rows = out[kind]
+        if kind == "composite":
+            _composite_rows(code, nodes, resource, extra, rows)
+            continue
+        for value, info in nodes:
+            conv = converters.get(info)
+            if conv is not None:
+                for tail in conv(value, info):
+                    rows[(code, *tail)] = None
+            if extra is not None:
+                extra(code, value, info, out)
+    return {kind: list(rows) for kind, rows in out.items()}

@@ -1,0 +1,289 @@
+"""The search parameters this server supports, compiled once at start-up from the R4 definitions.
+
+Built from the generated table ``spec/search_parameters.json`` (see
+``server.generate.search_params``). Each parameter's FHIRPath expression is compiled for each of
+its base types (:mod:`server.search.fhirpath`); whatever cannot be compiled or indexed is logged
+once (event ``search.param.skipped``), left out, and listed in :attr:`Registry.skipped` for the
+CapabilityStatement, never half-supported.
+
+``_id`` and ``_lastUpdated`` are answered by the store from its own columns
+(:attr:`SearchParam.column`); no index rows are extracted for them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from server.fhir.structures import structures
+from server.search.fhirpath import SPEC, FhirPath, FhirPathError, compile_path, type_model
+from server.storage.sqlite_schema import param_id
+
+log = logging.getLogger(__name__)
+
+#: Base types whose parameters every resource type inherits.
+COMMON_BASES = ("Resource", "DomainResource")
+#: Parameters served from the store's own columns rather than from index rows.
+COLUMNS = {"_id": "id", "_lastUpdated": "lastUpdated"}
+#: Data types each kind of parameter can index (search.html, one section per kind); subtypes
+#: count too (Age is a Quantity, code a string, canonical a uri). A node of any other type (a
+#: date parameter over ``performedString``, ``value-quantity`` over SampledData) adds no row.
+INDEXABLE: dict[str, frozenset[str]] = {
+    "string": frozenset({"string", "uri", "HumanName", "Address"}),
+    "token": frozenset({"Coding", "CodeableConcept", "Identifier", "ContactPoint", "boolean",
+                        "string", "id", "uri"}),
+    "reference": frozenset({"Reference", "uri"}),
+    "date": frozenset({"date", "dateTime", "instant", "Period", "Timing"}),
+    "number": frozenset({"integer", "decimal", "Range"}),
+    "quantity": frozenset({"Quantity", "Money", "Range"}),
+    "uri": frozenset({"uri"}),
+}
+#: Why the parameters without an expression or of type special are not supported.
+_UNSUPPORTED = {
+    "_text": "full-text search on the narrative is not supported",
+    "_content": "full-text search on the whole resource is not supported",
+    "_query": "named queries are not supported",
+    "_filter": "the _filter parameter is not supported",
+}
+
+
+def indexed_as(kind: str, type_name: str) -> str | None:
+    """The type in ``INDEXABLE[kind]`` a node of ``type_name`` is indexed as (itself or its
+    nearest ancestor), or None when that kind cannot index it."""
+    model = type_model()
+    current: str | None = type_name
+    allowed = INDEXABLE.get(kind, frozenset())
+    while current is not None:
+        if current in allowed:
+            return current
+        current = model.base_of(current)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One part of a composite parameter: the parameter it refers to (its type says how the
+    value is indexed) and its expression, compiled relative to the composite's elements."""
+
+    param: SearchParam
+    expression: str
+    extractors: Mapping[str, FhirPath] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SearchParam:
+    code: str
+    type: str  # string token reference date number quantity uri composite
+    url: str
+    bases: tuple[str, ...]
+    expression: str | None = None
+    description: str = ""
+    targets: tuple[str, ...] = ()
+    modifiers: tuple[str, ...] = ()
+    comparators: tuple[str, ...] = ()
+    multiple_or: bool | None = None
+    multiple_and: bool | None = None
+    #: Compiled expression per base type (``Resource`` for the common parameters).
+    extractors: Mapping[str, FhirPath] = field(default_factory=dict, repr=False)
+    components: tuple[Component, ...] = field(default=(), repr=False)
+    #: "id" or "lastUpdated": answered from the store's own column, no index rows.
+    column: str | None = None
+
+    def extractor(self, resource_type: str) -> FhirPath | None:
+        found = self.extractors.get(resource_type)
+        if found is None:
+            for base in COMMON_BASES:
+                found = self.extractors.get(base)
+                if found is not None:
+                    break
+        return found
+
+    def index_codes(self) -> tuple[str, ...]:
+        """Every code this parameter's index rows are stored under: its own, plus the ones
+        the ``:text``, ``:of-type`` and ``:identifier`` modifiers search."""
+        if self.column:
+            return ()
+        codes = [self.code]
+        if self.type == "token":
+            codes.append(f"{self.code}:text")
+            if any(t.name == "Identifier" for x in self.extractors.values() for t in x.types):
+                codes.append(f"{self.code}:of-type")
+        elif self.type == "reference":
+            codes.append(f"{self.code}:identifier")
+        return tuple(codes)
+
+
+class Registry:
+    def __init__(self, by_type: dict[str, dict[str, SearchParam]],
+                 params: list[SearchParam], skipped: list[tuple[str, str]]):
+        self._by_type = {t: MappingProxyType(p) for t, p in by_type.items()}
+        self.params = tuple(params)
+        self.by_url = MappingProxyType({p.url: p for p in params})
+        #: (url, reason) of every R4 parameter (or part of one) that is not supported.
+        self.skipped = tuple(skipped)
+
+    def params_for(self, resource_type: str) -> Mapping[str, SearchParam]:
+        """Code -> parameter for one resource type, the common ones (``_id``, ``_tag`` …)
+        included; empty for an unknown type."""
+        return self._by_type.get(resource_type, MappingProxyType({}))
+
+    def get(self, resource_type: str, code: str) -> SearchParam | None:
+        return self.params_for(resource_type).get(code)
+
+    @property
+    def resource_types(self) -> tuple[str, ...]:
+        return tuple(self._by_type)
+
+
+def load_definitions() -> list[dict[str, Any]]:
+    with open(SPEC, encoding="utf-8") as fh:
+        return list(json.load(fh)["parameters"])
+
+
+class _Builder:
+    """Compiles the raw definitions; collects what cannot be supported and why."""
+
+    def __init__(self, raw: list[dict[str, Any]]):
+        self.raw_by_url = {p["url"]: p for p in raw}
+        self.raw = raw
+        self.skipped: list[tuple[str, str]] = []
+        self._component_params: dict[str, SearchParam] = {}
+
+    def skip(self, url: str, reason: str) -> None:
+        self.skipped.append((url, reason))
+
+    def build(self) -> Registry:
+        params = [p for p in (self.param(raw) for raw in self.raw) if p is not None]
+        resource_types = structures().resource_types
+        by_type: dict[str, dict[str, SearchParam]] = {t: {} for t in resource_types}
+        for param in params:
+            for resource_type in self.applies_to(param, resource_types):
+                existing = by_type[resource_type].get(param.code)
+                if existing is not None:
+                    raise RuntimeError(f"search parameter {resource_type}.{param.code} is "
+                                       f"defined twice ({existing.url}, {param.url})")
+                by_type[resource_type][param.code] = param
+        check_param_ids(by_type)
+        return Registry(by_type, params, self.skipped)
+
+    @staticmethod
+    def applies_to(param: SearchParam, resource_types: Iterable[str]) -> list[str]:
+        model = type_model()
+        common = [b for b in param.bases if b in COMMON_BASES]
+        if common:
+            return [t for t in resource_types if any(model.is_a(t, b) for b in common)]
+        return [t for t in param.bases if param.column or t in param.extractors]
+
+    def param(self, raw: dict[str, Any]) -> SearchParam | None:
+        code, url = raw["code"], raw["url"]
+        if raw["type"] == "special":
+            self.skip(url, f"special parameter ({raw.get('xpathUsage')} search) is not supported")
+            return None
+        if code in COLUMNS:
+            return self.make(raw, {}, (), column=COLUMNS[code])
+        if not raw.get("expression"):
+            self.skip(url, _UNSUPPORTED.get(code, "no FHIRPath expression"))
+            return None
+        extractors: dict[str, FhirPath] = {}
+        components: dict[str, list[tuple[SearchParam, str, FhirPath]]] = {}
+        for base in raw["base"]:
+            try:
+                extractors[base] = self.compile_for(raw, base)
+                if raw["type"] == "composite":
+                    components[base] = self.compile_components(raw, base, extractors[base])
+            except FhirPathError as exc:
+                extractors.pop(base, None)
+                prefix = f"{base}: " if len(raw["base"]) > 1 else ""
+                self.skip(url, prefix + str(exc))
+        if not extractors:
+            return None
+        parts: tuple[Component, ...] = ()
+        if raw["type"] == "composite":
+            first = next(iter(components.values()))
+            parts = tuple(
+                Component(param, expr, MappingProxyType(
+                    {base: comps[i][2] for base, comps in components.items()}))
+                for i, (param, expr, _) in enumerate(first))
+        return self.make(raw, extractors, parts)
+
+    def compile_for(self, raw: dict[str, Any], base: str) -> FhirPath:
+        path = compile_path(raw["expression"], base)
+        if path.empty:
+            raise FhirPathError(f"the expression has no part for {base}")
+        if raw["type"] != "composite" and not any(
+                indexed_as(raw["type"], t.name) for t in path.types):
+            found = ", ".join(sorted({t.name for t in path.types}))
+            raise FhirPathError(f"the expression yields {found}, which a {raw['type']} "
+                                f"parameter cannot index")
+        return path
+
+    def compile_components(self, raw: dict[str, Any], base: str,
+                           main: FhirPath) -> list[tuple[SearchParam, str, FhirPath]]:
+        out = []
+        for comp in raw["component"]:
+            target = self.raw_by_url.get(comp["definition"])
+            if target is None:
+                raise FhirPathError(f"component {comp['definition']} is not defined")
+            if target["type"] in ("composite", "special"):
+                raise FhirPathError(f"component {comp['definition']} is {target['type']}")
+            path = compile_path(comp["expression"], base, focus=main.types)
+            if not any(indexed_as(target["type"], t.name) for t in path.types):
+                found = ", ".join(sorted({t.name for t in path.types})) or "nothing"
+                raise FhirPathError(f"component {comp['expression']!r} yields {found}, which "
+                                    f"its {target['type']} parameter {target['code']!r} "
+                                    f"cannot index")
+            out.append((self.component_param(target), comp["expression"], path))
+        return out
+
+    def component_param(self, raw: dict[str, Any]) -> SearchParam:
+        """The parameter a component refers to, as a description (code, type, url); it may
+        belong to other resource types, so it is not compiled here."""
+        found = self._component_params.get(raw["url"])
+        if found is None:
+            found = self._component_params[raw["url"]] = self.make(raw, {}, ())
+        return found
+
+    @staticmethod
+    def make(raw: dict[str, Any], extractors: dict[str, FhirPath],
+             components: tuple[Component, ...], column: str | None = None) -> SearchParam:
+        return SearchParam(
+            code=raw["code"], type=raw["type"], url=raw["url"], bases=tuple(raw["base"]),
+            expression=raw.get("expression"), description=raw.get("description") or "",
+            targets=tuple(raw.get("target") or ()), modifiers=tuple(raw.get("modifier") or ()),
+            comparators=tuple(raw.get("comparator") or ()),
+            multiple_or=raw.get("multipleOr"), multiple_and=raw.get("multipleAnd"),
+            extractors=MappingProxyType(extractors), components=components, column=column)
+
+
+def check_param_ids(by_type: Mapping[str, Mapping[str, SearchParam]]) -> None:
+    """The store keys index rows by ``param_id(type, code)``, a 31-bit hash: two parameters
+    (or modifier codes) of one type sharing an id would mix their rows, so refuse to start."""
+    seen: dict[int, tuple[str, str]] = {}
+    for resource_type, params in by_type.items():
+        for param in params.values():
+            for code in param.index_codes():
+                pid = param_id(resource_type, code)
+                other = seen.setdefault(pid, (resource_type, code))
+                if other != (resource_type, code):
+                    raise RuntimeError(f"search parameter ids collide: {other} and "
+                                       f"{(resource_type, code)} both hash to {pid}")
+
+
+def build(raw: list[dict[str, Any]] | None = None) -> Registry:
+    """Compile the registry (from the R4 table, or from ``raw`` definitions in tests) and log
+    each parameter that is not supported."""
+    registry = _Builder(load_definitions() if raw is None else raw).build()
+    for url, reason in registry.skipped:
+        log.info("search.param.skipped", extra={"event": "search.param.skipped", "url": url,
+                                                "reason": reason})
+    return registry
+
+
+@functools.cache
+def registry() -> Registry:
+    return build()
