@@ -37,9 +37,20 @@ def loads(data: bytes | str) -> Any:
         raise JsonError("JSON nested too deeply") from None
 
 
+class Raw:
+    """JSON text that :func:`dumps` embeds verbatim (a stored resource inside a Bundle)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, Decimal):
         return orjson.Fragment(str(obj))
+    if isinstance(obj, Raw):
+        return orjson.Fragment(obj.data)
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 

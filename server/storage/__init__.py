@@ -1,0 +1,20 @@
+"""Persistence: the ResourceStore contract and its backends."""
+
+from __future__ import annotations
+
+from server.storage.base import ResourceStore, StoreError
+
+
+def open_store(settings) -> ResourceStore:  # type: ignore[no-untyped-def]
+    """The store the settings name: SQLite under the data dir by default."""
+    if settings.db.startswith(("mongodb://", "mongodb+srv://")):
+        raise StoreError("the MongoDB backend is not part of this build yet; "
+                         "run without --db to use the embedded SQLite store")
+    if settings.db:
+        raise StoreError(f"unknown --db {settings.db!r}: give a mongodb:// URI or nothing")
+    from server.storage.sqlite import SqliteStore
+
+    return SqliteStore(settings.sqlite_path)
+
+
+__all__ = ["ResourceStore", "StoreError", "open_store"]

@@ -130,5 +130,8 @@ class ResourceStore(Protocol):
     async def run(self, fn: Callable[[Transaction], T]) -> T:
         """Run ``fn`` atomically; return its result once the changes are durable."""
 
+    async def ping(self) -> None:
+        """Raise StoreError unless the store can serve reads and writes (for /healthz)."""
+
     async def close(self) -> None:
         """Release connections and background threads."""

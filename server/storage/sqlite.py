@@ -302,6 +302,14 @@ class SqliteStore:
         self._writer.queue.put(_Op(fn, future))
         return future.result()
 
+    async def ping(self) -> None:
+        if not self._writer.is_alive():
+            raise StoreError("the writer thread has stopped")
+        try:
+            self._query("SELECT 1", ())
+        except sqlite3.Error as exc:
+            raise StoreError(f"database not readable: {exc}") from None
+
     async def close(self) -> None:
         self.close_sync()
 

@@ -1,0 +1,104 @@
+"""The HTTP application: the FHIR router for ``/fhir``, FastAPI for everything else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from server import __version__
+from server.auth.keys import KeyStore
+from server.auth.tokens import TokenService
+from server.config import Settings
+from server.fhir.openapi import fhir_paths
+from server.fhir.router import FhirRouter
+from server.fhir.structures import structures
+from server.metrics import Metrics
+from server.search.registry import registry
+from server.storage import open_store
+from server.storage.base import ResourceStore, StoreError
+
+log = logging.getLogger("consilium.app")
+FHIR_PREFIX = "/fhir"
+
+
+class ConsiliumApp:
+    """ASGI entry point. ``/fhir`` goes straight to the FHIR router (no framework in between);
+    every other path, and the lifespan, to FastAPI."""
+
+    def __init__(self, api: FastAPI, fhir: FhirRouter, store: ResourceStore):
+        self.api = api
+        self.fhir = fhir
+        self.store = store
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith(FHIR_PREFIX) and (len(path) == len(FHIR_PREFIX)
+                                                 or path[len(FHIR_PREFIX)] == "/"):
+                await self.fhir(scope, receive, send)
+                return
+        await self.api(scope, receive, send)
+
+
+def create_app(settings: Settings) -> ConsiliumApp:
+    store = open_store(settings)
+    keys = KeyStore(settings.keys_dir)
+    keys.ensure()
+    tokens = TokenService(keys)
+    metrics = Metrics()
+    # Load the generated tables now: a broken table fails the start, not the first request.
+    structures()
+    registry()
+    fhir = FhirRouter(settings, store, tokens, metrics, FHIR_PREFIX)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await store.close()
+
+    api = FastAPI(title="Consilium", version=__version__, lifespan=lifespan,
+                  description="FHIR R4 interoperability server for telemedicine networks. "
+                              "The FHIR API lives under /fhir.")
+
+    @api.get("/healthz", tags=["operations"])
+    async def healthz() -> Response:
+        try:
+            await store.ping()
+        except StoreError as exc:
+            return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    @api.get("/metrics", tags=["operations"])
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @api.get("/auth/jwks", tags=["auth"])
+    async def jwks() -> Response:
+        return JSONResponse(keys.jwks(), headers={"Cache-Control": "max-age=300"})
+
+    original_openapi = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = original_openapi()
+            schema["paths"] = {**fhir_paths(FHIR_PREFIX), **schema.get("paths", {})}
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+    return ConsiliumApp(api, fhir, store)
+
+
+def app_from_env() -> ConsiliumApp:
+    """Factory for worker processes: settings come from CONSILIUM_* variables."""
+    from server import logs
+
+    settings = Settings.from_env()
+    logs.setup(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,243 @@
+"""The ``consilium`` command.
+
+    consilium serve              start the server (FHIR at /fhir) on the embedded store
+    consilium token --scope S    print a bearer token the server on the same data dir accepts
+    consilium keys list|rotate   manage the signing keys in the data dir
+
+Every option can also be set by an environment variable ``CONSILIUM_<NAME>`` (see
+server/config.py); flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from server import __version__
+from server.config import Settings
+
+log = logging.getLogger("consilium")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="where the store, keys and run files live (default ./data; "
+                             "env CONSILIUM_DATA_DIR)")
+    parser.add_argument("--db", metavar="URI",
+                        help="store: empty for the embedded SQLite store under the data dir, or "
+                             "a mongodb:// URI (env CONSILIUM_DB)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log level (default info; env CONSILIUM_LOG_LEVEL)")
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return Settings.from_env(data_dir=args.data_dir, db=args.db, log_level=args.log_level,
+                             **extra)
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="start the server",
+                       description="Start Consilium: the FHIR API at /fhir, /healthz, /metrics. "
+                                   "Stops gracefully on SIGTERM or Ctrl-C.")
+    _common(p)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; env CONSILIUM_HOST)")
+    p.add_argument("--port", "--http-port", dest="http_port", type=int,
+                   help="HTTP port (default 8080; 0 disables HTTP; env CONSILIUM_HTTP_PORT)")
+    p.add_argument("--dicom-port", type=int,
+                   help="DICOM DIMSE port (default 11112; 0 disables; env CONSILIUM_DICOM_PORT)")
+    p.add_argument("--mllp-port", type=int,
+                   help="HL7 v2 MLLP port (default 2575; 0 disables; env CONSILIUM_MLLP_PORT)")
+    p.add_argument("--workers", type=int,
+                   help="HTTP worker processes (default: the number of CPUs; "
+                        "env CONSILIUM_WORKERS)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="turn authorization OFF (local development only; env CONSILIUM_AUTH=off)")
+    p.add_argument("--base-url", help="public base URL, e.g. https://tm.example.org "
+                                      "(default: taken from each request's Host)")
+    p.add_argument("--no-access-log", action="store_true",
+                   help="do not log one line per request")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, host=args.host, http_port=args.http_port,
+                         dicom_port=args.dicom_port, mllp_port=args.mllp_port,
+                         workers=args.workers, base_url=args.base_url,
+                         auth=False if args.no_auth else None,
+                         access_log=False if args.no_access_log else None)
+    from server import logs
+
+    logs.setup(settings.log_level)
+    if settings.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    if not settings.auth:
+        banner = ("AUTHORIZATION IS OFF: anyone who can reach this server can read and change "
+                  "every record. Use --no-auth for local development only.")
+        print(f"\n{'!' * 78}\n{banner}\n{'!' * 78}\n", file=sys.stderr)
+        log.warning(banner, extra={"event": "auth.disabled"})
+    _prepare_data_dir(settings)
+    for face, port in (("dicom", settings.dicom_port), ("mllp", settings.mllp_port)):
+        if port:
+            log.info("face not available in this build", extra={"event": "face.unavailable",
+                                                               "face": face, "port": port})
+    if not settings.http_port:
+        log.warning("HTTP disabled (port 0); nothing to serve",
+                    extra={"event": "face.disabled", "face": "http"})
+        return 0
+    log.info("starting", extra={"event": "server.start", "version": __version__,
+                                "http": f"{settings.host}:{settings.http_port}",
+                                "workers": settings.workers,
+                                "data_dir": str(settings.data_dir.resolve()),
+                                "auth": settings.auth})
+    _run_http(settings)
+    log.info("stopped", extra={"event": "server.stop"})
+    return 0
+
+
+def _prepare_data_dir(settings: Settings) -> None:
+    """Create the data dir, the schema and the keys once, before any worker starts."""
+    from server.auth.keys import KeyStore
+    from server.metrics import MULTIPROC_ENV
+    from server.storage import open_store
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    KeyStore(settings.keys_dir).ensure()
+    asyncio.run(open_store(settings).close())
+    metrics_dir = settings.run_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(metrics_dir.resolve())
+
+
+def _run_http(settings: Settings) -> None:
+    import uvicorn
+
+    common = dict(host=settings.host, port=settings.http_port, http="httptools", loop="uvloop",
+                  lifespan="on", access_log=False, log_config=None, server_header=False,
+                  timeout_graceful_shutdown=30)
+    if settings.workers == 1:
+        from server.app import create_app
+
+        config = uvicorn.Config(create_app(settings), **common)
+        uvicorn.Server(config).run()
+        return
+    # Several workers: each process builds the app from the environment. Listeners that must
+    # run once per server (DICOM, MLLP, job runners) belong in this supervising process.
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ.update(settings.to_env())
+    config = uvicorn.Config("server.app:app_from_env", factory=True, workers=settings.workers,
+                            **common)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+# -- token and keys -----------------------------------------------------------------------------
+
+def _token_parser(sub: Any) -> None:
+    p = sub.add_parser("token", help="print a bearer token for this server",
+                       description="Print a signed bearer token (ES256 JWT) that the server "
+                                   "using the same data dir accepts.")
+    _common(p)
+    p.add_argument("--scope", default="system/*.cruds",
+                   help="SMART scopes, space separated (default 'system/*.cruds'; "
+                        "e.g. 'system/*.read', 'user/Patient.rs')")
+    p.add_argument("--subject", default="admin", help="who the token is for (default admin)")
+    p.add_argument("--lifetime", type=int, help="seconds until it expires (default 3600)")
+    p.set_defaults(func=cmd_token)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from server.auth.keys import KeyStore
+    from server.auth.scopes import ScopeError, parse_scopes
+    from server.auth.tokens import TokenService
+
+    settings = _settings(args)
+    try:
+        if not parse_scopes(args.scope):
+            print(f"no resource scope in {args.scope!r}", file=sys.stderr)
+            return 2
+    except ScopeError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    tokens = TokenService(KeyStore(settings.keys_dir))
+    print(tokens.issue(args.subject, args.scope, args.lifetime or settings.token_lifetime))
+    return 0
+
+
+def _keys_parser(sub: Any) -> None:
+    p = sub.add_parser("keys", help="list, rotate or remove signing keys",
+                       description="Signing keys live in DATA_DIR/keys. Rotation makes a new key "
+                                   "sign new tokens; old keys keep verifying until removed.")
+    _common(p)
+    p.add_argument("action", choices=["list", "rotate", "remove"])
+    p.add_argument("kid", nargs="?", help="key id (for remove)")
+    p.set_defaults(func=cmd_keys)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from server.auth.keys import KeyStore
+
+    keys = KeyStore(_settings(args).keys_dir)
+    if args.action == "rotate":
+        print(keys.rotate())
+    elif args.action == "remove":
+        if not args.kid:
+            print("keys remove needs a key id", file=sys.stderr)
+            return 2
+        try:
+            keys.remove(args.kid)
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+    else:
+        current = keys.ensure()
+        for key in keys.jwks()["keys"]:
+            print(key["kid"], "(current)" if key["kid"] == current else "")
+    return 0
+
+
+PARSERS: list[Callable[[Any], None]] = [_serve_parser, _token_parser, _keys_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consilium", description="Consilium: FHIR interoperability server for "
+                                      "telemedicine networks.")
+    parser.add_argument("--version", action="version", version=f"consilium {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in PARSERS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear message, not a traceback, for operator errors
+        from server.storage import StoreError
+
+        if isinstance(exc, StoreError | ValueError | OSError):
+            print(f"consilium: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

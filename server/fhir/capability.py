@@ -1,0 +1,116 @@
+"""The CapabilityStatement, generated from the interaction and operation tables and the search
+parameter registry: it says exactly what the router serves, never more."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from server import __version__
+from server.fhir.interactions import INTERACTIONS, OPERATIONS
+from server.fhir.structures import structures
+from server.search.registry import registry
+
+SOFTWARE_DATE = "2026-11-23"
+
+
+def _type_interactions() -> list[dict[str, str]]:
+    codes = []
+    for i in INTERACTIONS:
+        if i.level in ("type", "instance") and not i.conditional and i.code not in codes:
+            codes.append(i.code)
+    return [{"code": c} for c in codes]
+
+
+def _operations(level: str, type_: str | None) -> list[dict[str, str]]:
+    return [{"name": op.name, "definition": op.definition} for op in OPERATIONS
+            if level in op.levels and (op.types is None or type_ in op.types)]
+
+
+def _search_params(type_: str) -> list[dict[str, Any]]:
+    out = []
+    for code, p in sorted(registry().params_for(type_).items()):
+        entry: dict[str, Any] = {"name": code, "definition": p.url, "type": p.type}
+        doc = getattr(p, "description", None)
+        if doc:
+            entry["documentation"] = doc
+        out.append(entry)
+    return out
+
+
+def _resource(type_: str) -> dict[str, Any]:
+    reg = registry()
+    res: dict[str, Any] = {
+        "type": type_,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
+        "interaction": _type_interactions(),
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalRead": "full-support",
+        "conditionalUpdate": True,
+        "conditionalDelete": "single",
+        "referencePolicy": ["literal", "logical"],
+        "searchParam": _search_params(type_),
+    }
+    includes = getattr(reg, "includes_for", None)
+    if includes is not None:
+        res["searchInclude"] = includes(type_)
+        res["searchRevInclude"] = reg.revincludes_for(type_)
+    ops = _operations("type", type_) + [o for o in _operations("instance", type_)
+                                         if o not in _operations("type", type_)]
+    if ops:
+        res["operation"] = ops
+    return res
+
+
+@functools.cache
+def _rest(auth: bool) -> dict[str, Any]:
+    system_codes = []
+    for i in INTERACTIONS:
+        if i.level == "system" and i.code != "capabilities" and i.code not in system_codes:
+            system_codes.append(i.code)
+    rest: dict[str, Any] = {
+        "mode": "server",
+        "documentation": "Consilium FHIR R4 API for telemedicine networks",
+        "resource": [_resource(t) for t in structures().resource_types],
+        "interaction": [{"code": c} for c in system_codes],
+        "searchParam": [],
+        "operation": _operations("system", None),
+    }
+    if auth:
+        rest["security"] = {
+            "service": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR"}]}],
+            "description": "Bearer tokens (ES256 JWTs) with SMART scopes are required on every "
+                           "interaction except this CapabilityStatement.",
+        }
+    if not rest["operation"]:
+        del rest["operation"]
+    if not rest["searchParam"]:
+        del rest["searchParam"]
+    return rest
+
+
+def capability_statement(base: str, settings: Any) -> dict[str, Any]:
+    from server.fhir import xml_supported
+
+    formats = ["application/fhir+json", "json"]
+    if xml_supported():
+        formats += ["application/fhir+xml", "xml"]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": SOFTWARE_DATE,
+        "publisher": "Consilium",
+        "kind": "instance",
+        "software": {"name": "Consilium", "version": __version__},
+        "implementation": {"description": "Consilium telemedicine interoperability server",
+                           "url": base},
+        "fhirVersion": "4.0.1",
+        "format": formats,
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [_rest(bool(settings.auth) if settings is not None else True)],
+    }

@@ -1,0 +1,84 @@
+"""Operations of the base specification: ``$validate``, ``$meta``, and ``metadata``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.fhir import codec
+from server.fhir.errors import FhirError, Issue, invalid, not_found, outcome
+from server.fhir.prepare import check_type
+from server.fhir.request import FhirRequest, FhirResponse
+from server.fhir.validation import validate_resource
+from server.storage.base import ResourceStore
+
+_VALIDATE_MODES = ("create", "update", "delete")
+
+
+async def capabilities(req: FhirRequest, store: ResourceStore) -> FhirResponse:
+    from server.fhir.capability import capability_statement
+
+    return FhirResponse(200, resource=capability_statement(req.base, req.settings))
+
+
+def _validate_input(req: FhirRequest) -> tuple[Any, str]:
+    body = req.resource()
+    mode = req.param("mode") or "create"
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters" \
+            and req.type != "Parameters":
+        resource = None
+        for p in body.get("parameter") or []:
+            if p.get("name") == "resource":
+                resource = p.get("resource")
+            elif p.get("name") == "mode":
+                mode = p.get("valueCode") or mode
+            elif p.get("name") == "profile":
+                raise FhirError(400, "not-supported",
+                                "validation against a given profile is not supported yet",
+                                expression="Parameters.parameter.profile")
+        if resource is None:
+            raise invalid("the Parameters carry no 'resource' to validate")
+        body = resource
+    if mode not in _VALIDATE_MODES:
+        raise invalid(f"mode must be one of {', '.join(_VALIDATE_MODES)}", expression="mode")
+    return body, mode
+
+
+async def validate(req: FhirRequest, store: ResourceStore) -> FhirResponse:
+    """$validate (Resource-validate): 200 with an OperationOutcome whether or not it is valid."""
+    assert req.type
+    if req.id is not None and req.body.strip() == b"":
+        current = await store.read(req.type, req.id)
+        if current is None or current.deleted or current.body is None:
+            raise not_found(req.type, req.id)
+        resource, mode = codec.loads(current.body), "update"
+    else:
+        resource, mode = _validate_input(req)
+    if mode == "delete":
+        if req.id is None:
+            raise invalid("mode=delete needs an instance: [type]/[id]/$validate")
+        return FhirResponse(200, resource=outcome([Issue("informational", "the resource may "
+                                                         "be deleted", "information")]))
+    try:
+        check_type(resource, req.type)
+    except FhirError as exc:
+        return FhirResponse(200, resource=exc.outcome())
+    if mode == "update" and req.id is not None and resource.get("id") != req.id:
+        issues = [Issue("invalid", f"the id in the resource does not match {req.id!r}",
+                        expression=["id"])]
+    else:
+        issues = validate_resource(resource, req.type)
+    if not issues:
+        issues = [Issue("informational", "validation found no problems", "information")]
+    return FhirResponse(200, resource=outcome(issues))
+
+
+async def meta(req: FhirRequest, store: ResourceStore) -> FhirResponse:
+    assert req.type and req.id
+    current = await store.read(req.type, req.id)
+    if current is None or current.body is None:
+        raise not_found(req.type, req.id)
+    resource = codec.loads(current.body)
+    meta_ = {k: v for k, v in (resource.get("meta") or {}).items()
+             if k in ("profile", "security", "tag")}
+    return FhirResponse(200, resource={"resourceType": "Parameters",
+                                       "parameter": [{"name": "return", "valueMeta": meta_}]})

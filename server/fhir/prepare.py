@@ -1,0 +1,56 @@
+"""What every write does before it reaches the store: validate, then extract search indexes.
+
+Both are CPU work done on the request's own thread, outside the store's write lock.
+
+Status codes (http.html#create, #update): 400 when the body is not a well-formed resource of the
+type (not JSON/XML, not an object, wrong ``resourceType``, unknown elements, wrong datatypes or
+formats); 422 when it is well formed but breaks a rule of the specification or of the server
+(cardinality, required bindings, invariants, reference targets, profiles).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.fhir.errors import FhirError, Issue, invalid
+from server.fhir.structures import structures
+from server.fhir.validation import validate_resource
+from server.search.index import extract
+from server.storage.base import IndexRows
+
+_MALFORMED = {"structure", "value", "invalid", "too-long"}
+
+
+def check_type(resource: Any, type: str) -> dict[str, Any]:
+    if not isinstance(resource, dict):
+        raise invalid("the body must be a FHIR resource (a JSON object)", code="structure")
+    actual = resource.get("resourceType")
+    if actual != type:
+        if actual is None:
+            raise invalid("the resource has no resourceType", code="structure",
+                          expression="resourceType")
+        raise invalid(f"resourceType {actual!r} does not match the URL's type {type!r}",
+                      code="invalid", expression="resourceType")
+    return resource
+
+
+def validation_error(issues: list[Issue]) -> FhirError | None:
+    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    if not errors:
+        return None
+    status = 400 if any(i.code in _MALFORMED for i in errors) else 422
+    first = errors[0]
+    return FhirError(status, first.code, first.diagnostics, issues=issues)
+
+
+def prepare(resource: Any, type: str) -> IndexRows:
+    """Validate ``resource`` as a ``type`` and return its search index rows; raise FhirError."""
+    check_type(resource, type)
+    error = validation_error(validate_resource(resource, type))
+    if error is not None:
+        raise error
+    return extract(resource)
+
+
+def known_type(type: str) -> bool:
+    return structures().is_resource_type(type)

@@ -1,0 +1,115 @@
+"""Search interactions: type, system (``_type``) and compartment searches (search.html)."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from server.fhir.bundles import Stored, bundle, full_url, link_url
+from server.fhir.errors import FhirError, Issue, invalid, outcome
+from server.fhir.request import FhirRequest, FhirResponse
+from server.fhir.structures import structures
+from server.search.plan import AnyOf, Match, ReferenceValue, SearchQuery
+from server.search.query import parse
+from server.storage.base import ResourceStore
+
+SPEC = Path(__file__).resolve().parent / "spec"
+
+
+@cache
+def compartments() -> dict[str, dict[str, list[str]]]:
+    data = json.loads((SPEC / "compartments.json").read_text())
+    data.pop("_generated", None)
+    return data
+
+
+def _strict(req: FhirRequest) -> bool:
+    return req.prefer.get("handling") == "strict"
+
+
+def _query(req: FhirRequest, types: tuple[str, ...], params: list[tuple[str, str]]) -> SearchQuery:
+    s = req.settings
+    return parse(types, params, default_count=s.default_page_size if s else 20,
+                 max_count=s.max_page_size if s else 1000, base=req.base, strict=_strict(req))
+
+
+async def _run(req: FhirRequest, store: ResourceStore, query: SearchQuery, path: str,
+               params: list[tuple[str, str]]) -> FhirResponse:
+    try:
+        page = await store.search(query)
+    except ValueError as exc:
+        raise invalid(f"_cursor: {exc}", expression="_cursor") from None
+    kept = [(k, v) for k, v in params if k not in query.ignored and k != "_cursor"]
+    links = [("self", link_url(req.base, path, [*kept, *(
+        [("_cursor", query.cursor)] if query.cursor else [])]))]
+    if page.next_cursor:
+        links.append(("next", link_url(req.base, path, [*kept, ("_cursor", page.next_cursor)])))
+    if page.prev_cursor:
+        links.append(("previous", link_url(req.base, path,
+                                           [*kept, ("_cursor", page.prev_cursor)])))
+    entries: list[dict[str, Any]] = [
+        {"fullUrl": full_url(req.base, v.type, v.id), "resource": Stored(v),
+         "search": {"mode": "match"}} for v in page.matches]
+    entries += [{"fullUrl": full_url(req.base, v.type, v.id), "resource": Stored(v),
+                 "search": {"mode": "include"}} for v in page.included]
+    if query.ignored:
+        entries.append({"resource": outcome([Issue(
+            "not-supported", f"search parameter {name} is not known and was ignored",
+            severity="warning", expression=[name]) for name in query.ignored]),
+            "search": {"mode": "outcome"}})
+    return FhirResponse(200, resource=bundle("searchset", entries, links, page.total))
+
+
+async def search_type(req: FhirRequest, store: ResourceStore) -> FhirResponse:
+    assert req.type
+    return await _run(req, store, _query(req, (req.type,), req.params), req.type, req.params)
+
+
+async def search_system(req: FhirRequest, store: ResourceStore) -> FhirResponse:
+    names: list[str] = []
+    for k, v in req.params:
+        if k == "_type":
+            names += [t.strip() for t in v.split(",") if t.strip()]
+    if not names:
+        raise FhirError(400, "not-supported",
+                        "a search across all types needs _type (e.g. _type=Patient,Practitioner)",
+                        expression="_type")
+    for t in names:
+        if not structures().is_resource_type(t):
+            raise invalid(f"_type: unknown resource type {t!r}", expression="_type")
+    types = tuple(dict.fromkeys(names))
+    return await _run(req, store, _query(req, types, req.params), "", req.params)
+
+
+async def search_compartment(req: FhirRequest, store: ResourceStore) -> FhirResponse:
+    """``[compartment type]/[id]/[type]``: resources linked to the owner by the compartment's
+    parameters (compartmentdefinition-*.json)."""
+    assert req.type and req.id and req.compartment
+    definition = compartments().get(req.type)
+    if definition is None:
+        raise FhirError(404, "not-supported", f"there is no {req.type} compartment")
+    types = tuple(sorted(definition)) if req.compartment == "*" else (req.compartment,)
+    if req.compartment != "*" and req.compartment not in definition:
+        raise FhirError(404, "not-supported",
+                        f"{req.compartment} resources are not in the {req.type} compartment")
+    query = _query(req, types, req.params)
+    owner = ReferenceValue(req.type, req.id)
+    options = []
+    for t in types:
+        for code in definition[t]:
+            if code == "{def}":
+                continue
+            options.append(Match(t, code, "reference", (owner,)))
+        if t == req.type:
+            options.append(Match(t, "_id", "id", (_id_token(req.id),)))
+    query.clauses.insert(0, options[0] if len(options) == 1 else AnyOf(tuple(options)))
+    path = f"{req.type}/{req.id}/{req.compartment}"
+    return await _run(req, store, query, path, req.params)
+
+
+def _id_token(id_: str) -> Any:
+    from server.search.plan import TokenValue
+
+    return TokenValue(None, id_)

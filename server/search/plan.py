@@ -1,0 +1,146 @@
+"""A parsed FHIR search, independent of any backend (search.html).
+
+``server.search.query`` builds a :class:`SearchQuery` from the request parameters; each backend
+compiles it (``server.storage.sqlite_search`` to SQL; the MongoDB backend to a query document).
+Values are already normalised and turned into ranges here, so backends only compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+#: Bounds used for open ends of date ranges (µs since the epoch).
+NEG_INF = -(2**62)
+POS_INF = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class TokenValue:
+    system: str | None  # None: any system (``code``); "" : no system (``|code``)
+    code: str | None  # None: any code in the system (``system|``)
+
+
+@dataclass(frozen=True, slots=True)
+class StringValue:
+    text: str  # normalised as the index is
+
+
+@dataclass(frozen=True, slots=True)
+class RangeValue:
+    """A date, number or quantity value: its prefix and the range its precision implies."""
+
+    prefix: str  # eq ne gt lt ge le sa eb ap
+    lo: float
+    hi: float
+    system: str | None = None  # quantity only
+    code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceValue:
+    type: str | None
+    id: str | None
+    url: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UriValue:
+    uri: str
+
+
+Value = Union[TokenValue, StringValue, RangeValue, ReferenceValue, UriValue]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Resources of ``type`` whose index rows for parameter ``code`` (stored in ``kind``) match
+    any of ``values``. ``modifier`` is what the backend needs to know: ``exact``, ``contains``,
+    ``below``, ``above``, or None."""
+
+    type: str
+    code: str
+    kind: str  # string token reference date number quantity uri, or column: id lastUpdated
+    values: tuple[Value, ...]
+    modifier: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    type: str
+    code: str
+    kind: str
+    missing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    """``:not``: resources with no value matching ``clause`` (also those with no value)."""
+
+    clause: Match
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """``code[:target].inner``: a reference ``code`` of ``type`` points at a ``target_types``
+    resource that matches ``inner`` (which is on that target type)."""
+
+    type: str
+    code: str
+    target_type: str
+    inner: Clause
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """At least one of the clauses (a chain over several possible target types)."""
+
+    clauses: tuple[Clause, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Has:
+    """``_has:source_type:code:inner``: some ``source_type`` resource refers to this one
+    (of ``type``) through its parameter ``code`` and matches ``inner``."""
+
+    type: str
+    source_type: str
+    code: str
+    inner: Clause
+
+
+Clause = Union[Match, Missing, Not, Chain, AnyOf, Has]
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    code: str
+    kind: str
+    descending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    """``_include=source_type:code[:target_type]`` (or ``_revinclude``); code ``*`` = every
+    reference parameter."""
+
+    source_type: str
+    code: str
+    target_type: str | None
+    iterate: bool = False
+
+
+@dataclass(slots=True)
+class SearchQuery:
+    types: tuple[str, ...]
+    clauses: list[Clause] = field(default_factory=list)
+    sort: list[SortKey] = field(default_factory=list)
+    count: int = 20
+    cursor: str | None = None
+    total: str = "auto"  # none, estimate, accurate; auto: accurate when cheap
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    #: Parameters that were not understood and ignored (reported in the bundle).
+    ignored: list[str] = field(default_factory=list)
+    summary_count: bool = False

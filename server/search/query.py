@@ -1,0 +1,420 @@
+"""Parsing search parameters into a :class:`~server.search.plan.SearchQuery` (search.html).
+
+Unknown parameters are ignored and reported (or refused with ``Prefer: handling=strict``);
+malformed values and unsupported modifiers are refused with 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from server.fhir.errors import FhirError, invalid
+from server.fhir.structures import structures
+from server.search import index
+from server.search.plan import (
+    AnyOf,
+    Chain,
+    Clause,
+    Has,
+    Include,
+    Match,
+    Missing,
+    Not,
+    RangeValue,
+    ReferenceValue,
+    SearchQuery,
+    SortKey,
+    StringValue,
+    TokenValue,
+    UriValue,
+    Value,
+)
+from server.search.registry import registry
+
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+#: Parameters that shape the result rather than select resources.
+RESULT_PARAMS = {"_sort", "_count", "_include", "_revinclude", "_summary", "_elements", "_total",
+                 "_contained", "_containedType", "_format", "_pretty", "_cursor", "_type"}
+UNSUPPORTED = {"_text", "_content", "_filter", "_query", "_list", "_containedType"}
+_MODIFIERS = {
+    "string": {"exact", "contains", "missing"},
+    "token": {"text", "not", "of-type", "missing"},
+    "reference": {"identifier", "missing"},
+    "date": {"missing"},
+    "number": {"missing"},
+    "quantity": {"missing"},
+    "uri": {"above", "below", "missing"},
+    "composite": {"missing"},
+    "special": set(),
+}
+_MAX_CHAIN = 4
+
+
+def split_values(text: str) -> list[str]:
+    """Comma-separated OR values, honouring the ``\\,`` escape."""
+    out, cur, i = [], [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            cur.append(text[i:i + 2])
+            i += 2
+            continue
+        if c == ",":
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    parts, cur, i = [], [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            cur.append(text[i:i + 2])
+            i += 2
+            continue
+        if c == sep:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def unescape(text: str) -> str:
+    return re.sub(r"\\([\\,|$])", r"\1", text)
+
+
+class Parser:
+    def __init__(self, base: str | None = None, strict: bool = False):
+        self.reg = registry()
+        self.base = base.rstrip("/") + "/" if base else None
+        self.strict = strict
+        self.ignored: list[str] = []
+
+    # -- values ---------------------------------------------------------------------------------
+
+    def _bad(self, name: str, value: str, why: str) -> FhirError:
+        return invalid(f"search parameter {name}: {value!r} {why}", expression=name)
+
+    def _prefixed(self, name: str, raw: str) -> tuple[str, str]:
+        if len(raw) > 2 and raw[:2] in PREFIXES and (raw[2].isdigit() or raw[2] == "-"):
+            return raw[:2], raw[2:]
+        return "eq", raw
+
+    def token(self, name: str, raw: str) -> TokenValue:
+        parts = _split_unescaped(raw, "|")
+        if len(parts) == 1:
+            return TokenValue(None, unescape(parts[0]) or None)
+        if len(parts) != 2:
+            raise self._bad(name, raw, "is not a token ([system]|[code])")
+        system, code = unescape(parts[0]), unescape(parts[1])
+        if not system and not code:
+            raise self._bad(name, raw, "has neither system nor code")
+        return TokenValue(system, code or None)
+
+    def date(self, name: str, raw: str) -> RangeValue:
+        prefix, text = self._prefixed(name, raw)
+        try:
+            lo, hi = index.date_range(text)
+        except ValueError:
+            raise self._bad(name, raw, "is not a valid date, dateTime or instant") from None
+        return RangeValue(prefix, lo, hi)
+
+    def number(self, name: str, raw: str) -> RangeValue:
+        prefix, text = self._prefixed(name, raw)
+        try:
+            lo, hi = index.number_range(text)
+        except ValueError:
+            raise self._bad(name, raw, "is not a number") from None
+        return RangeValue(prefix, lo, hi)
+
+    def quantity(self, name: str, raw: str) -> RangeValue:
+        parts = _split_unescaped(raw, "|")
+        if len(parts) not in (1, 3):
+            raise self._bad(name, raw, "is not a quantity ([prefix]number|system|code)")
+        number = self.number(name, parts[0])
+        system = unescape(parts[1]) or None if len(parts) == 3 else None
+        code = unescape(parts[2]) or None if len(parts) == 3 else None
+        return RangeValue(number.prefix, number.lo, number.hi, system, code)
+
+    def reference(self, name: str, raw: str, target: str | None,
+                  targets: Iterable[str]) -> ReferenceValue:
+        value = unescape(raw)
+        if not value:
+            raise self._bad(name, raw, "is empty")
+        if self.base and value.startswith(self.base):
+            value = value[len(self.base):]
+        if "://" in value or value.startswith("urn:"):
+            url, _, version = value.partition("|")
+            return ReferenceValue(None, None, url, version or None)
+        parts = value.split("/")
+        if len(parts) == 1:
+            only = list(targets)
+            return ReferenceValue(target or (only[0] if len(only) == 1 else None), parts[0])
+        if len(parts) in (2, 4) and (len(parts) == 2 or parts[2] == "_history"):
+            type_, id_ = parts[0], parts[1]
+            if not structures().is_resource_type(type_):
+                raise self._bad(name, raw, f"names an unknown resource type {type_!r}")
+            if target and type_ != target:
+                raise self._bad(name, raw, f"is not a {target} reference")
+            return ReferenceValue(type_, id_, None, parts[3] if len(parts) == 4 else None)
+        raise self._bad(name, raw, "is not a reference ([type]/[id], [id] or a URL)")
+
+    def values(self, name: str, kind: str, raw: str, modifier: str | None,
+               param: Any) -> tuple[Value, ...]:
+        out: list[Value] = []
+        for item in split_values(raw):
+            if item == "":
+                raise self._bad(name, raw, "has an empty value")
+            if kind == "string" or modifier == "text":
+                out.append(StringValue(index.normalize(unescape(item))))
+            elif kind == "token":
+                out.append(self.token(name, item))
+            elif kind in ("date", "lastUpdated"):
+                out.append(self.date(name, item))
+            elif kind == "number":
+                out.append(self.number(name, item))
+            elif kind == "quantity":
+                out.append(self.quantity(name, item))
+            elif kind == "reference":
+                out.append(self.reference(name, item, None, getattr(param, "targets", ()) or ()))
+            elif kind == "uri":
+                out.append(UriValue(unescape(item)))
+            elif kind == "id":
+                out.append(TokenValue(None, unescape(item)))
+            else:
+                raise FhirError(400, "not-supported",
+                                f"search parameter {name}: {kind} parameters are not supported")
+        return tuple(out)
+
+    # -- parameters -----------------------------------------------------------------------------
+
+    def clause(self, type_: str, name: str, raw: str, depth: int = 0) -> Clause | None:
+        """The clause for one ``name=value`` pair on ``type_``, or None if it is ignored."""
+        if depth > _MAX_CHAIN:
+            raise invalid(f"search parameter {name}: chains are limited to {_MAX_CHAIN} links",
+                          expression=name)
+        if name.startswith("_has:"):
+            return self._has(type_, name, raw, depth)
+        head, dot, rest = name.partition(".")
+        code, _, modifier = head.partition(":")
+        param = self.reg.get(type_, code)
+        if param is None:
+            return self._unknown(name, f"{type_} has no search parameter {code!r}")
+        kind = param.column or param.type
+        if dot:
+            return self._chain(type_, name, code, modifier or None, param, rest, raw, depth)
+        if modifier == "missing":
+            if raw not in ("true", "false"):
+                raise self._bad(name, raw, "must be true or false")
+            return Missing(type_, code, kind, raw == "true")
+        target = None
+        if modifier and param.type == "reference" and modifier not in ("identifier", "missing"):
+            if modifier not in (param.targets or ()) and not (
+                    structures().is_resource_type(modifier) and not param.targets):
+                raise invalid(f"search parameter {name}: {modifier!r} is not a target type of "
+                              f"{code}", expression=name)
+            target = modifier
+            modifier = ""
+        if modifier and modifier not in _MODIFIERS.get(param.type, set()):
+            raise FhirError(400, "not-supported",
+                            f"search parameter {name}: modifier :{modifier} is not supported "
+                            f"for {param.type} parameters", expression=name)
+        if kind == "composite":
+            raise FhirError(400, "not-supported",
+                            f"search parameter {name}: composite parameters are not supported yet",
+                            expression=name)
+        if modifier == "text":
+            return Match(type_, f"{code}:text", "string", self.values(name, "string", raw, "text",
+                                                                        param), "contains")
+        if modifier == "of-type":
+            return Match(type_, f"{code}:of-type", "token", self._of_type(name, raw))
+        if modifier == "identifier":
+            return Match(type_, f"{code}:identifier", "token",
+                         self.values(name, "token", raw, None, param))
+        if target is not None:
+            values = tuple(self.reference(name, v, target, ()) for v in split_values(raw))
+            return Match(type_, code, kind, values)
+        values = self.values(name, kind, raw, modifier or None, param)
+        match = Match(type_, code, kind, values, modifier if modifier in
+                      ("exact", "contains", "above", "below") else None)
+        return Not(match) if modifier == "not" else match
+
+    def _of_type(self, name: str, raw: str) -> tuple[Value, ...]:
+        out: list[Value] = []
+        for item in split_values(raw):
+            parts = _split_unescaped(item, "|")
+            if len(parts) != 3 or not all(parts):
+                raise self._bad(name, item, "must be [type system]|[type code]|[value]")
+            out.append(TokenValue(unescape(parts[0]), f"{unescape(parts[1])}|{unescape(parts[2])}"))
+        return tuple(out)
+
+    def _chain(self, type_: str, name: str, code: str, target: str | None, param: Any,
+               rest: str, raw: str, depth: int) -> Clause | None:
+        if param.type != "reference":
+            raise invalid(f"search parameter {name}: {code} is not a reference and cannot be "
+                          "chained", expression=name)
+        targets = [target] if target else list(param.targets or [])
+        if target and param.targets and target not in param.targets:
+            raise invalid(f"search parameter {name}: {target!r} is not a target of {code}",
+                          expression=name)
+        inner_code = rest.split(".")[0].split(":")[0]
+        options: list[Clause] = []
+        for t in targets:
+            if not structures().is_resource_type(t) or (
+                    inner_code and not inner_code.startswith("_has")
+                    and self.reg.get(t, inner_code) is None):
+                continue
+            inner = self.clause(t, rest, raw, depth + 1)
+            if inner is not None:
+                options.append(Chain(type_, code, t, inner))
+        if not options:
+            return self._unknown(name, f"no target of {type_}.{code} has a search parameter "
+                                       f"{inner_code!r}")
+        return options[0] if len(options) == 1 else AnyOf(tuple(options))
+
+    def _has(self, type_: str, name: str, raw: str, depth: int) -> Clause | None:
+        parts = name.split(":", 3)
+        if len(parts) < 4:
+            raise invalid(f"search parameter {name}: expected _has:[type]:[reference]:[parameter]",
+                          expression=name)
+        _, source, ref_code, rest = parts
+        if not structures().is_resource_type(source):
+            raise invalid(f"search parameter {name}: unknown resource type {source!r}",
+                          expression=name)
+        ref = self.reg.get(source, ref_code)
+        if ref is None or ref.type != "reference":
+            raise invalid(f"search parameter {name}: {source} has no reference parameter "
+                          f"{ref_code!r}", expression=name)
+        if ref.targets and type_ not in ref.targets:
+            raise invalid(f"search parameter {name}: {source}.{ref_code} does not point at "
+                          f"{type_}", expression=name)
+        inner = self.clause(source, rest, raw, depth + 1)
+        if inner is None:
+            return None
+        return Has(type_, source, ref_code, inner)
+
+    def _unknown(self, name: str, why: str) -> None:
+        if self.strict:
+            raise invalid(f"unknown search parameter {name!r}: {why}", expression=name)
+        self.ignored.append(name)
+        return None
+
+    # -- result parameters ----------------------------------------------------------------------
+
+    def sort(self, types: tuple[str, ...], raw: str) -> list[SortKey]:
+        keys = []
+        for item in raw.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            desc = item.startswith("-")
+            code = item.lstrip("-")
+            kinds = {(p.column or p.type) for t in types
+                     if (p := self.reg.get(t, code)) is not None}
+            if not kinds:
+                raise invalid(f"_sort: unknown search parameter {code!r}", expression="_sort")
+            kind = kinds.pop()
+            if kind in ("composite", "special"):
+                raise invalid(f"_sort: cannot sort by {code!r}", expression="_sort")
+            keys.append(SortKey(code, kind, desc))
+        return keys
+
+    def include(self, name: str, raw: str, reverse: bool) -> Include:
+        parts = raw.split(":")
+        iterate = name.endswith(":iterate") or name.endswith(":recurse")
+        if raw == "*":
+            return Include("*", "*", None, iterate)
+        if len(parts) not in (2, 3):
+            raise invalid(f"{name}: expected [type]:[parameter][:target type], got {raw!r}",
+                          expression=name)
+        source, code = parts[0], parts[1]
+        target = parts[2] if len(parts) == 3 else None
+        if not structures().is_resource_type(source):
+            raise invalid(f"{name}: unknown resource type {source!r}", expression=name)
+        if code != "*":
+            param = self.reg.get(source, code)
+            if param is None or param.type != "reference":
+                raise invalid(f"{name}: {source} has no reference parameter {code!r}",
+                              expression=name)
+        if target is not None and not structures().is_resource_type(target):
+            raise invalid(f"{name}: unknown resource type {target!r}", expression=name)
+        return Include(source, code, target, iterate)
+
+
+def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_count: int = 20,
+          max_count: int = 1000, base: str | None = None, strict: bool = False) -> SearchQuery:
+    """The query for a search over ``types`` (one type, or several with ``_type``)."""
+    from server.fhir.values import parse_count
+
+    parser = Parser(base, strict)
+    q = SearchQuery(types)
+    for name, raw in params:
+        bare = name.split(":")[0]
+        if bare in UNSUPPORTED:
+            raise FhirError(400, "not-supported", f"{bare} is not supported", expression=name)
+        if bare in RESULT_PARAMS:
+            if bare == "_sort":
+                q.sort = parser.sort(types, raw)
+            elif bare == "_count":
+                q.count = parse_count(raw, default_count, max_count)
+            elif bare == "_cursor":
+                q.cursor = raw
+            elif bare == "_total":
+                if raw not in ("none", "estimate", "accurate"):
+                    raise invalid("_total must be none, estimate or accurate", expression="_total")
+                q.total = raw
+            elif bare == "_include":
+                q.includes.append(parser.include(name, raw, False))
+            elif bare == "_revinclude":
+                q.revincludes.append(parser.include(name, raw, True))
+            elif bare == "_summary":
+                q.summary_count = raw == "count"
+            elif bare == "_contained" and raw != "false":
+                raise FhirError(400, "not-supported", "searching contained resources is not "
+                                "supported", expression="_contained")
+            continue
+        if len(types) == 1:
+            clause = parser.clause(types[0], name, raw)
+        else:
+            options = [c for t in types if (c := _quiet(parser, t, name, raw)) is not None]
+            if not options:
+                parser._unknown(name, "no searched type has this parameter")
+                continue
+            clause = options[0] if len(options) == 1 else AnyOf(tuple(options))
+        if clause is not None:
+            q.clauses.append(clause)
+    if "_count" not in {n for n, _ in params}:
+        q.count = default_count
+    q.ignored = parser.ignored
+    return q
+
+
+def _quiet(parser: Parser, type_: str, name: str, raw: str) -> Clause | None:
+    """A clause for one of several searched types; types without the parameter are skipped."""
+    sub = Parser(parser.base.rstrip("/") if parser.base else None, False)
+    clause = sub.clause(type_, name, raw)
+    return None if sub.ignored else clause
+
+
+def parse_conditional(type_: str, criteria: str | list[tuple[str, str]], what: str) -> SearchQuery:
+    """The search of a conditional create/update/delete: strict, and it must select something."""
+    params = parse_qsl(criteria.lstrip("?"), keep_blank_values=True) \
+        if isinstance(criteria, str) else list(criteria)
+    params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
+    if not params:
+        raise invalid(f"{what} needs search criteria")
+    query = parse((type_,), params, strict=True)
+    if not query.clauses:
+        raise invalid(f"{what} needs search criteria that select resources")
+    return query

@@ -1,0 +1,440 @@
+"""Compiling a search plan (server.search.plan) to SQL over the SQLite index tables.
+
+Every value travels as a bound parameter; SQL text is assembled only from fixed fragments. Each
+clause becomes a condition on a resource alias, ``<alias>.rid IN (SELECT rid FROM idx_… WHERE
+pid = ? AND …)``, which SQLite answers from the clustered (pid, value, rid) index of the table.
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from server.search.plan import (
+    AnyOf,
+    Chain,
+    Clause,
+    Has,
+    Include,
+    Match,
+    Missing,
+    Not,
+    RangeValue,
+    ReferenceValue,
+    SearchQuery,
+    SortKey,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+from server.storage.base import SearchPage, Version
+from server.storage.sqlite_schema import INDEX_TABLES, param_id
+
+_TOP = "\U0010ffff"
+#: A total is computed by default when the matches are at most this many.
+AUTO_TOTAL_LIMIT = 10_000
+_MAX_INCLUDED = 1000
+_ITERATE_ROUNDS = 4
+
+
+class Compiler:
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+        self._alias = 0
+
+    def alias(self) -> str:
+        self._alias += 1
+        return f"t{self._alias}"
+
+    def arg(self, value: Any) -> str:
+        self.args.append(value)
+        return "?"
+
+    # -- clauses --------------------------------------------------------------------------------
+
+    def clause(self, c: Clause, res: str) -> str:
+        if isinstance(c, Match):
+            return self.match(c, res)
+        if isinstance(c, Not):
+            return f"NOT ({self.match(c.clause, res)})"
+        if isinstance(c, Missing):
+            return self.missing(c, res)
+        if isinstance(c, Chain):
+            return self.chain(c, res)
+        if isinstance(c, Has):
+            return self.has(c, res)
+        if isinstance(c, AnyOf):
+            return "(" + " OR ".join(self.clause(x, res) for x in c.clauses) + ")"
+        raise TypeError(f"unknown clause {c!r}")
+
+    def missing(self, c: Missing, res: str) -> str:
+        if c.kind == "id":
+            return "0" if c.missing else "1"
+        if c.kind == "lastUpdated":
+            return "0" if c.missing else "1"
+        table = INDEX_TABLES[c.kind][0]
+        sub = f"SELECT rid FROM {table} WHERE pid = {self.arg(param_id(c.type, c.code))}"
+        return f"{res}.rid {'NOT IN' if c.missing else 'IN'} ({sub})"
+
+    def match(self, m: Match, res: str) -> str:
+        if m.kind == "id":
+            ids = [v.code for v in m.values if isinstance(v, TokenValue)]
+            return f"{res}.id IN ({', '.join(self.arg(i) for i in ids)})"
+        if m.kind == "lastUpdated":
+            conds = [self.range(v, f"{res}.updated", f"{res}.updated", "date")
+                     for v in m.values if isinstance(v, RangeValue)]
+            return "(" + " OR ".join(conds) + ")"
+        table = INDEX_TABLES[m.kind][0]
+        conds = [self.value(m, v) for v in m.values]
+        pid = self.arg(param_id(m.type, m.code))
+        return (f"{res}.rid IN (SELECT rid FROM {table} WHERE pid = {pid} AND "
+                f"({' OR '.join(conds)}))")
+
+    def value(self, m: Match, v: Any) -> str:
+        kind = m.kind
+        if kind == "string":
+            assert isinstance(v, StringValue)
+            if m.modifier == "exact":
+                return f"exact = {self.arg(v.text)}"
+            if m.modifier == "contains":
+                pattern = v.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                return f"value LIKE {self.arg('%' + pattern + '%')} ESCAPE '\\'"
+            return f"(value >= {self.arg(v.text)} AND value < {self.arg(v.text + _TOP)})"
+        if kind == "token":
+            assert isinstance(v, TokenValue)
+            parts = []
+            if v.code is not None:
+                parts.append(f"code = {self.arg(v.code)}")
+            if v.system is not None:
+                parts.append(f"system = {self.arg(v.system)}")
+            return "(" + " AND ".join(parts) + ")"
+        if kind == "reference":
+            assert isinstance(v, ReferenceValue)
+            if v.url is not None:
+                cond = f"url = {self.arg(v.url)}"
+                if v.version:
+                    cond += f" AND version = {self.arg(v.version)}"
+                return f"({cond})"
+            cond = f"target_id = {self.arg(v.id)}"
+            if v.type:
+                cond += f" AND target_type = {self.arg(v.type)}"
+            return f"({cond})"
+        if kind == "uri":
+            assert isinstance(v, UriValue)
+            if m.modifier == "below":
+                return f"(uri >= {self.arg(v.uri)} AND uri < {self.arg(v.uri + _TOP)})"
+            if m.modifier == "above":
+                prefixes = _uri_prefixes(v.uri)
+                return f"uri IN ({', '.join(self.arg(p) for p in prefixes)})"
+            return f"uri = {self.arg(v.uri)}"
+        if kind in ("date", "number", "quantity"):
+            assert isinstance(v, RangeValue)
+            cond = self.range(v, "lo", "hi", kind)
+            if kind == "quantity":
+                if v.code is not None:
+                    cond += f" AND code = {self.arg(v.code)}"
+                if v.system is not None:
+                    cond += f" AND system = {self.arg(v.system)}"
+            return f"({cond})"
+        raise ValueError(f"cannot search {kind} values")
+
+    def range(self, v: RangeValue, lo: str, hi: str, kind: str) -> str:
+        """Prefix semantics of search.html#prefix. Dates compare ranges; numbers and quantities
+        compare the stored value (the middle of its precision range) with the search range."""
+        a = self.arg
+        p = v.prefix
+        if kind == "date":
+            eq = f"({lo} >= {a(v.lo)} AND {hi} <= {a(v.hi)})"
+            if p == "eq":
+                return eq
+            if p == "ne":
+                return f"NOT {eq}"
+            if p == "gt":
+                return f"{hi} > {a(v.hi)}"
+            if p == "lt":
+                return f"{lo} < {a(v.lo)}"
+            if p == "ge":
+                return f"({hi} > {a(v.hi)} OR {eq})"
+            if p == "le":
+                return f"({lo} < {a(v.lo)} OR {eq})"
+            if p == "sa":
+                return f"{lo} > {a(v.hi)}"
+            if p == "eb":
+                return f"{hi} < {a(v.lo)}"
+            # ap: overlap after widening by 10% of the distance from now (at least a day)
+            now = time.time() * 1_000_000
+            gap = max(abs(now - (v.lo + v.hi) / 2) * 0.1, 86_400_000_000)
+            return f"({lo} <= {a(v.hi + gap)} AND {hi} >= {a(v.lo - gap)})"
+        x = f"(({lo} + {hi}) / 2.0)"
+        value = (v.lo + v.hi) / 2
+        if p == "eq":
+            return f"({x} >= {a(v.lo)} AND {x} < {a(v.hi)})"
+        if p == "ne":
+            return f"({x} < {a(v.lo)} OR {x} >= {a(v.hi)})"
+        if p in ("gt", "sa"):
+            return f"{x} > {a(value)}"
+        if p in ("lt", "eb"):
+            return f"{x} < {a(value)}"
+        if p == "ge":
+            return f"{x} >= {a(v.lo)}"
+        if p == "le":
+            return f"{x} < {a(v.hi)}"
+        gap = abs(value) * 0.1
+        return f"({x} >= {a(value - gap)} AND {x} <= {a(value + gap)})"
+
+    def chain(self, c: Chain, res: str) -> str:
+        t = self.alias()
+        inner = self.clause(c.inner, t)
+        pid = self.arg(param_id(c.type, c.code))
+        ttype = self.arg(c.target_type)
+        ttype2 = self.arg(c.target_type)
+        return (f"{res}.rid IN (SELECT ref.rid FROM idx_reference ref WHERE ref.pid = {pid} "
+                f"AND ref.target_type = {ttype} AND ref.target_id IN (SELECT {t}.id FROM "
+                f"resource {t} WHERE {t}.type = {ttype2} AND {t}.deleted = 0 AND {inner}))")
+
+    def has(self, c: Has, res: str) -> str:
+        t = self.alias()
+        inner = self.clause(c.inner, t)
+        pid = self.arg(param_id(c.source_type, c.code))
+        ttype = self.arg(c.type)
+        stype = self.arg(c.source_type)
+        return (f"{res}.id IN (SELECT ref.target_id FROM idx_reference ref JOIN resource {t} "
+                f"ON {t}.rid = ref.rid WHERE ref.pid = {pid} AND ref.target_type = {ttype} "
+                f"AND {t}.type = {stype} AND {t}.deleted = 0 AND {inner})")
+
+    # -- sorting --------------------------------------------------------------------------------
+
+    def sort_expr(self, key: SortKey, types: tuple[str, ...], res: str) -> str:
+        if key.kind == "id":
+            return f"{res}.id"
+        if key.kind == "lastUpdated":
+            return f"{res}.updated"
+        table = INDEX_TABLES[key.kind][0]
+        column = {"string": "value", "token": "code", "reference": "target_type || '/' || "
+                  "target_id", "date": "hi" if key.descending else "lo",
+                  "number": "lo", "quantity": "lo", "uri": "uri"}[key.kind]
+        agg = "max" if key.descending else "min"
+        pids = [param_id(t, key.code) for t in types]
+        pid_cond = (f"pid = {self.arg(pids[0])}" if len(pids) == 1 else
+                    f"pid IN ({', '.join(self.arg(p) for p in pids)})")
+        return f"(SELECT {agg}({column}) FROM {table} WHERE rid = {res}.rid AND {pid_cond})"
+
+
+def _uri_prefixes(uri: str) -> list[str]:
+    out = [uri]
+    while "/" in uri.rstrip("/"):
+        uri = uri.rstrip("/").rsplit("/", 1)[0]
+        if uri.endswith(":/") or uri.endswith(":"):
+            break
+        out.append(uri)
+    return out
+
+
+# -- cursors --------------------------------------------------------------------------------------
+
+def _encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, n: int) -> list[Any]:
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise ValueError("invalid page cursor") from None
+    if not isinstance(values, list) or len(values) != n + 1 or values[0] not in ("n", "p"):
+        raise ValueError("invalid page cursor")
+    return values
+
+
+def _after(keys: list[tuple[str, bool]], values: list[Any], c: Compiler) -> str:
+    """Rows strictly after ``values`` in the order ``keys`` ((expression, descending) pairs; the
+    last key is the unique rid). SQLite sorts NULL first ascending and last descending."""
+    ors = []
+    for i, (expr, desc) in enumerate(keys):
+        eqs = [f"{e} IS {c.arg(v)}" for (e, _), v in zip(keys[:i], values[:i], strict=True)]
+        v = values[i]
+        if v is None:
+            step = "0" if desc else f"{expr} IS NOT NULL"
+        elif desc:
+            step = f"({expr} < {c.arg(v)} OR {expr} IS NULL)"
+        else:
+            step = f"{expr} > {c.arg(v)}"
+        ors.append("(" + " AND ".join([*eqs, step]) + ")")
+    return "(" + " OR ".join(ors) + ")"
+
+
+# -- running --------------------------------------------------------------------------------------
+
+def _where(query: SearchQuery, c: Compiler, res: str = "r") -> str:
+    types = query.types
+    conds = [f"{res}.type = {c.arg(types[0])}" if len(types) == 1 else
+             f"{res}.type IN ({', '.join(c.arg(t) for t in types)})", f"{res}.deleted = 0"]
+    conds += [c.clause(cl, res) for cl in query.clauses]
+    return " AND ".join(conds)
+
+
+_SELECT = ("SELECT r.rid, r.type, r.id, r.version, r.updated, v.body{extra} FROM resource r "
+           "JOIN version v ON v.seq = r.seq")
+
+
+def _version(row: Any) -> Version:
+    return Version(row[1], row[2], row[3], row[4], False, row[5])
+
+
+def run_in_transaction(conn: sqlite3.Connection, query: SearchQuery,
+                       limit: int | None = None) -> list[Version]:
+    """Matches of a (conditional) search, seen by the writer inside its transaction."""
+    c = Compiler()
+    sql = _SELECT.format(extra="") + " WHERE " + _where(query, c) + " ORDER BY r.rid"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return [_version(row) for row in conn.execute(sql, c.args)]
+
+
+def run_search(conn: sqlite3.Connection, query: SearchQuery) -> SearchPage:
+    c = Compiler()
+    where = _where(query, c)
+    keys: list[tuple[str, bool]] = [(c.sort_expr(k, query.types, "r"), k.descending)
+                                    for k in query.sort]
+    where_args = list(c.args)
+    total = None
+    if query.total == "accurate" or query.summary_count or query.total in ("auto", "estimate"):
+        cap = None if query.total == "accurate" or query.summary_count else AUTO_TOTAL_LIMIT
+        total = _count(conn, where, where_args, cap)
+    if query.summary_count or query.count == 0:
+        return SearchPage([], [], total)
+
+    backwards = False
+    sort_cols = "".join(f", {e} AS s{i}" for i, (e, _) in enumerate(keys))
+    sort_args = list(c.args[len(where_args):])
+    inner = (_SELECT.format(extra=sort_cols) + " WHERE " + where)
+    outer_keys = [(f"s{i}", d) for i, (_, d) in enumerate(keys)] + [("rid", False)]
+    sql = f"SELECT * FROM ({inner})"
+    args = sort_args + where_args
+    if query.cursor:
+        values = _decode_cursor(query.cursor, len(outer_keys))
+        backwards = values[0] == "p"
+        cond_keys = [(e, (not d) if backwards else d) for e, d in outer_keys]
+        after = Compiler()
+        sql += " WHERE " + _after(cond_keys, values[1:], after)
+        args += after.args
+    direction = [(e, (not d) if backwards else d) for e, d in outer_keys]
+    sql += " ORDER BY " + ", ".join(f"{e} {'DESC' if d else 'ASC'}" for e, d in direction)
+    sql += f" LIMIT {int(query.count) + 1}"
+    rows = conn.execute(sql, args).fetchall()
+    more = len(rows) > query.count
+    rows = rows[: query.count]
+    if backwards:
+        rows.reverse()
+    n = len(keys)
+
+    def cursor_of(row: Any, kind: str) -> str:
+        return _encode_cursor([kind, *[row[6 + i] for i in range(n)], row[0]])
+
+    next_cursor = prev_cursor = None
+    if rows:
+        if more or backwards:
+            next_cursor = cursor_of(rows[-1], "n")
+        if query.cursor and (not backwards or more):
+            prev_cursor = cursor_of(rows[0], "p")
+    matches = [_version(row) for row in rows]
+    included = _includes(conn, query, matches) if query.includes or query.revincludes else []
+    return SearchPage(matches, included, total, next_cursor, prev_cursor)
+
+
+def _count(conn: sqlite3.Connection, where: str, args: list[Any], cap: int | None) -> int | None:
+    inner = f"SELECT 1 FROM resource r WHERE {where}"
+    if cap is None:
+        return conn.execute(f"SELECT count(*) FROM ({inner})", args).fetchone()[0]
+    n = conn.execute(f"SELECT count(*) FROM ({inner} LIMIT {cap + 1})", args).fetchone()[0]
+    return None if n > cap else n
+
+
+def _fetch(conn: sqlite3.Connection, refs: Iterable[tuple[str, str]]) -> list[Version]:
+    out = []
+    for type_, id_ in refs:
+        row = conn.execute(
+            "SELECT r.rid, r.type, r.id, r.version, r.updated, v.body FROM resource r JOIN "
+            "version v ON v.seq = r.seq WHERE r.type = ? AND r.id = ? AND r.deleted = 0",
+            (type_, id_)).fetchone()
+        if row is not None:
+            out.append(_version(row))
+    return out
+
+
+def _includes(conn: sqlite3.Connection, query: SearchQuery,
+              matches: list[Version]) -> list[Version]:
+    seen = {(v.type, v.id) for v in matches}
+    included: list[Version] = []
+    frontier = matches
+    for round_ in range(_ITERATE_ROUNDS):
+        found: list[Version] = []
+        for inc in query.includes:
+            if round_ and not inc.iterate:
+                continue
+            found += _forward(conn, inc, frontier)
+        for inc in query.revincludes:
+            if round_ and not inc.iterate:
+                continue
+            found += _reverse(conn, inc, frontier)
+        fresh = []
+        for v in found:
+            if (v.type, v.id) not in seen and len(included) < _MAX_INCLUDED:
+                seen.add((v.type, v.id))
+                fresh.append(v)
+        included += fresh
+        if not fresh:
+            break
+        frontier = fresh
+    return included
+
+
+def _rid(conn: sqlite3.Connection, v: Version) -> int:
+    return conn.execute("SELECT rid FROM resource WHERE type = ? AND id = ?",
+                        (v.type, v.id)).fetchone()[0]
+
+
+def _forward(conn: sqlite3.Connection, inc: Include, sources: list[Version]) -> list[Version]:
+    from server.search.registry import registry
+
+    refs: list[tuple[str, str]] = []
+    for v in sources:
+        if inc.source_type not in ("*", v.type):
+            continue
+        codes = ([p.code for p in registry().params_for(v.type).values()
+                  if p.type == "reference"] if inc.code == "*" else [inc.code])
+        pids = [param_id(v.type, code) for code in codes]
+        if not pids:
+            continue
+        rows = conn.execute(
+            f"SELECT target_type, target_id FROM idx_reference WHERE rid = ? AND pid IN "
+            f"({', '.join('?' for _ in pids)}) AND target_id != ''", (_rid(conn, v), *pids))
+        refs += [(t, i) for t, i in rows if inc.target_type in (None, t)]
+    return _fetch(conn, dict.fromkeys(refs))
+
+
+def _reverse(conn: sqlite3.Connection, inc: Include, targets: list[Version]) -> list[Version]:
+    from server.search.registry import registry
+
+    if inc.source_type == "*":
+        return []
+    codes = ([p.code for p in registry().params_for(inc.source_type).values()
+              if p.type == "reference"] if inc.code == "*" else [inc.code])
+    out: list[Version] = []
+    for code in codes:
+        pid = param_id(inc.source_type, code)
+        for v in targets:
+            if inc.target_type not in (None, v.type):
+                continue
+            rows = conn.execute(
+                "SELECT r.rid, r.type, r.id, r.version, r.updated, b.body FROM idx_reference x "
+                "JOIN resource r ON r.rid = x.rid JOIN version b ON b.seq = r.seq "
+                "WHERE x.pid = ? AND x.target_id = ? AND x.target_type = ? AND r.deleted = 0 "
+                "LIMIT ?", (pid, v.id, v.type, _MAX_INCLUDED))
+            out += [_version(row) for row in rows]
+    return out
