@@ -9,7 +9,8 @@ from pathlib import Path
 
 BODY = Path(os.environ["BARE_BODY_FILE"]).read_bytes()
 HEADERS = [(b"content-type", b"application/fhir+json; charset=utf-8"), (b"etag", b'W/"1"'),
-           (b"last-modified", b"Mon, 23 Nov 2026 10:00:00 GMT")]
+           (b"last-modified", b"Mon, 23 Nov 2026 10:00:00 GMT"),
+           (b"content-length", str(len(BODY)).encode())]
 
 
 async def app(scope, receive, send):  # type: ignore[no-untyped-def]

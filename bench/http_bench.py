@@ -50,7 +50,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="consilium-bench-"))
     data = work / "data"
     port = free_port()
-    server = start_consilium(data, port, "--no-access-log")
+    server = start_consilium(data, port)  # defaults: token checks and access log on
     bare = None
     try:
         tok = token(data)

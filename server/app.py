@@ -59,6 +59,7 @@ def create_app(settings: Settings) -> ConsiliumApp:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        fhir.access_log.flush()
         await store.close()
 
     api = FastAPI(title="Consilium", version=__version__, lifespan=lifespan,

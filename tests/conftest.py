@@ -127,7 +127,8 @@ class ServerProcess:
         raise RuntimeError(f"server did not start: {self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return (self.data_dir.parent / f"server-{self.port}.log").read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:

@@ -51,9 +51,9 @@ def fhirclient(running: tuple[str, Path]) -> fc_server.FHIRServer:
 
 
 def _patient(client: SyncFHIRClient, mrn: str, **extra: object):  # type: ignore[no-untyped-def]
-    return client.resource("Patient", identifier=[{"system": "urn:mrn", "value": mrn}],
-                           name=[{"family": "Rahimi", "given": ["Sara"]}], gender="female",
-                           **extra)
+    fields = {"identifier": [{"system": "urn:mrn", "value": mrn}],
+              "name": [{"family": "Rahimi", "given": ["Sara"]}], "gender": "female", **extra}
+    return client.resource("Patient", **fields)
 
 
 # -- fhirpy ---------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_fhirclient_crud_with_r4_models(fhirclient: fc_server.FHIRServer) -> Non
 
 
 def test_fhirclient_error_paths(fhirclient: fc_server.FHIRServer) -> None:
-    with pytest.raises(requests.HTTPError) as missing:
+    with pytest.raises(fc_server.FHIRNotFoundException) as missing:
         FcPatient.read("not-there", fhirclient)
     assert missing.value.response.status_code == 404
     assert missing.value.response.json()["resourceType"] == "OperationOutcome"

@@ -131,22 +131,6 @@ async def create(req: FhirRequest, store: ResourceStore) -> FhirResponse:
                         honour_prefer=True)
 
 
-def _same_content(current: Version, resource: dict[str, Any]) -> bool:
-    if current.deleted or current.body is None:
-        return False
-    old = codec.loads(current.body)
-
-    def strip(d: dict[str, Any]) -> dict[str, Any]:
-        meta = {k: v for k, v in (d.get("meta") or {}).items()
-                if k not in ("versionId", "lastUpdated")}
-        out = {k: v for k, v in d.items() if k != "meta"}
-        if meta:
-            out["meta"] = meta
-        return out
-
-    return strip(old) == strip(resource)
-
-
 def _write_checked(tx: Transaction, type_: str, id_: str, resource: dict[str, Any],
                    indexes: Any, method: str, if_match: int | None) -> tuple[Version, bool]:
     """Write a new version unless If-Match fails or nothing changed; (version, created)."""
@@ -157,8 +141,6 @@ def _write_checked(tx: Transaction, type_: str, id_: str, resource: dict[str, An
             else f"the current version is {current.version}"
         raise precondition_failed(f"If-Match asks for version {if_match} of {type_}/{id_}, "
                                   f"but {have}")
-    if current is not None and _same_content(current, resource):
-        return current, False
     created = current is None or current.deleted
     return tx.write(type_, id_, resource, indexes, method), created
 

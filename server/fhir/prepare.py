@@ -18,7 +18,7 @@ from server.fhir.validation import validate_resource
 from server.search.index import extract
 from server.storage.base import IndexRows
 
-_MALFORMED = {"structure", "value", "invalid", "too-long"}
+_MALFORMED = {"structure", "value", "too-long"}
 
 
 def check_type(resource: Any, type: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from server.fhir.request import FHIR_JSON, FHIR_XML, JSON_TYPES, XML_TYPES, Fhir
 from server.fhir.structures import structures
 from server.fhir.summary import transform_for
 from server.fhir.values import valid_id
+from server.logs import AccessLog
 from server.metrics import Metrics
 from server.storage.base import ResourceStore, http_date
 
@@ -111,7 +112,7 @@ class FhirRouter:
             self.table[(i.method, i.path)] = i
         self.operations = {op.name: op for op in OPERATIONS}
         self.types = frozenset(structures().resource_types)
-        self.access_log = settings.access_log
+        self.access_log = AccessLog(settings.access_log)
         self.anonymous = Principal.anonymous()
 
     # -- routing --------------------------------------------------------------------------------
@@ -196,18 +197,17 @@ class FhirRouter:
             exc = FhirError(500, "exception", f"internal error (request {request_id})")
             status, out_headers, payload = self._error(exc, fmt, headers)
         out_headers.append((b"x-request-id", request_id.encode()))
+        out_headers.append((b"content-length", str(len(payload)).encode()))
         if method == "HEAD":
-            out_headers.append((b"content-length", str(len(payload)).encode()))
             payload = b""
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": payload})
         elapsed = time.perf_counter() - started
         self.metrics.observe(name, status, elapsed)
-        if self.access_log:
-            log.info("request", extra={"event": "http.request", "interaction": name,
-                                        "resource_type": type_, "method": method,
-                                        "status": status, "ms": round(elapsed * 1000, 3),
-                                        "request_id": request_id})
+        if self.access_log.enabled:
+            self.access_log.record(interaction=name, resource_type=type_, method=method,
+                                   status=status, ms=round(elapsed * 1000, 3),
+                                   request_id=request_id)
 
     async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
         limit = self.settings.max_body_bytes

@@ -12,9 +12,11 @@ create/update/delete with versions (#create, #update, #delete), transactions (#t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -33,8 +35,26 @@ def instant(us: int) -> str:
 
 def http_date(us: int) -> str:
     """RFC 7231 date, as used by Last-Modified."""
-    dt = datetime.fromtimestamp(us // 1_000_000, UTC)
-    return dt.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    return _http_date(us // 1_000_000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    return formatdate(seconds, usegmt=True)
+
+
+def _without_version_meta(resource: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (resource.get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")}
+    out = {k: v for k, v in resource.items() if k not in ("meta", "id")}
+    if meta:
+        out["meta"] = meta
+    return out
+
+
+def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two versions of a resource say the same thing (server-owned meta aside)."""
+    return _without_version_meta(a) == _without_version_meta(b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +124,9 @@ class Transaction(Protocol):
     def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
               method: str) -> Version:
         """Store a new version. Sets ``id``, ``meta.versionId`` and ``meta.lastUpdated`` in
-        ``resource`` (the caller's dict is updated) and returns what was stored."""
+        ``resource`` (the caller's dict is updated) and returns what was stored. If the content
+        equals the current version's (see :func:`same_content`), nothing is written and the
+        current version is returned."""
 
     def delete(self, type: str, id: str) -> Version | None:
         """Record a deletion as a new version. None if the resource does not exist; the existing

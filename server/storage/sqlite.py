@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from server.fhir import codec
 from server.storage.base import (
     HistoryPage,
+    same_content,
     HistoryQuery,
     IndexRows,
     SearchPage,
@@ -82,8 +83,13 @@ class SqliteTransaction:
     def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
               method: str) -> Version:
         conn = self.conn
-        row = conn.execute("SELECT rid, version FROM resource WHERE type = ? AND id = ?",
-                           (type, id)).fetchone()
+        row = conn.execute("SELECT rid, version, deleted, seq FROM resource "
+                           "WHERE type = ? AND id = ?", (type, id)).fetchone()
+        if row is not None and not row[2]:
+            current = conn.execute("SELECT body, updated, method FROM version WHERE seq = ?",
+                                   (row[3],)).fetchone()
+            if same_content(codec.loads(current[0]), resource):
+                return Version(type, id, row[1], current[1], False, current[0], current[2])
         version = row[1] + 1 if row else 1
         meta = dict(resource.get("meta") or {})
         meta["versionId"] = str(version)

@@ -43,6 +43,9 @@ _ITERATE_ROUNDS = 4
 
 
 class Compiler:
+    """Builds SQL text and its argument list together: every ``arg()`` call must happen in
+    the order its placeholder appears in the text."""
+
     def __init__(self) -> None:
         self.args: list[Any] = []
         self._alias = 0
@@ -90,8 +93,8 @@ class Compiler:
                      for v in m.values if isinstance(v, RangeValue)]
             return "(" + " OR ".join(conds) + ")"
         table = INDEX_TABLES[m.kind][0]
-        conds = [self.value(m, v) for v in m.values]
         pid = self.arg(param_id(m.type, m.code))
+        conds = [self.value(m, v) for v in m.values]
         return (f"{res}.rid IN (SELECT rid FROM {table} WHERE pid = {pid} AND "
                 f"({' OR '.join(conds)}))")
 
@@ -189,20 +192,20 @@ class Compiler:
 
     def chain(self, c: Chain, res: str) -> str:
         t = self.alias()
-        inner = self.clause(c.inner, t)
         pid = self.arg(param_id(c.type, c.code))
         ttype = self.arg(c.target_type)
         ttype2 = self.arg(c.target_type)
+        inner = self.clause(c.inner, t)
         return (f"{res}.rid IN (SELECT ref.rid FROM idx_reference ref WHERE ref.pid = {pid} "
                 f"AND ref.target_type = {ttype} AND ref.target_id IN (SELECT {t}.id FROM "
                 f"resource {t} WHERE {t}.type = {ttype2} AND {t}.deleted = 0 AND {inner}))")
 
     def has(self, c: Has, res: str) -> str:
         t = self.alias()
-        inner = self.clause(c.inner, t)
         pid = self.arg(param_id(c.source_type, c.code))
         ttype = self.arg(c.type)
         stype = self.arg(c.source_type)
+        inner = self.clause(c.inner, t)
         return (f"{res}.id IN (SELECT ref.target_id FROM idx_reference ref JOIN resource {t} "
                 f"ON {t}.rid = ref.rid WHERE ref.pid = {pid} AND ref.target_type = {ttype} "
                 f"AND {t}.type = {stype} AND {t}.deleted = 0 AND {inner})")
