@@ -69,8 +69,9 @@ def _resource(type_: str) -> dict[str, Any]:
 def _rest(auth: bool) -> dict[str, Any]:
     system_codes = []
     for i in INTERACTIONS:
-        if i.level == "system" and i.code != "capabilities" and i.code not in system_codes:
-            system_codes.append(i.code)
+        for code in (i.code, *i.also):
+            if i.level == "system" and code != "capabilities" and code not in system_codes:
+                system_codes.append(code)
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": "Consilium FHIR R4 API for telemedicine networks",

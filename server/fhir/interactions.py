@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from server.fhir import handlers, operations
+from server.fhir import handlers, operations, transaction
 from server.fhir.request import FhirRequest, FhirResponse
 from server.search import handlers as search
 from server.storage.base import ResourceStore
@@ -29,6 +29,8 @@ class Interaction:
     handler: Handler
     summary: str
     conditional: bool = False
+    #: Further CapabilityStatement codes this entry serves (POST [base] is transaction and batch).
+    also: tuple[str, ...] = ()
 
 
 INTERACTIONS: tuple[Interaction, ...] = (
@@ -70,6 +72,8 @@ INTERACTIONS: tuple[Interaction, ...] = (
                 "Search across resource types (_type)"),
     Interaction("search-system-post", "search-system", "system", "POST", "_search",
                 search.search_system, "Search across resource types (form-encoded)"),
+    Interaction("transaction", "transaction", "system", "POST", "", transaction.process,
+                "Process a transaction (all or nothing) or batch Bundle", also=("batch",)),
     Interaction("capabilities", "capabilities", "system", "GET", "metadata",
                 operations.capabilities, "The CapabilityStatement of this server"),
 )

@@ -9,6 +9,7 @@ Everything else (auth pages, admin, docs) is FastAPI's.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -23,7 +24,14 @@ from server.fhir import codec
 from server.fhir.bundles import materialise
 from server.fhir.errors import FhirError, information, invalid
 from server.fhir.interactions import INTERACTIONS, OPERATIONS, PUBLIC, Interaction, Operation
-from server.fhir.request import FHIR_JSON, FHIR_XML, JSON_TYPES, XML_TYPES, FhirRequest, FhirResponse
+from server.fhir.request import (
+    FHIR_JSON,
+    FHIR_XML,
+    JSON_TYPES,
+    XML_TYPES,
+    FhirRequest,
+    FhirResponse,
+)
 from server.fhir.structures import structures
 from server.fhir.summary import transform_for
 from server.fhir.values import valid_id
@@ -97,23 +105,16 @@ def _shape(segments: list[str]) -> tuple[str, dict[str, str]]:
     return "?", {}
 
 
-class FhirRouter:
-    """ASGI app for everything under the FHIR base (``/fhir``)."""
+class Routes:
+    """Request path -> interaction or operation, from the tables in server.fhir.interactions."""
 
-    def __init__(self, settings: Any, store: ResourceStore, tokens: TokenService | None,
-                 metrics: Metrics, prefix: str = "/fhir"):
-        self.settings = settings
-        self.store = store
-        self.tokens = tokens if settings.auth else None
-        self.metrics = metrics
+    def __init__(self, prefix: str = "/fhir"):
         self.prefix = prefix
         self.table: dict[tuple[str, str], Interaction] = {}
         for i in INTERACTIONS:
             self.table[(i.method, i.path)] = i
         self.operations = {op.name: op for op in OPERATIONS}
         self.types = frozenset(structures().resource_types)
-        self.access_log = AccessLog(settings.access_log)
-        self.anonymous = Principal.anonymous()
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -153,6 +154,27 @@ class FhirRouter:
                             headers={"Allow": ", ".join(allowed)})
         return Route(interaction, None, type_, id_, v.get("vid"), compartment=compartment)
 
+
+
+@functools.cache
+def routes() -> Routes:
+    return Routes()
+
+
+class FhirRouter:
+    """ASGI app for everything under the FHIR base (``/fhir``)."""
+
+    def __init__(self, settings: Any, store: ResourceStore, tokens: TokenService | None,
+                 metrics: Metrics, prefix: str = "/fhir"):
+        self.settings = settings
+        self.store = store
+        self.tokens = tokens if settings.auth else None
+        self.metrics = metrics
+        self.prefix = prefix
+        self.routes = routes()
+        self.access_log = AccessLog(settings.access_log)
+        self.anonymous = Principal.anonymous()
+
     # -- ASGI -----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -170,7 +192,7 @@ class FhirRouter:
         fmt = "json"
         try:
             fmt = self._response_format(scope, headers)
-            route = self.route(method, path)
+            route = self.routes.route(method, path)
             name = route.name
             type_ = route.type
             principal = self._principal(headers, route)

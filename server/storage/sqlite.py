@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.fhir import codec
+from server.storage import sqlite_schema
 from server.storage.base import (
     HistoryPage,
-    same_content,
     HistoryQuery,
     IndexRows,
     SearchPage,
     StoreError,
     Version,
     instant,
+    same_content,
 )
-from server.storage import sqlite_schema
 
 T = TypeVar("T")
 

@@ -1,0 +1,106 @@
+"""Finding and rewriting the references inside a resource, guided by the R4 structure table.
+
+A transaction rewrites references to its entries' ``fullUrl`` (``urn:uuid:…``) into the ids the
+server assigned, "wherever they occur": ``Reference.reference``, ``Attachment.url`` and links in
+the narrative (bundle.html#references, http.html#trules). Only elements of those types are
+touched, so an Identifier whose value happens to be a ``urn:uuid`` stays as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from server.fhir.structures import Element, structures
+
+Resolver = Callable[[str], str | None]
+_TARGET_TYPES = ("Reference", "Attachment", "Narrative")
+_LINK = re.compile(r'((?:href|src)\s*=\s*")([^"]*)(")')
+
+
+@functools.cache
+def _relevant(type_name: str) -> bool:
+    """Whether a value of this type can hold a reference (so its subtree is worth a visit)."""
+    return _relevant_in(type_name, frozenset())
+
+
+def _relevant_in(type_name: str, seen: frozenset[str]) -> bool:
+    if type_name in _TARGET_TYPES or type_name == "Resource":
+        return True
+    t = structures().types.get(type_name)
+    if t is None or type_name in seen:
+        return False
+    return any(_element_relevant(el, seen | {type_name}) for el in t.elements.values())
+
+
+def _element_relevant(el: Element, seen: frozenset[str]) -> bool:
+    if el.children:
+        return any(_element_relevant(c, seen) for c in el.children.values())
+    return any(_relevant_in(t, seen) for t in el.types)
+
+
+def visit(resource: dict[str, Any], fn: Callable[[dict[str, Any], str, str], None]) -> None:
+    """Call ``fn(holder, key, type)`` for every Reference.reference, Attachment.url and
+    Narrative.div string in ``resource`` (contained and nested resources included)."""
+    type_def = structures().types.get(resource.get("resourceType", ""))
+    if type_def is not None:
+        _walk(resource, type_def.elements, fn)
+
+
+def _walk(obj: dict[str, Any], elements: dict[str, Element],
+          fn: Callable[[dict[str, Any], str, str], None]) -> None:
+    for key, value in obj.items():
+        el = elements.get(key)
+        if el is None or len(el.types) != 1 and not el.children:
+            continue
+        type_name = el.types[0] if el.types else "BackboneElement"
+        if not el.children and not _relevant(type_name):
+            continue
+        for item in value if isinstance(value, list) else (value,):
+            if not isinstance(item, dict):
+                continue
+            if type_name == "Resource":
+                visit(item, fn)
+                continue
+            if type_name == "Reference" and isinstance(item.get("reference"), str):
+                fn(item, "reference", type_name)
+            elif type_name == "Attachment" and isinstance(item.get("url"), str):
+                fn(item, "url", type_name)
+            elif type_name == "Narrative" and isinstance(item.get("div"), str):
+                fn(item, "div", type_name)
+            _walk(item, el.children or structures().children(el), fn)
+
+
+def rewrite(resource: dict[str, Any], resolve: Resolver) -> int:
+    """Replace every reference ``resolve`` maps to something else; returns how many changed."""
+    changed = 0
+
+    def fix(holder: dict[str, Any], key: str, type_name: str) -> None:
+        nonlocal changed
+        value = holder[key]
+        if type_name == "Narrative":
+            def link(m: re.Match[str]) -> str:
+                nonlocal changed
+                new = resolve(m.group(2))
+                if new is None:
+                    return m.group(0)
+                changed += 1
+                return m.group(1) + new + m.group(3)
+            holder[key] = _LINK.sub(link, value)
+            return
+        new = resolve(value)
+        if new is not None and new != value:
+            holder[key] = new
+            changed += 1
+
+    visit(resource, fix)
+    return changed
+
+
+def references(resource: dict[str, Any]) -> Iterator[str]:
+    """Every Reference.reference value in the resource."""
+    found: list[str] = []
+    visit(resource, lambda h, k, t: found.append(h[k]) if t == "Reference" else None)
+    return iter(found)

@@ -1,0 +1,383 @@
+"""Transaction and batch Bundles posted to the base (http.html#transaction, bundle.html).
+
+A transaction is all or nothing. Its entries are routed like HTTP requests and built into the
+same prepared operations as single requests (server.fhir.writes); identities are assigned first
+(every ``fullUrl`` of an entry that creates or updates gets its final ``Type/id``) and references
+to them are rewritten wherever they occur, then everything is validated and indexed, and finally
+one store transaction resolves the conditional parts (If-None-Exist, conditional updates,
+conditional references ``Type?criteria``), applies the entries in the order the specification
+gives (DELETE, POST, PUT/PATCH, GET) and commits. An entry that fails fails the whole Bundle with
+an OperationOutcome naming it.
+
+A batch runs each entry on its own, exactly as the same request would run alone, and reports
+each entry's outcome; valid entries are kept whatever happens to the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from server.fhir import references, writes
+from server.fhir.bundles import Stored
+from server.fhir.errors import FhirError, Issue, invalid
+from server.fhir.prepare import prepare
+from server.fhir.request import JSON_PATCH, FhirRequest, FhirResponse
+from server.search.query import parse_conditional
+from server.storage.base import ResourceStore, Transaction, Version, instant
+
+MAX_ENTRIES = 20_000
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
+            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            409: "Conflict", 410: "Gone", 412: "Precondition Failed", 415: "Unsupported Media "
+            "Type", 422: "Unprocessable Entity", 500: "Internal Server Error"}
+_IN_TRANSACTION = {"create", "update", "conditional-update", "patch", "conditional-patch",
+                   "delete", "conditional-delete", "read", "vread", "search-type"}
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    url: str
+    full_url: str | None
+    req: FhirRequest
+    interaction: str
+    op: Any = None
+    op_id: str | None = None  # the id assigned before the store confirms it
+
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def _status(code: int) -> str:
+    return f"{code} {_REASONS.get(code, '')}".strip()
+
+
+def entry_error(entry_index: int, what: str, exc: FhirError) -> FhirError:
+    """The error of one entry, as the error of the whole Bundle, saying which entry."""
+    prefix = f"Bundle.entry[{entry_index}]"
+    issues = [Issue(i.code, f"{prefix} ({what}): {i.diagnostics}", i.severity,
+                    [f"{prefix}.resource.{e.split('.', 1)[1]}" if "." in e else prefix
+                     for e in i.expression] or [prefix]) for i in exc.issues]
+    return FhirError(exc.status, issues[0].code, issues[0].diagnostics, issues=issues)
+
+
+# -- reading the Bundle --------------------------------------------------------------------------
+
+def _entry_request(req: FhirRequest, index: int, raw: Any) -> Entry:
+    from server.fhir.router import routes
+
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(raw, dict):
+        raise invalid(f"{where} is not an object", expression=where)
+    request = raw.get("request")
+    if not isinstance(request, dict):
+        raise invalid(f"{where} has no request", expression=f"{where}.request")
+    method, url = request.get("method"), request.get("url")
+    if method not in _ORDER or not isinstance(url, str) or not url:
+        raise invalid(f"{where}.request needs a method (GET, POST, PUT, PATCH, DELETE, HEAD) "
+                      "and a url", expression=f"{where}.request")
+    if url.startswith(req.base + "/"):
+        url = url[len(req.base) + 1:]
+    path, _, query = url.partition("?")
+    try:
+        route = routes().route(method, "/" + path.lstrip("/"))
+    except FhirError as exc:
+        raise entry_error(index, f"{method} {url}", exc) from None
+    headers = {"content-type": "application/fhir+json"}
+    for field, header in (("ifMatch", "if-match"), ("ifNoneMatch", "if-none-match"),
+                          ("ifNoneExist", "if-none-exist"),
+                          ("ifModifiedSince", "if-modified-since")):
+        if isinstance(request.get(field), str):
+            headers[header] = request[field]
+    resource = raw.get("resource")
+    body = b""
+    if method == "PATCH":
+        headers["content-type"], body = _patch_body(index, resource)
+        resource = None
+    elif method in ("POST", "PUT") and resource is None:
+        raise invalid(f"{where}: {method} needs a resource", expression=f"{where}.resource")
+    entry_req = FhirRequest(method, route.name, route.type, route.id, route.vid, route.op,
+                            route.compartment, parse_qsl(query, keep_blank_values=True), headers,
+                            body, req.base, req.principal, req.settings, _resource=resource)
+    full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
+    return Entry(index, method, url, full_url, entry_req, route.name)
+
+
+def _patch_body(index: int, resource: Any) -> tuple[str, bytes]:
+    """A PATCH entry carries its patch as a Binary (http.html#transaction)."""
+    where = f"Bundle.entry[{index}].resource"
+    if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
+        try:
+            data = base64.b64decode(resource.get("data") or "", validate=True)
+        except ValueError:
+            raise invalid(f"{where}: the patch Binary's data is not base64",
+                          expression=where) from None
+        return resource.get("contentType") or JSON_PATCH, data
+    if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+        raise FhirError(415, "not-supported", f"{where}: FHIRPath Patch is not supported; send "
+                        "a JSON Patch in a Binary", expression=where)
+    raise invalid(f"{where}: a PATCH entry needs a Binary holding a JSON Patch",
+                  expression=where)
+
+
+def _entries(req: FhirRequest) -> tuple[str, list[Any]]:
+    bundle = req.resource()
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise invalid("POST to the base takes a transaction or batch Bundle",
+                      expression="resourceType")
+    kind = bundle.get("type")
+    if kind not in ("transaction", "batch"):
+        raise invalid(f"Bundle.type must be transaction or batch to be processed, not {kind!r}",
+                      expression="Bundle.type")
+    raw = bundle.get("entry") or []
+    if not isinstance(raw, list):
+        raise invalid("Bundle.entry must be an array", code="structure", expression="Bundle.entry")
+    if len(raw) > MAX_ENTRIES:
+        raise FhirError(413, "too-costly", f"a Bundle may have at most {MAX_ENTRIES} entries")
+    return kind, raw
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+def _response_entry(req: FhirRequest, resp: FhirResponse) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": _status(resp.status)}
+    v = resp.version
+    out: dict[str, Any] = {}
+    if v is not None:
+        if resp.location or resp.status in (200, 201) and resp.honour_prefer:
+            response["location"] = f"{v.type}/{v.id}/_history/{v.version}"
+        response["etag"] = v.etag
+        response["lastModified"] = instant(v.last_updated)
+    elif "ETag" in resp.headers:
+        response["etag"] = resp.headers["ETag"]
+    want = req.prefer.get("return", "representation")
+    if v is not None and v.body is not None and want == "representation":
+        out["resource"] = Stored(v)
+    elif resp.resource is not None:
+        if resp.resource.get("resourceType") == "OperationOutcome":
+            response["outcome"] = resp.resource
+        elif want == "representation":
+            out["resource"] = resp.resource
+    out["response"] = response
+    return out
+
+
+def _error_entry(exc: FhirError) -> dict[str, Any]:
+    return {"response": {"status": _status(exc.status), "outcome": exc.outcome()}}
+
+
+def _bundle(kind: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": f"{kind}-response", "entry": entries}
+
+
+# -- batch ---------------------------------------------------------------------------------------
+
+async def _batch_entry(req: FhirRequest, index: int, raw: Any,
+                       store: ResourceStore) -> dict[str, Any]:
+    from server.fhir.router import routes
+
+    try:
+        entry = _entry_request(req, index, raw)
+        route = routes().route(entry.method, "/" + entry.url.split("?")[0].lstrip("/"))
+        handler = route.operation.handler if route.operation else route.interaction.handler
+        if entry.interaction in ("transaction", "batch"):
+            raise invalid("a batch entry cannot hold another Bundle to process")
+        resp = await handler(entry.req, store)
+    except FhirError as exc:
+        return _error_entry(exc)
+    return _response_entry(req, resp)
+
+
+async def batch(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirResponse:
+    entries = await asyncio.gather(*(_batch_entry(req, i, e, store) for i, e in enumerate(raw)))
+    return FhirResponse(200, resource=_bundle("batch", list(entries)))
+
+
+# -- transaction ---------------------------------------------------------------------------------
+
+class _Read:
+    def __init__(self, req: FhirRequest):
+        self.req = req
+
+    def apply(self, tx: Transaction) -> Version | None:
+        assert self.req.type and self.req.id
+        return tx.read(self.req.type, self.req.id)
+
+    def respond(self, v: Version | None) -> FhirResponse:
+        assert self.req.type and self.req.id
+        return FhirResponse(200, version=writes.current_or_error(v, self.req.type, self.req.id))
+
+
+class _VRead(_Read):
+    def respond(self, v: Version | None) -> FhirResponse:
+        raise FhirError(400, "not-supported", "vread inside a transaction is not supported; "
+                        "use a batch")
+
+
+class _Search:
+    def __init__(self, req: FhirRequest):
+        from server.search.query import parse
+
+        assert req.type
+        self.req = req
+        self.query = parse((req.type,), req.params, base=req.base)
+
+    def apply(self, tx: Transaction) -> list[Version]:
+        return tx.search(self.query, self.query.count)
+
+    def respond(self, found: list[Version]) -> FhirResponse:
+        entries = [{"fullUrl": f"{self.req.base}/{v.type}/{v.id}", "resource": Stored(v),
+                    "search": {"mode": "match"}} for v in found]
+        return FhirResponse(200, resource={"resourceType": "Bundle", "type": "searchset",
+                                           "entry": entries})
+
+
+def _build(entry: Entry) -> Any:
+    req = entry.req
+    name = entry.interaction
+    builders = {
+        "create": writes.build_create,
+        "update": writes.build_update,
+        "conditional-update": writes.build_conditional_update,
+        "patch": writes.build_patch,
+        "conditional-patch": lambda r: writes.build_patch(r, conditional=True),
+        "delete": writes.build_delete,
+        "conditional-delete": lambda r: writes.build_delete(r, conditional=True),
+        "read": _Read,
+        "vread": _VRead,
+        "search-type": _Search,
+    }
+    return builders[name](req)
+
+
+def _identities(entries: list[Entry]) -> dict[str, str]:
+    """fullUrl -> ``Type/id`` for every entry that creates or updates a resource, with the ids
+    assigned now (conditional ones are provisional until the store confirms them)."""
+    mapping: dict[str, str] = {}
+    targets: dict[str, int] = {}
+    for e in entries:
+        req = e.req
+        if e.interaction == "create":
+            e.op_id = writes.new_id()
+            ref = f"{req.type}/{e.op_id}"
+        elif e.interaction == "update":
+            ref = f"{req.type}/{req.id}"
+        elif e.interaction == "conditional-update":
+            body_id = (req._resource or {}).get("id") if isinstance(req._resource, dict) else None
+            e.op_id = body_id or writes.new_id()
+            ref = f"{req.type}/{e.op_id}"
+        elif e.interaction in ("delete", "patch"):
+            ref = f"{req.type}/{req.id}"
+        else:
+            continue
+        if ref in targets and e.interaction not in ("create", "conditional-update"):
+            raise invalid(f"Bundle.entry[{e.index}] and Bundle.entry[{targets[ref]}] both change "
+                          f"{ref}; a resource may appear only once in a transaction",
+                          expression=e.where())
+        targets[ref] = e.index
+        if e.full_url:
+            if e.full_url in mapping:
+                raise invalid(f"Bundle.entry[{e.index}]: fullUrl {e.full_url} appears twice",
+                              expression=f"{e.where()}.fullUrl")
+            mapping[e.full_url] = ref
+    return mapping
+
+
+def _conditional_references(entries: list[Entry]) -> set[str]:
+    found: set[str] = set()
+    for e in entries:
+        resource = e.req._resource
+        if isinstance(resource, dict):
+            found |= {r for r in references.references(resource) if "?" in r and "://" not in r}
+    return found
+
+
+async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirResponse:
+    entries = [_entry_request(req, i, e) for i, e in enumerate(raw)]
+    for e in entries:
+        if e.interaction not in _IN_TRANSACTION:
+            raise entry_error(e.index, f"{e.method} {e.url}", FhirError(
+                400, "not-supported", f"{e.interaction} is not allowed inside a transaction"))
+    mapping = _identities(entries)
+    for e in entries:
+        if isinstance(e.req._resource, dict) and mapping:
+            references.rewrite(e.req._resource, mapping.get)
+    for e in entries:
+        try:
+            e.op = _build(e)
+        except FhirError as exc:
+            raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
+        if e.op_id is not None:
+            if e.interaction == "create":
+                e.op.id = e.op_id
+            else:
+                e.op.fresh_id = e.op_id
+    conditional_refs = {ref: parse_conditional(ref.split("?")[0], ref.split("?", 1)[1],
+                                               f"the conditional reference {ref}")
+                        for ref in _conditional_references(entries)}
+
+    def apply(tx: Transaction) -> list[Any]:
+        _resolve(tx, entries, mapping, conditional_refs)
+        results: list[Any] = [None] * len(entries)
+        for e in sorted(entries, key=lambda x: _ORDER[x.method]):
+            try:
+                results[e.index] = e.op.apply(tx)
+            except FhirError as exc:
+                raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
+        return results
+
+    results = await store.run(apply)
+    out = []
+    for e, result in zip(entries, results, strict=True):
+        try:
+            out.append(_response_entry(req, e.op.respond(result)))
+        except FhirError as exc:  # a GET entry that found nothing: reported, not fatal
+            out.append(_error_entry(exc))
+    return FhirResponse(200, resource=_bundle("transaction", out))
+
+
+def _resolve(tx: Transaction, entries: list[Entry], mapping: dict[str, str],
+             conditional_refs: dict[str, Any]) -> None:
+    """Inside the store transaction: settle conditional identities and conditional references,
+    and rewrite (and re-index) the resources whose references change because of them."""
+    fix: dict[str, str] = {}
+    for e in entries:
+        op = e.op
+        conditional = (e.interaction == "create" and op.query is not None) or \
+            e.interaction == "conditional-update"
+        if not conditional or not e.full_url:
+            continue
+        try:
+            final = f"{e.req.type}/{op.target(tx)}"
+        except FhirError as exc:
+            raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
+        if final != mapping[e.full_url]:
+            fix[mapping[e.full_url]] = final
+    for ref, query in conditional_refs.items():
+        matches = tx.search(query, 2)
+        if len(matches) != 1:
+            raise FhirError(412 if matches else 404,
+                            "multiple-matches" if matches else "not-found", f"the conditional reference {ref} matches {len(matches)} resources; "
+                            "it must match exactly one")
+        fix[ref] = f"{matches[0].type}/{matches[0].id}"
+    if not fix:
+        return
+    for e in entries:
+        resource = getattr(e.op, "resource", None)
+        if isinstance(resource, dict) and references.rewrite(resource, fix.get):
+            e.op.indexes = prepare(resource, e.req.type or "")
+
+
+async def process(req: FhirRequest, store: ResourceStore) -> FhirResponse:
+    """POST [base]: a transaction or batch Bundle."""
+    kind, raw = _entries(req)
+    if kind == "batch":
+        return await batch(req, store, raw)
+    return await transaction(req, store, raw)
+

@@ -1,0 +1,370 @@
+"""Transaction and batch Bundles (http.html#transaction): atomicity, order, reference rewriting,
+conditional entries, batch semantics, concurrency and crashes."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import httpx
+import orjson
+import pytest
+
+from server.config import Settings
+from tests.conftest import FHIR_JSON, Fhir, issue_token
+
+
+def urn() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def post(url: str, resource: dict, full_url: str | None = None, **request: str) -> dict:
+    entry: dict = {"resource": resource, "request": {"method": "POST", "url": url, **request}}
+    if full_url:
+        entry["fullUrl"] = full_url
+    return entry
+
+
+def put(url: str, resource: dict, full_url: str | None = None, **request: str) -> dict:
+    entry = post(url, resource, full_url, **request)
+    entry["request"]["method"] = "PUT"
+    return entry
+
+
+def transaction(*entries: dict, kind: str = "transaction") -> dict:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def patient(mrn: str, **extra: object) -> dict:
+    return {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}],
+            "name": [{"family": "Tsetseg"}], **extra}
+
+
+def count(fhir: Fhir, type_: str, **params: str) -> int:
+    return fhir.get(type_, params={**params, "_summary": "count"}).json()["total"]
+
+
+def test_references_to_full_urls_are_rewritten_everywhere(fhir: Fhir) -> None:
+    p, enc, binary = urn(), urn(), urn()
+    identifier_urn = urn()
+    bundle = transaction(
+        post("Patient", {**patient("t-1"), "identifier": [
+            {"system": "urn:mrn", "value": "t-1"},
+            {"system": "urn:ietf:rfc:3986", "value": identifier_urn}],
+            "text": {"status": "generated",
+                     "div": f'<div xmlns="http://www.w3.org/1999/xhtml">See <a href="{enc}">the '
+                            "encounter</a></div>"}}, p),
+        post("Encounter", {"resourceType": "Encounter", "status": "finished",
+                           "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                     "code": "VR"}, "subject": {"reference": p}}, enc),
+        post("Binary", {"resourceType": "Binary", "contentType": "text/plain",
+                        "data": base64.b64encode(b"report").decode()}, binary),
+        post("DocumentReference", {
+            "resourceType": "DocumentReference", "status": "current",
+            "subject": {"reference": p},
+            "content": [{"attachment": {"contentType": "text/plain", "url": binary}}],
+            "extension": [{"url": "https://fhir.consilium.health/StructureDefinition/x",
+                           "valueReference": {"reference": enc}}]}, urn()),
+        post("Observation", {"resourceType": "Observation", "status": "final",
+                             "code": {"text": "pulse"}, "subject": {"reference": p},
+                             "encounter": {"reference": enc},
+                             "contained": [{"resourceType": "Practitioner", "id": "pr",
+                                            "name": [{"family": "Batbayar"}]}],
+                             "performer": [{"reference": "#pr"}]}, urn()),
+    )
+    r = fhir.post("", bundle)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in out["entry"]] == ["201 Created"] * 5
+    locations = [e["response"]["location"] for e in out["entry"]]
+    pid = locations[0].split("/")[1]
+    eid = locations[1].split("/")[1]
+    bid = locations[2].split("/")[1]
+    assert all(e["response"]["etag"] == 'W/"1"' for e in out["entry"])
+    pat = fhir.get(f"Patient/{pid}").json()
+    assert f'href="Encounter/{eid}"' in pat["text"]["div"]
+    assert pat["identifier"][1]["value"] == identifier_urn  # identifiers are not references
+    assert fhir.get(f"Encounter/{eid}").json()["subject"]["reference"] == f"Patient/{pid}"
+    doc = fhir.get(locations[3].rsplit("/_history", 1)[0]).json()
+    assert doc["content"][0]["attachment"]["url"] == f"Binary/{bid}"
+    assert doc["extension"][0]["valueReference"]["reference"] == f"Encounter/{eid}"
+    obs = fhir.get(locations[4].rsplit("/_history", 1)[0]).json()
+    assert obs["subject"]["reference"] == f"Patient/{pid}"
+    assert obs["performer"][0]["reference"] == "#pr"
+    # the rewritten references are what the index holds
+    assert count(fhir, "Observation", subject=f"Patient/{pid}") == 1
+
+
+def test_a_failing_last_entry_leaves_nothing_behind(fhir: Fhir) -> None:
+    before = count(fhir, "Patient")
+    bundle = transaction(post("Patient", patient("a-1"), urn()),
+                         post("Patient", patient("a-2"), urn()),
+                         post("Patient", {**patient("a-3"), "gender": "robot"}, urn()))
+    r = fhir.post("", bundle)
+    assert r.status_code == 422, r.text
+    issue = r.json()["issue"][0]
+    assert "Bundle.entry[2]" in issue["diagnostics"]
+    assert issue["expression"][0].startswith("Bundle.entry[2]")
+    assert count(fhir, "Patient") == before
+    assert count(fhir, "Patient", identifier="urn:mrn|a-1") == 0
+
+
+def test_processing_order_delete_post_put_get(fhir: Fhir) -> None:
+    old = fhir.post("Patient", patient("o-1")).json()
+    keep = fhir.post("Patient", patient("o-2")).json()
+    bundle = transaction(
+        {"request": {"method": "GET", "url": f"Patient/{keep['id']}"}},
+        put(f"Patient/{keep['id']}", {**keep, "active": False}),
+        post("Patient", patient("o-3"), urn()),
+        {"request": {"method": "DELETE", "url": f"Patient/{old['id']}"}},
+    )
+    r = fhir.post("", bundle)
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    # responses come back in request order; the GET ran last, so it sees the PUT
+    assert entries[0]["resource"]["active"] is False
+    assert entries[0]["resource"]["meta"]["versionId"] == "2"
+    assert entries[1]["response"]["status"] == "200 OK"
+    assert entries[2]["response"]["status"] == "201 Created"
+    assert entries[3]["response"]["status"] == "200 OK"
+    assert fhir.get(f"Patient/{old['id']}").status_code == 410
+
+
+def test_conditional_create_in_a_transaction_points_references_at_the_match(fhir: Fhir) -> None:
+    existing = fhir.post("Patient", patient("c-1")).json()
+    p = urn()
+    bundle = transaction(
+        post("Patient", patient("c-1"), p, ifNoneExist="identifier=urn:mrn|c-1"),
+        post("Observation", {"resourceType": "Observation", "status": "final",
+                             "code": {"text": "t"}, "subject": {"reference": p}}, urn()),
+    )
+    r = fhir.post("", bundle)
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    assert entries[0]["response"]["status"] == "200 OK"
+    assert entries[0]["response"]["location"].startswith(f"Patient/{existing['id']}/")
+    oid = entries[1]["response"]["location"].split("/")[1]
+    assert fhir.get(f"Observation/{oid}").json()["subject"]["reference"] == \
+        f"Patient/{existing['id']}"
+    assert count(fhir, "Patient", identifier="urn:mrn|c-1") == 1
+
+
+def test_conditional_update_and_delete_in_a_transaction(fhir: Fhir) -> None:
+    target = fhir.post("Patient", patient("u-1")).json()
+    gone = fhir.post("Patient", patient("d-1")).json()
+    p = urn()
+    bundle = transaction(
+        put("Patient?identifier=urn:mrn|u-1", patient("u-1", active=True), p),
+        put("Patient?identifier=urn:mrn|u-new", patient("u-new"), urn()),
+        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|d-1"}},
+        post("Observation", {"resourceType": "Observation", "status": "final",
+                             "code": {"text": "t"}, "subject": {"reference": p}}, urn()),
+    )
+    r = fhir.post("", bundle)
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    assert entries[0]["response"]["status"] == "200 OK"
+    assert entries[1]["response"]["status"] == "201 Created"
+    assert fhir.get(f"Patient/{target['id']}").json()["active"] is True
+    assert fhir.get(f"Patient/{gone['id']}").status_code == 410
+    oid = entries[3]["response"]["location"].split("/")[1]
+    assert fhir.get(f"Observation/{oid}").json()["subject"]["reference"] == \
+        f"Patient/{target['id']}"
+
+
+def test_conditional_references(fhir: Fhir) -> None:
+    target = fhir.post("Patient", patient("r-1")).json()
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+           "subject": {"reference": "Patient?identifier=urn:mrn|r-1"}}
+    r = fhir.post("", transaction(post("Observation", obs, urn())))
+    assert r.status_code == 200, r.text
+    oid = r.json()["entry"][0]["response"]["location"].split("/")[1]
+    assert fhir.get(f"Observation/{oid}").json()["subject"]["reference"] == \
+        f"Patient/{target['id']}"
+    none = {**obs, "subject": {"reference": "Patient?identifier=urn:mrn|nobody"}}
+    r = fhir.post("", transaction(post("Patient", patient("r-2"), urn()),
+                                  post("Observation", none, urn())))
+    assert r.status_code == 404, r.text
+    assert count(fhir, "Patient", identifier="urn:mrn|r-2") == 0
+    fhir.post("Patient", patient("r-1"))
+    r = fhir.post("", transaction(post("Observation", obs, urn())))
+    assert r.status_code == 412
+
+
+def test_patch_entry_and_if_match(fhir: Fhir) -> None:
+    p = fhir.post("Patient", patient("p-1")).json()
+    ops = base64.b64encode(orjson.dumps([{"op": "add", "path": "/active", "value": True}]))
+    patch_entry = {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                                "data": ops.decode()},
+                   "request": {"method": "PATCH", "url": f"Patient/{p['id']}"}}
+    r = fhir.post("", transaction(patch_entry))
+    assert r.status_code == 200, r.text
+    assert fhir.get(f"Patient/{p['id']}").json()["active"] is True
+    stale = transaction(post("Patient", patient("p-2"), urn()),
+                        put(f"Patient/{p['id']}", {**p, "gender": "male"}, ifMatch='W/"1"'))
+    r = fhir.post("", stale)
+    assert r.status_code == 412, r.text
+    assert count(fhir, "Patient", identifier="urn:mrn|p-2") == 0
+
+
+def test_malformed_transactions(fhir: Fhir) -> None:
+    assert fhir.post("", {"resourceType": "Patient"}).status_code == 400
+    assert fhir.post("", {"resourceType": "Bundle", "type": "collection"}).status_code == 400
+    r = fhir.post("", transaction({"resource": patient("m-1")}))
+    assert r.status_code == 400 and "request" in r.json()["issue"][0]["diagnostics"]
+    r = fhir.post("", transaction(post("Spaceship", {"resourceType": "Spaceship"})))
+    assert r.status_code == 404
+    same = transaction(put("Patient/dup", {**patient("m-2"), "id": "dup"}),
+                       put("Patient/dup", {**patient("m-3"), "id": "dup"}))
+    assert fhir.post("", same).status_code == 400
+    u = urn()
+    twice = transaction(post("Patient", patient("m-4"), u), post("Patient", patient("m-5"), u))
+    assert fhir.post("", twice).status_code == 400
+    assert count(fhir, "Patient") == 0
+    empty = fhir.post("", transaction())
+    assert empty.status_code == 200 and empty.json()["entry"] == []
+
+
+def test_batch_keeps_the_valid_entries(fhir: Fhir) -> None:
+    existing = fhir.post("Patient", patient("b-0")).json()
+    bundle = transaction(
+        post("Patient", patient("b-1")),
+        post("Patient", {**patient("b-2"), "gender": "robot"}),
+        {"request": {"method": "GET", "url": f"Patient/{existing['id']}"}},
+        {"request": {"method": "GET", "url": "Patient/missing"}},
+        {"request": {"method": "GET", "url": "Patient?identifier=urn:mrn|b-0"}},
+        put(f"Patient/{existing['id']}", {**existing, "active": True}),
+        kind="batch")
+    r = fhir.post("", bundle)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses[0] == "201 Created"
+    assert statuses[1].startswith("422")
+    assert out["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert statuses[2] == "200 OK" and out["entry"][2]["resource"]["id"] == existing["id"]
+    assert statuses[3].startswith("404")
+    assert out["entry"][4]["resource"]["type"] == "searchset"
+    assert len(out["entry"][4]["resource"]["entry"]) == 1
+    assert statuses[5] == "200 OK"
+    assert count(fhir, "Patient", identifier="urn:mrn|b-1") == 1
+    assert count(fhir, "Patient", identifier="urn:mrn|b-2") == 0
+
+
+def test_transaction_needs_the_scopes_of_every_entry(fhir: Fhir, settings) -> None:  # type: ignore[no-untyped-def]
+    creator = issue_token(settings, "system/Patient.c")
+    r = fhir.post("", transaction(post("Patient", patient("s-1")),
+                                  post("Observation", {"resourceType": "Observation",
+                                                       "status": "final", "code": {"text": "t"}})),
+                  token=creator)
+    assert r.status_code == 403
+    assert count(fhir, "Patient", identifier="urn:mrn|s-1") == 0
+
+
+@pytest.mark.slow
+def test_concurrent_transactions_never_interleave(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--workers", "2")
+    token = issue_token(Settings(data_dir=server.data_dir))
+    h = {"Authorization": f"Bearer {token}", "Content-Type": FHIR_JSON}
+    base = server.base + "/fhir"
+    for pid in ("A", "B"):
+        httpx.put(f"{base}/Patient/{pid}", json={**patient(pid), "id": pid,
+                                                 "multipleBirthInteger": 0}, headers=h)
+    committed = []
+
+    def worker() -> None:
+        with httpx.Client(headers=h, timeout=60) as c:
+            for _ in range(8):
+                a, b = (c.get(f"{base}/Patient/{x}").json() for x in ("A", "B"))
+                bundle = transaction(
+                    put("Patient/A", {**a, "multipleBirthInteger": a["multipleBirthInteger"] + 1},
+                        ifMatch=f'W/"{a["meta"]["versionId"]}"'),
+                    put("Patient/B", {**b, "multipleBirthInteger": b["multipleBirthInteger"] + 1},
+                        ifMatch=f'W/"{b["meta"]["versionId"]}"'))
+                r = c.post(base, json=bundle)
+                assert r.status_code in (200, 412), r.text
+                if r.status_code == 200:
+                    committed.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a, b = (httpx.get(f"{base}/Patient/{x}", headers=h).json() for x in ("A", "B"))
+    assert a["multipleBirthInteger"] == b["multipleBirthInteger"] == len(committed) > 0
+    assert a["meta"]["versionId"] == b["meta"]["versionId"] == str(len(committed) + 1)
+
+
+CRASH_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from server.storage.sqlite import SqliteStore
+from server.search.index import extract
+
+store = SqliteStore(Path(sys.argv[1]))
+
+def fn(tx):
+    for i in range(2000):
+        r = {"resourceType": "Patient", "identifier": [{"system": "urn:crash", "value": str(i)}]}
+        tx.write("Patient", f"crash-{i}", r, extract(r), "POST")
+        if i == 1500:
+            os.kill(os.getpid(), signal.SIGKILL)  # dies in the middle of the transaction
+
+store.run_sync(fn)
+"""
+
+
+def test_a_crash_in_the_middle_of_a_transaction_leaves_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from server.storage.sqlite import SqliteStore
+
+    db = tmp_path / "crash.db"
+    SqliteStore(db).close_sync()
+    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(db)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    store = SqliteStore(db)
+    try:
+        assert store.read_sync("Patient", "crash-0") is None
+        assert store.read_sync("Patient", "crash-1500") is None
+        rows = store._query("SELECT count(*) FROM resource", ())
+        assert rows[0][0] == 0
+        assert store._query("SELECT count(*) FROM idx_token", ())[0][0] == 0
+    finally:
+        store.close_sync()
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_big_transaction_is_all_or_nothing(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--workers", "1")
+    token = issue_token(Settings(data_dir=server.data_dir))
+    h = {"Authorization": f"Bearer {token}", "Content-Type": FHIR_JSON}
+    n = 1500
+    bundle = transaction(*[post("Patient", patient(f"k-{i}"), urn()) for i in range(n)])
+    body = orjson.dumps(bundle)
+    outcome: dict = {}
+
+    def send() -> None:
+        try:
+            outcome["status"] = httpx.post(server.base + "/fhir", content=body, headers=h,
+                                           timeout=120).status_code
+        except httpx.HTTPError:
+            outcome["status"] = None
+
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(0.5)
+    server.stop(signal.SIGKILL)
+    t.join()
+    again = start_server("--workers", "1", data_dir=server.data_dir)
+    total = httpx.get(again.base + "/fhir/Patient", params={"_summary": "count"},
+                      headers=h).json()["total"]
+    assert total in (0, n)
+    if outcome["status"] == 200:
+        assert total == n
