@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,15 +46,23 @@ class ConsiliumApp:
         await self.api(scope, receive, send)
 
 
+def warm_up() -> None:
+    """Load the generated tables now, so that a broken table fails the start and not the first
+    request, then freeze them out of the garbage collector's way: they live as long as the
+    process, and without this every full collection walks their millions of objects."""
+    structures()
+    registry()
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings) -> ConsiliumApp:
     store = open_store(settings)
     keys = KeyStore(settings.keys_dir)
     keys.ensure()
     tokens = TokenService(keys)
     metrics = Metrics()
-    # Load the generated tables now: a broken table fails the start, not the first request.
-    structures()
-    registry()
+    warm_up()
     fhir = FhirRouter(settings, store, tokens, metrics, FHIR_PREFIX)
 
     @asynccontextmanager

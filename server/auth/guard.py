@@ -7,7 +7,7 @@ patient's records only while a consultation assigns them) plug in here as well.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from server.auth.scopes import Principal
@@ -93,6 +93,14 @@ class GuardedTransaction:
         current = self.tx.read(type, id)
         require(self.principal, type, "u" if current is not None and not current.deleted else "c")
         return self.tx.write(type, id, resource, indexes, method)
+
+    def write_many(self, items: Sequence[tuple[str, str, dict[str, Any], IndexRows]],
+                   method: str) -> list[Version]:
+        for type, id, _, _ in items:
+            current = self.tx.read(type, id)
+            require(self.principal, type,
+                    "u" if current is not None and not current.deleted else "c")
+        return self.tx.write_many(items, method)
 
     def delete(self, type: str, id: str) -> Version | None:
         require(self.principal, type, "d")

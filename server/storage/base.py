@@ -128,6 +128,10 @@ class Transaction(Protocol):
         equals the current version's (see :func:`same_content`), nothing is written and the
         current version is returned."""
 
+    def write_many(self, items: Sequence[tuple[str, str, dict[str, Any], IndexRows]],
+                   method: str) -> list[Version]:
+        """:meth:`write` for many resources at once (bulk loading), in order."""
+
     def delete(self, type: str, id: str) -> Version | None:
         """Record a deletion as a new version. None if the resource does not exist; the existing
         deletion if it was already deleted (no new version then)."""

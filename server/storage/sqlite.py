@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -82,38 +82,95 @@ class SqliteTransaction:
 
     def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
               method: str) -> Version:
+        return self.write_many([(type, id, resource, indexes)], method)[0]
+
+    def write_many(self, items: Sequence[tuple[str, str, dict[str, Any], IndexRows]],
+                   method: str) -> list[Version]:
+        """Write many resources with one statement per table (bulk loading); same rules as
+        :meth:`write` for each. A resource given twice is written twice, in order."""
+        out: list[Version] = []
+        start = 0
+        seen: set[tuple[str, str]] = set()
+        for i, (type, id, _, _) in enumerate(items):
+            if (type, id) in seen:  # the second write must see the first: write what we have
+                out += self._write_batch(items[start:i], method)
+                start, seen = i, set()
+            seen.add((type, id))
+        return out + self._write_batch(items[start:], method)
+
+    def _current(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
+        by_type: dict[str, list[str]] = {}
+        for type, id in keys:
+            by_type.setdefault(type, []).append(id)
+        found: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for type, ids in by_type.items():
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                rows = self.conn.execute(
+                    f"SELECT id, rid, version, deleted, seq FROM resource WHERE type = ? AND "
+                    f"id IN ({', '.join('?' for _ in part)})", (type, *part))
+                for row in rows:
+                    found[(type, row[0])] = row[1:]
+        return found
+
+    def _write_batch(self, items: Sequence[tuple[str, str, dict[str, Any], IndexRows]],
+                     method: str) -> list[Version]:
+        if not items:
+            return []
         conn = self.conn
-        row = conn.execute("SELECT rid, version, deleted, seq FROM resource "
-                           "WHERE type = ? AND id = ?", (type, id)).fetchone()
-        if row is not None and not row[2]:
-            current = conn.execute("SELECT body, updated, method FROM version WHERE seq = ?",
-                                   (row[3],)).fetchone()
-            if same_content(codec.loads(current[0]), resource):
-                return Version(type, id, row[1], current[1], False, current[0], current[2])
-        version = row[1] + 1 if row else 1
-        meta = dict(resource.get("meta") or {})
-        meta["versionId"] = str(version)
-        meta["lastUpdated"] = instant(self.now)
-        resource.pop("id", None)
-        resource.pop("meta", None)
-        body_dict = {"resourceType": type, "id": id, "meta": meta, **resource}
-        resource.clear()
-        resource.update(body_dict)
-        body = codec.dumps(body_dict)
-        if row is None:
-            rid = conn.execute(
-                "INSERT INTO resource (type, id, version, updated, deleted, seq) "
-                "VALUES (?, ?, ?, ?, 0, 0)", (type, id, version, self.now)).lastrowid
-        else:
-            rid = row[0]
-            sqlite_schema.delete_index_rows(conn, rid)
-        seq = conn.execute(
-            "INSERT INTO version (rid, type, version, updated, method, body) "
-            "VALUES (?, ?, ?, ?, ?, ?)", (rid, type, version, self.now, method, body)).lastrowid
-        conn.execute("UPDATE resource SET version = ?, updated = ?, deleted = 0, seq = ? "
-                     "WHERE rid = ?", (version, self.now, seq, rid))
-        sqlite_schema.insert_index_rows(conn, rid, type, indexes)
-        return Version(type, id, version, self.now, False, body, method)
+        current = self._current([(t, i) for t, i, _, _ in items])
+        next_rid = next_seq = None
+        inserts, updates, versions, stale = [], [], [], []
+        index_rows: dict[str, list[tuple[Any, ...]]] = {}
+        out: list[Version] = []
+        stamp = instant(self.now)
+        for type, id, resource, indexes in items:
+            row = current.get((type, id))
+            if row is not None and not row[2]:
+                body, updated, how = conn.execute(
+                    "SELECT body, updated, method FROM version WHERE seq = ?", (row[3],)).fetchone()
+                if same_content(codec.loads(body), resource):
+                    out.append(Version(type, id, row[1], updated, False, body, how))
+                    continue
+            if next_seq is None:
+                next_rid = (conn.execute("SELECT max(rid) FROM resource").fetchone()[0] or 0) + 1
+                next_seq = (conn.execute("SELECT max(seq) FROM version").fetchone()[0] or 0) + 1
+            version = row[1] + 1 if row else 1
+            meta = dict(resource.get("meta") or {})
+            meta["versionId"] = str(version)
+            meta["lastUpdated"] = stamp
+            resource.pop("id", None)
+            resource.pop("meta", None)
+            body_dict = {"resourceType": type, "id": id, "meta": meta, **resource}
+            resource.clear()
+            resource.update(body_dict)
+            body = codec.dumps(body_dict)
+            seq = next_seq
+            next_seq += 1
+            if row is None:
+                rid = next_rid
+                next_rid += 1
+                inserts.append((rid, type, id, version, self.now, seq))
+            else:
+                rid = row[0]
+                stale.append((rid,))
+                updates.append((version, self.now, seq, rid))
+            versions.append((seq, rid, type, version, self.now, method, body))
+            sqlite_schema.collect_index_rows(index_rows, rid, type, indexes)
+            out.append(Version(type, id, version, self.now, False, body, method))
+        if stale:
+            sqlite_schema.delete_index_rows(conn, stale)
+        if inserts:
+            conn.executemany("INSERT INTO resource (rid, type, id, version, updated, deleted, "
+                             "seq) VALUES (?, ?, ?, ?, ?, 0, ?)", inserts)
+        if versions:
+            conn.executemany("INSERT INTO version (seq, rid, type, version, updated, method, "
+                             "body) VALUES (?, ?, ?, ?, ?, ?, ?)", versions)
+        if updates:
+            conn.executemany("UPDATE resource SET version = ?, updated = ?, deleted = 0, "
+                             "seq = ? WHERE rid = ?", updates)
+        sqlite_schema.insert_index_rows(conn, index_rows)
+        return out
 
     def delete(self, type: str, id: str) -> Version | None:
         conn = self.conn
@@ -130,7 +187,7 @@ class SqliteTransaction:
             "VALUES (?, ?, ?, ?, 'DELETE', NULL)", (rid, type, version, self.now)).lastrowid
         conn.execute("UPDATE resource SET version = ?, updated = ?, deleted = 1, seq = ? "
                      "WHERE rid = ?", (version, self.now, seq, rid))
-        sqlite_schema.delete_index_rows(conn, rid)
+        sqlite_schema.delete_index_rows(conn, [(rid,)])
         return Version(type, id, version, self.now, True, None, "DELETE")
 
     def search(self, query: Any, limit: int | None = None) -> list[Version]:

@@ -46,9 +46,19 @@ class Compiler:
     """Builds SQL text and its argument list together: every ``arg()`` call must happen in
     the order its placeholder appears in the text."""
 
-    def __init__(self) -> None:
+    def __init__(self, base: str | None = None) -> None:
         self.args: list[Any] = []
         self._alias = 0
+        self.base = base
+
+    def local(self, ref: str) -> str:
+        """Whether the idx_reference row ``ref`` points into this server: a relative reference,
+        or an absolute one under this server's base (search.html#reference). A reference to
+        ``Patient/1`` on another server is not one to our ``Patient/1``."""
+        if self.base is None:
+            return f"{ref}.url = ''"
+        return (f"({ref}.url = '' OR ({ref}.url >= {self.arg(self.base)} AND "
+                f"{ref}.url < {self.arg(self.base + _TOP)}))")
 
     def alias(self) -> str:
         self._alias += 1
@@ -102,8 +112,8 @@ class Compiler:
         kind = m.kind
         if kind == "string":
             assert isinstance(v, StringValue)
-            if m.modifier == "exact":
-                return f"exact = {self.arg(v.text)}"
+            if v.exact is not None:
+                return f"(value = {self.arg(v.text)} AND exact = {self.arg(v.exact)})"
             if m.modifier == "contains":
                 pattern = v.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                 return f"value LIKE {self.arg('%' + pattern + '%')} ESCAPE '\\'"
@@ -126,7 +136,7 @@ class Compiler:
             cond = f"target_id = {self.arg(v.id)}"
             if v.type:
                 cond += f" AND target_type = {self.arg(v.type)}"
-            return f"({cond})"
+            return f"({cond} AND {self.local('idx_reference')})"
         if kind == "uri":
             assert isinstance(v, UriValue)
             if m.modifier == "below":
@@ -148,23 +158,24 @@ class Compiler:
 
     def range(self, v: RangeValue, lo: str, hi: str, kind: str) -> str:
         """Prefix semantics of search.html#prefix. Dates compare ranges; numbers and quantities
-        compare the stored value (the middle of its precision range) with the search range."""
+        compare the stored value (the middle of its precision range) with the search range.
+
+        Some conditions carry a redundant bound (``lo <= ?`` where ``hi <= ?`` already implies
+        it) so that SQLite can read a range of the (pid, lo) or (pid, hi) index."""
         a = self.arg
         p = v.prefix
         if kind == "date":
-            eq = f"({lo} >= {a(v.lo)} AND {hi} <= {a(v.hi)})"
-            if p == "eq":
-                return eq
-            if p == "ne":
-                return f"NOT {eq}"
+            if p in ("eq", "ne"):
+                eq = f"({lo} >= {a(v.lo)} AND {lo} <= {a(v.hi)} AND {hi} <= {a(v.hi)})"
+                return eq if p == "eq" else f"NOT {eq}"
             if p == "gt":
                 return f"{hi} > {a(v.hi)}"
             if p == "lt":
                 return f"{lo} < {a(v.lo)}"
-            if p == "ge":
-                return f"({hi} > {a(v.hi)} OR {eq})"
-            if p == "le":
-                return f"({lo} < {a(v.lo)} OR {eq})"
+            if p == "ge":  # above, or within: hi > v.hi, or v.lo <= lo (and hi <= v.hi)
+                return f"({hi} >= {a(v.lo)} AND ({hi} > {a(v.hi)} OR {lo} >= {a(v.lo)}))"
+            if p == "le":  # below, or within: lo < v.lo, or hi <= v.hi (and v.lo <= lo)
+                return f"({lo} <= {a(v.hi)} AND ({lo} < {a(v.lo)} OR {hi} <= {a(v.hi)}))"
             if p == "sa":
                 return f"{lo} > {a(v.hi)}"
             if p == "eb":
@@ -175,20 +186,22 @@ class Compiler:
             return f"({lo} <= {a(v.hi + gap)} AND {hi} >= {a(v.lo - gap)})"
         x = f"(({lo} + {hi}) / 2.0)"
         value = (v.lo + v.hi) / 2
+        # lo <= x: every bound "x < b" also holds for lo, which the index can range over.
         if p == "eq":
-            return f"({x} >= {a(v.lo)} AND {x} < {a(v.hi)})"
+            return f"({lo} < {a(v.hi)} AND {x} >= {a(v.lo)} AND {x} < {a(v.hi)})"
         if p == "ne":
             return f"({x} < {a(v.lo)} OR {x} >= {a(v.hi)})"
         if p in ("gt", "sa"):
             return f"{x} > {a(value)}"
         if p in ("lt", "eb"):
-            return f"{x} < {a(value)}"
+            return f"({lo} < {a(value)} AND {x} < {a(value)})"
         if p == "ge":
             return f"{x} >= {a(v.lo)}"
         if p == "le":
-            return f"{x} < {a(v.hi)}"
+            return f"({lo} < {a(v.hi)} AND {x} < {a(v.hi)})"
         gap = abs(value) * 0.1
-        return f"({x} >= {a(value - gap)} AND {x} <= {a(value + gap)})"
+        return (f"({lo} <= {a(value + gap)} AND {x} >= {a(value - gap)} AND "
+                f"{x} <= {a(value + gap)})")
 
     def chain(self, c: Chain, res: str) -> str:
         t = self.alias()
@@ -196,19 +209,22 @@ class Compiler:
         ttype = self.arg(c.target_type)
         ttype2 = self.arg(c.target_type)
         inner = self.clause(c.inner, t)
+        local = self.local("ref")
         return (f"{res}.rid IN (SELECT ref.rid FROM idx_reference ref WHERE ref.pid = {pid} "
                 f"AND ref.target_type = {ttype} AND ref.target_id IN (SELECT {t}.id FROM "
-                f"resource {t} WHERE {t}.type = {ttype2} AND {t}.deleted = 0 AND {inner}))")
+                f"resource {t} WHERE +{t}.type = {ttype2} AND {t}.deleted = 0 AND {inner}) "
+                f"AND {local})")
 
     def has(self, c: Has, res: str) -> str:
         t = self.alias()
         pid = self.arg(param_id(c.source_type, c.code))
         ttype = self.arg(c.type)
+        local = self.local("ref")
         stype = self.arg(c.source_type)
         inner = self.clause(c.inner, t)
         return (f"{res}.id IN (SELECT ref.target_id FROM idx_reference ref JOIN resource {t} "
                 f"ON {t}.rid = ref.rid WHERE ref.pid = {pid} AND ref.target_type = {ttype} "
-                f"AND {t}.type = {stype} AND {t}.deleted = 0 AND {inner})")
+                f"AND {local} AND +{t}.type = {stype} AND {t}.deleted = 0 AND {inner})")
 
     # -- sorting --------------------------------------------------------------------------------
 
@@ -245,11 +261,14 @@ def _encode_cursor(values: list[Any]) -> str:
 
 
 def _decode_cursor(cursor: str, n: int) -> list[Any]:
+    """``[direction, snapshot, *sort values, rid]`` (see :func:`run_search`)."""
     try:
         values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, orjson.JSONDecodeError):
         raise ValueError("invalid page cursor") from None
-    if not isinstance(values, list) or len(values) != n + 1 or values[0] not in ("n", "p"):
+    if not isinstance(values, list) or len(values) != n + 3 or values[0] not in ("n", "p") \
+            or type(values[-1]) is not int or type(values[1]) not in (int, type(None)) \
+            or not all(v is None or type(v) in (str, int, float) for v in values[2:]):
         raise ValueError("invalid page cursor")
     return values
 
@@ -273,10 +292,23 @@ def _after(keys: list[tuple[str, bool]], values: list[Any], c: Compiler) -> str:
 
 # -- running --------------------------------------------------------------------------------------
 
+def _driven_by_index(query: SearchQuery) -> bool:
+    """Whether a clause gives a list of rids from an index table (``rid IN (SELECT rid FROM
+    idx_…)``). SQLite keeps no statistics here, so with ``type = ?`` indexable it would rather
+    walk every resource of the type and probe that list for each; the unary ``+`` in front of
+    ``type`` makes it read the list and look each resource up by rid instead."""
+    return any(isinstance(c, Chain) or (isinstance(c, Match) and c.kind not in _COLUMNS)
+               for c in query.clauses)
+
+
+_COLUMNS = ("id", "lastUpdated")
+
+
 def _where(query: SearchQuery, c: Compiler, res: str = "r") -> str:
     types = query.types
-    conds = [f"{res}.type = {c.arg(types[0])}" if len(types) == 1 else
-             f"{res}.type IN ({', '.join(c.arg(t) for t in types)})", f"{res}.deleted = 0"]
+    col = f"+{res}.type" if _driven_by_index(query) else f"{res}.type"
+    conds = [f"{col} = {c.arg(types[0])}" if len(types) == 1 else
+             f"{col} IN ({', '.join(c.arg(t) for t in types)})", f"{res}.deleted = 0"]
     conds += [c.clause(cl, res) for cl in query.clauses]
     return " AND ".join(conds)
 
@@ -292,58 +324,77 @@ def _version(row: Any) -> Version:
 def run_in_transaction(conn: sqlite3.Connection, query: SearchQuery,
                        limit: int | None = None) -> list[Version]:
     """Matches of a (conditional) search, seen by the writer inside its transaction."""
-    c = Compiler()
+    c = Compiler(query.base)
     sql = _SELECT.format(extra="") + " WHERE " + _where(query, c) + " ORDER BY r.rid"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     return [_version(row) for row in conn.execute(sql, c.args)]
 
 
-def run_search(conn: sqlite3.Connection, query: SearchQuery) -> SearchPage:
-    c = Compiler()
+def page_sql(query: SearchQuery, cursor: list[Any] | None = None,
+             snapshot: int | None = None) -> tuple[str, list[Any]]:
+    """SQL and arguments of one page: the matches in order after the decoded ``cursor`` (or
+    before it, for a ``p`` cursor), one more row than the page holds. Each row is ``rid, type,
+    id, version, updated, body`` and then the sort keys. With a ``snapshot``, resources changed
+    after it are left out (see :func:`run_search`)."""
+    sorter = Compiler(query.base)
+    keys = [(sorter.sort_expr(k, query.types, "r"), k.descending) for k in query.sort]
+    c = Compiler(query.base)
     where = _where(query, c)
-    keys: list[tuple[str, bool]] = [(c.sort_expr(k, query.types, "r"), k.descending)
-                                    for k in query.sort]
-    where_args = list(c.args)
+    if snapshot is not None:
+        where += f" AND r.updated <= {c.arg(snapshot)}"
+    sort_cols = "".join(f", {e} AS s{i}" for i, (e, _) in enumerate(keys))
+    sql = f"SELECT * FROM ({_SELECT.format(extra=sort_cols)} WHERE {where})"
+    args = sorter.args + c.args
+    outer_keys = [(f"s{i}", d) for i, (_, d) in enumerate(keys)] + [("rid", False)]
+    backwards = cursor is not None and cursor[0] == "p"
+    direction = [(e, (not d) if backwards else d) for e, d in outer_keys]
+    if cursor is not None:
+        after = Compiler()
+        sql += " WHERE " + _after(direction, cursor[2:], after)
+        args += after.args
+    sql += " ORDER BY " + ", ".join(f"{e} {'DESC' if d else 'ASC'}" for e, d in direction)
+    return sql + f" LIMIT {int(query.count) + 1}", args
+
+
+def run_search(conn: sqlite3.Connection, query: SearchQuery) -> SearchPage:
+    """One page of matches, keyset-paged: a cursor holds the sort keys and rid of the row next
+    to the page, so a page never repeats or skips a resource that stays unchanged, however
+    others are created, updated or deleted meanwhile. Sort keys other than ``_id`` can change
+    when a resource is updated (which could move it onto a later page again): such searches
+    also remember when their first page was read and leave out what changed after that."""
+    c = Compiler(query.base)
+    where = _where(query, c)
     total = None
-    if query.total == "accurate" or query.summary_count or query.total in ("auto", "estimate"):
+    if query.total != "none" or query.summary_count:
         cap = None if query.total == "accurate" or query.summary_count else AUTO_TOTAL_LIMIT
-        total = _count(conn, where, where_args, cap)
+        total = _count(conn, where, c.args, cap)
     if query.summary_count or query.count == 0:
         return SearchPage([], [], total)
-
-    backwards = False
-    sort_cols = "".join(f", {e} AS s{i}" for i, (e, _) in enumerate(keys))
-    sort_args = list(c.args[len(where_args):])
-    inner = (_SELECT.format(extra=sort_cols) + " WHERE " + where)
-    outer_keys = [(f"s{i}", d) for i, (_, d) in enumerate(keys)] + [("rid", False)]
-    sql = f"SELECT * FROM ({inner})"
-    args = sort_args + where_args
-    if query.cursor:
-        values = _decode_cursor(query.cursor, len(outer_keys))
-        backwards = values[0] == "p"
-        cond_keys = [(e, (not d) if backwards else d) for e, d in outer_keys]
-        after = Compiler()
-        sql += " WHERE " + _after(cond_keys, values[1:], after)
-        args += after.args
-    direction = [(e, (not d) if backwards else d) for e, d in outer_keys]
-    sql += " ORDER BY " + ", ".join(f"{e} {'DESC' if d else 'ASC'}" for e, d in direction)
-    sql += f" LIMIT {int(query.count) + 1}"
+    cursor = _decode_cursor(query.cursor, len(query.sort)) if query.cursor else None
+    if cursor is not None:
+        snapshot = cursor[1]
+    elif any(k.kind != "id" for k in query.sort):
+        snapshot = conn.execute("SELECT max(updated) FROM version").fetchone()[0] or 0
+    else:
+        snapshot = None
+    sql, args = page_sql(query, cursor, snapshot if cursor is not None else None)
     rows = conn.execute(sql, args).fetchall()
     more = len(rows) > query.count
     rows = rows[: query.count]
+    backwards = cursor is not None and cursor[0] == "p"
     if backwards:
         rows.reverse()
-    n = len(keys)
+    n = len(query.sort)
 
     def cursor_of(row: Any, kind: str) -> str:
-        return _encode_cursor([kind, *[row[6 + i] for i in range(n)], row[0]])
+        return _encode_cursor([kind, snapshot, *[row[6 + i] for i in range(n)], row[0]])
 
     next_cursor = prev_cursor = None
     if rows:
         if more or backwards:
             next_cursor = cursor_of(rows[-1], "n")
-        if query.cursor and (not backwards or more):
+        if cursor is not None and (not backwards or more):
             prev_cursor = cursor_of(rows[0], "p")
     matches = [_version(row) for row in rows]
     included = _includes(conn, query, matches) if query.includes or query.revincludes else []

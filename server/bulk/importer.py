@@ -1,0 +1,344 @@
+"""``consilium import``: load NDJSON and Bundle files into the store, fast and in constant memory.
+
+Sources are read as streams: NDJSON line by line (``.ndjson``, ``.ndjson.gz``), Bundle files
+(``.json``) entry by entry with an incremental parser, so memory does not grow with the file.
+Parsing, validation and index extraction, the CPU-heavy part, run in a pool of worker processes;
+the store writes what they prepare in transactions of a few hundred resources, so both cores
+work at once. A transaction or batch Bundle (a whole file, or one NDJSON line) is processed as
+the FHIR API would process it (server.fhir.transaction), references and conditionals included.
+
+A rejected line never stops the good ones, unless ``atomic``: then the whole import is one store
+transaction and the first rejected line leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gzip
+import io
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import ijson
+import orjson
+
+from server.fhir import codec
+from server.fhir.errors import FhirError
+
+CHUNK = 250  # lines per unit of work handed to a worker process
+_BUNDLE_KINDS = ("transaction", "batch")
+
+
+@dataclass
+class Rejected:
+    source: str
+    line: int  # line of an NDJSON file, or entry number (1-based) of a Bundle file
+    message: str
+
+
+@dataclass
+class Report:
+    imported: int = 0
+    bundles: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.imported / self.seconds if self.seconds else 0.0
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+class _Counting(io.RawIOBase):
+    """A binary stream that counts the bytes read from the file underneath (for progress)."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+    def readinto(self, b: Any) -> int:
+        n = self.raw.readinto(b)  # type: ignore[attr-defined]
+        self.count += n or 0
+        return n or 0
+
+
+def _open(path: Path) -> tuple[IO[bytes], _Counting]:
+    counting = _Counting(open(path, "rb"))  # noqa: SIM115 (the returned stream owns it)
+    stream: IO[bytes] = io.BufferedReader(counting, 1 << 20)
+    if path.name.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
+    return stream, counting
+
+
+def _is_ndjson(path: Path) -> bool:
+    name = path.name.removesuffix(".gz")
+    return name.endswith((".ndjson", ".jsonl"))
+
+
+Item = tuple[int, bytes | dict[str, Any]]  # (line or entry number, raw line or parsed resource)
+
+
+def _ndjson_items(stream: IO[bytes]) -> Iterator[Item]:
+    for number, line in enumerate(stream, 1):
+        if line.strip():
+            yield number, line
+
+
+def _bundle_kind(path: Path) -> str | None:
+    stream, _ = _open(path)
+    with stream:
+        try:
+            for prefix, event, value in ijson.parse(stream):
+                if prefix == "type" and event == "string":
+                    return str(value)
+                if prefix == "entry" and event == "start_array":
+                    return None
+        except ijson.JSONError:
+            return None
+    return None
+
+
+def _bundle_items(stream: IO[bytes]) -> Iterator[Item]:
+    for number, entry in enumerate(ijson.items(stream, "entry.item"), 1):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        yield number, resource if resource is not None else {}
+
+
+# -- preparing (in worker processes) ---------------------------------------------------------
+
+Prepared = tuple[str, int, Any]  # ("ok", n, (type, id, resource, indexes)) | ("err", n, msg)
+#                                  | ("bundle", n, bundle)
+
+
+def _prepare_one(number: int, raw: bytes | dict[str, Any]) -> Prepared:
+    from server.fhir.prepare import prepare
+    from server.fhir.values import valid_id
+    from server.fhir.writes import new_id
+
+    try:
+        resource = codec.loads(raw) if isinstance(raw, bytes) else raw
+    except codec.JsonError as exc:
+        return "err", number, f"invalid JSON: {exc}"
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        return "err", number, "not a FHIR resource (no resourceType)"
+    type_ = resource["resourceType"]
+    if type_ == "Bundle" and resource.get("type") in _BUNDLE_KINDS:
+        return "bundle", number, resource
+    id_ = resource.get("id")
+    if id_ is None:
+        id_ = new_id()
+    elif not isinstance(id_, str) or not valid_id(id_):
+        return "err", number, f"invalid id {id_!r}"
+    try:
+        from server.fhir.structures import structures
+
+        if not structures().is_resource_type(type_):
+            return "err", number, f"unknown resource type {type_!r}"
+        indexes = prepare(resource, type_)
+    except FhirError as exc:
+        return "err", number, "; ".join(
+            f"{i.diagnostics}" + (f" ({', '.join(i.expression)})" if i.expression else "")
+            for i in exc.issues if i.severity in ("error", "fatal"))[:2000]
+    # Bytes cross the process boundary far cheaper than pickled dicts of small strings.
+    return "ok", number, (type_, id_, codec.dumps(resource),
+                          orjson.dumps({k: v for k, v in indexes.items() if v}))
+
+
+def _prepare_chunk(chunk: list[Item]) -> list[Prepared]:
+    return [_prepare_one(n, raw) for n, raw in chunk]
+
+
+def _warm_up() -> None:
+    from server.app import warm_up
+
+    warm_up()
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+def _write_all(tx: Any, items: list[tuple[str, str, bytes, bytes]]) -> int:
+    tx.write_many([(type_, id_, codec.loads(resource), orjson.loads(indexes))
+                   for type_, id_, resource, indexes in items], "PUT")
+    return len(items)
+
+
+class Importer:
+    def __init__(self, store: Any, settings: Any, *, atomic: bool = False,
+                 workers: int | None = None,
+                 progress: Callable[[int, int, int], None] | None = None):
+        self.store = store
+        self.settings = settings
+        self.atomic = atomic
+        self.workers = workers or os.cpu_count() or 1
+        self.progress = progress or (lambda done_bytes, imported, rejected: None)
+        self.report = Report()
+
+    # ``sources``: (name, iterator of items, bytes-read counter)
+    def _chunks(self, paths: list[Path]) -> Iterator[tuple[str, list[Item], _Counting | None]]:
+        for path in paths:
+            if not _is_ndjson(path) and _bundle_kind(path) in _BUNDLE_KINDS:
+                stream, counting = _open(path)
+                with stream:
+                    data = stream.read()
+                yield str(path), [(1, data)], counting
+                continue
+            stream, counting = _open(path)
+            with stream:
+                items = _ndjson_items(stream) if _is_ndjson(path) else _bundle_items(stream)
+                chunk: list[Item] = []
+                for item in items:
+                    chunk.append(item)
+                    if len(chunk) >= CHUNK:
+                        yield str(path), chunk, counting
+                        chunk = []
+                if chunk:
+                    yield str(path), chunk, counting
+
+    async def run(self, paths: list[Path]) -> Report:
+        _warm_up()
+        started = time.monotonic()
+        ctx = multiprocessing.get_context("spawn")
+        read: dict[int, int] = {}  # bytes read so far, per file
+        # At most this many chunks are read ahead of the writer: memory stays bounded.
+        slots = threading.Semaphore(self.workers * 4)
+        meta: collections.deque[tuple[str, _Counting | None]] = collections.deque()
+
+        def jobs() -> Iterator[list[Item]]:
+            for name, chunk, counting in self._chunks(paths):
+                slots.acquire()
+                meta.append((name, counting))
+                yield chunk
+
+        def consumed(counting: _Counting | None) -> None:
+            slots.release()
+            if counting is not None:
+                read[id(counting)] = counting.count
+            self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
+
+        with ctx.Pool(self.workers, initializer=_warm_up) as pool:
+            results = pool.imap(_prepare_chunk, jobs(), chunksize=1)
+            if self.atomic:
+                await self._atomic(results, meta, consumed)
+            else:
+                pending: asyncio.Future[int] | None = None
+                for prepared in results:
+                    name, counting = meta.popleft()
+                    batch = await self._sort(name, prepared)
+                    if pending is not None:
+                        self.report.imported += await pending
+                    pending = asyncio.ensure_future(self.store.run(
+                        lambda tx, b=batch: _write_all(tx, b)))
+                    await asyncio.sleep(0)  # let the write start before the next chunk
+                    consumed(counting)
+                if pending is not None:
+                    self.report.imported += await pending
+        self.report.seconds = time.monotonic() - started
+        self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
+        return self.report
+
+    async def _sort(self, name: str, prepared: list[Prepared]) -> list[Any]:
+        """The resources of a prepared chunk; rejected lines noted; Bundles processed."""
+        batch = []
+        for kind, number, payload in prepared:
+            if kind == "ok":
+                batch.append(payload)
+            elif kind == "err":
+                self.report.rejected.append(Rejected(name, number, payload))
+            else:
+                await self._bundle(name, number, payload)
+        return batch
+
+    async def _bundle(self, name: str, number: int, bundle: dict[str, Any]) -> None:
+        from server.fhir.request import FhirRequest
+        from server.fhir.transaction import batch, transaction
+
+        req = FhirRequest("POST", "transaction", settings=self.settings,
+                          base=(self.settings.base_url or "").rstrip("/") + "/fhir",
+                          _resource=bundle)
+        entries = bundle.get("entry") or []
+        try:
+            if bundle.get("type") == "transaction":
+                await transaction(req, self.store, entries)
+                self.report.imported += len(entries)
+            else:
+                response = await batch(req, self.store, entries)
+                assert response.resource is not None
+                for i, e in enumerate(response.resource["entry"]):
+                    status = e["response"]["status"]
+                    if status[0] in "45":
+                        issues = e["response"].get("outcome", {}).get("issue", [{}])
+                        self.report.rejected.append(Rejected(
+                            name, number, f"batch entry {i}: {status}: "
+                                          f"{issues[0].get('diagnostics', '')}"))
+                    else:
+                        self.report.imported += 1
+            self.report.bundles += 1
+        except FhirError as exc:
+            self.report.rejected.append(Rejected(name, number, f"{bundle.get('type')} Bundle "
+                                                               f"rejected: {exc}"))
+
+    async def _atomic(self, results: Iterator[list[Prepared]],
+                      meta: collections.deque[tuple[str, _Counting | None]],
+                      consumed: Callable[[_Counting | None], None]) -> None:
+        """Everything in one store transaction, fed through a queue while the pool prepares.
+        After a rejected line nothing more is written, but the rest is still checked so that
+        every bad line is reported; then the transaction is rolled back."""
+        feed: queue.Queue[list[Any] | None] = queue.Queue(maxsize=8)
+
+        class Abort(Exception):
+            pass
+
+        def write(tx: Any) -> int:
+            n = 0
+            while True:
+                batch = feed.get()
+                if batch is None:
+                    if self.report.rejected:
+                        raise Abort
+                    return n
+                n += _write_all(tx, batch)
+
+        job = asyncio.ensure_future(self.store.run(write))
+        await asyncio.sleep(0)
+        try:
+            for prepared in results:
+                name, counting = meta.popleft()
+                batch = []
+                for kind, number, payload in prepared:
+                    if kind == "ok":
+                        batch.append(payload)
+                    elif kind == "err":
+                        self.report.rejected.append(Rejected(name, number, payload))
+                    else:
+                        self.report.rejected.append(Rejected(
+                            name, number, "transaction and batch Bundles cannot be part of an "
+                                          "--atomic import; import them without it"))
+                if not self.report.rejected:
+                    await asyncio.to_thread(feed.put, batch)
+                consumed(counting)
+        finally:
+            await asyncio.to_thread(feed.put, None)
+        try:
+            self.report.imported = await job
+        except Abort:
+            self.report.imported = 0
+
+
+async def import_files(store: Any, settings: Any, paths: list[Path], **kw: Any) -> Report:
+    return await Importer(store, settings, **kw).run(paths)
