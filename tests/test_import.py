@@ -1,0 +1,158 @@
+"""``consilium import`` through the real command: formats, errors, --atomic, memory, a live server."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.config import Settings
+from tests.conftest import issue_token
+
+
+def consilium(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server", "import", "--data-dir", str(data_dir),
+                           "--workers", "2", *args], capture_output=True, text=True, timeout=600)
+
+
+def patient(i: int, **extra: object) -> dict:
+    return {"resourceType": "Patient", "id": f"imp-{i}", "name": [{"family": f"Family{i}"}],
+            "gender": "female", **extra}
+
+
+def write_ndjson(path: Path, lines: list[object]) -> Path:
+    with open(path, "w") as f:
+        for line in lines:
+            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    return path
+
+
+def read_all(data_dir: Path) -> dict[tuple[str, str], dict]:
+    from server.storage.sqlite import SqliteStore
+
+    store = SqliteStore(data_dir / "consilium.db")
+    try:
+        rows = store._query("SELECT r.type, r.id, v.body FROM resource r JOIN version v "
+                            "ON v.seq = r.seq WHERE r.deleted = 0", ())
+        return {(t, i): json.loads(b) for t, i, b in rows}
+    finally:
+        store.close_sync()
+
+
+def test_ndjson_good_lines_are_kept_and_bad_lines_listed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    src = write_ndjson(tmp_path / "in.ndjson", [
+        patient(1), patient(2), {**patient(3), "gender": "robot"}, "{broken", "",
+        {"resourceType": "Observation", "status": "final", "code": {"text": "dose"},
+         "valueQuantity": {"value": 1.50, "unit": "mg"}},
+        {"resourceType": "Spaceship"}, patient(4)])
+    src.write_text(src.read_text().replace("1.5,", "1.50,"))
+    out = consilium(str(src), data_dir=data)
+    assert out.returncode == 1
+    assert "imported 4 resources" in out.stdout
+    assert "rejected 3" in out.stdout
+    err = out.stderr.splitlines()
+    assert any(line.startswith(f"{src}:3:") and "robot" in line for line in err)
+    assert any(line.startswith(f"{src}:4:") and "invalid JSON" in line for line in err)
+    assert any(line.startswith(f"{src}:7:") and "Spaceship" in line for line in err)
+    stored = read_all(data)
+    assert {("Patient", f"imp-{i}") for i in (1, 2, 4)} <= set(stored)
+    assert ("Patient", "imp-3") not in stored
+    obs = [r for (t, _), r in stored.items() if t == "Observation"]
+    assert len(obs) == 1
+    from server.storage.sqlite import SqliteStore
+
+    store = SqliteStore(data / "consilium.db")
+    try:
+        raw = store.read_sync("Observation", obs[0]["id"])
+        assert raw is not None and b'"value":1.50' in (raw.body or b"")
+    finally:
+        store.close_sync()
+
+
+def test_atomic_import_is_all_or_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    lines: list[object] = [patient(i) for i in range(600)]
+    lines[350] = {**patient(350), "birthDate": "yesterday"}
+    lines[599] = "not json"
+    src = write_ndjson(tmp_path / "in.ndjson", lines)
+    out = consilium("--atomic", str(src), data_dir=data)
+    assert out.returncode == 1
+    assert "nothing imported" in out.stdout
+    assert f"{src}:351:" in out.stderr and f"{src}:600:" in out.stderr
+    assert read_all(data) == {}
+    good = write_ndjson(tmp_path / "good.ndjson", [patient(i) for i in range(600)])
+    assert consilium("--atomic", str(good), data_dir=data).returncode == 0
+    assert len(read_all(data)) == 600
+
+
+def test_bundles_gzip_and_reimport(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    collection = tmp_path / "collection.json"
+    collection.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Organization", "id": "org-1", "name": "Hohhot Centre"}},
+        {"resource": patient(10)}]}))
+    tx = tmp_path / "transaction.json"
+    tx.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0d5f7a3c-9f54-4d1c-9b61-5a1d3e0e9a01",
+         "resource": {"resourceType": "Patient", "name": [{"family": "رحیمی"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "urn:uuid:0d5f7a3c-9f54-4d1c-9b61-5a1d3e0e9a01"}},
+         "request": {"method": "POST", "url": "Observation"}}]}))
+    gz = tmp_path / "more.ndjson.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write(json.dumps(patient(11)) + "\n")
+    out = consilium(str(collection), str(tx), str(gz), data_dir=data)
+    assert out.returncode == 0, out.stderr
+    stored = read_all(data)
+    assert ("Organization", "org-1") in stored and ("Patient", "imp-11") in stored
+    persian = next(r for (t, _), r in stored.items() if t == "Patient"
+                   and r["name"][0]["family"] == "رحیمی")
+    obs = next(r for (t, _), r in stored.items() if t == "Observation")
+    assert obs["subject"]["reference"] == f"Patient/{persian['id']}"
+    again = consilium(str(collection), data_dir=data)
+    assert again.returncode == 0
+    assert read_all(data)[("Organization", "org-1")]["meta"]["versionId"] == "1"
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    out = consilium(str(tmp_path / "nope.ndjson"), data_dir=tmp_path / "data")
+    assert out.returncode == 2
+    assert "no such file" in out.stderr
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_with_file_size(tmp_path: Path) -> None:
+    def peak(n: int) -> int:
+        src = write_ndjson(tmp_path / f"in{n}.ndjson", [patient(i) for i in range(n)])
+        code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+                "sys.exit(r.returncode)")
+        out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "server",
+                              "import", "--quiet", "--data-dir", str(tmp_path / f"d{n}"),
+                              "--workers", "2", str(src)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.strip().splitlines()[-1])
+
+    small, large = peak(5_000), peak(50_000)
+    assert large < small * 1.5 + 20_000  # KiB: ten times the data, not ten times the memory
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+@pytest.mark.slow
+def test_import_while_a_server_runs(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--workers", "1")
+    src = write_ndjson(tmp_path / "live.ndjson", [patient(i) for i in range(300)])
+    assert consilium(str(src), data_dir=server.data_dir).returncode == 0
+    token = issue_token(Settings(data_dir=server.data_dir))
+    r = httpx.get(server.base + "/fhir/Patient/imp-299",
+                  headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
+    assert r.json()["name"][0]["family"] == "Family299"
