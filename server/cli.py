@@ -123,7 +123,7 @@ def _prepare_data_dir(settings: Settings) -> None:
 def _run_http(settings: Settings) -> None:
     import uvicorn
 
-    common = dict(host=settings.host, port=settings.http_port, http="httptools", loop="uvloop",
+    common: dict[str, Any] = dict(host=settings.host, port=settings.http_port, http="httptools", loop="uvloop",
                   lifespan="on", access_log=False, log_config=None, server_header=False,
                   timeout_graceful_shutdown=30)
     if settings.workers == 1:

@@ -73,6 +73,9 @@ class GuardedStore:
         principal = self.principal
         return await self.store.run(lambda tx: fn(GuardedTransaction(tx, principal)))
 
+    async def ping(self) -> None:
+        await self.store.ping()
+
     async def close(self) -> None:
         await self.store.close()
 

@@ -73,7 +73,7 @@ class KeyStore:
 
     def jwks(self) -> dict[str, Any]:
         """The public keys, as published at ``/auth/jwks``."""
-        return self.key_set().as_dict(private=False)
+        return dict(self.key_set().as_dict(private=False))
 
     def remove(self, kid: str) -> None:
         if kid == self.current_kid():

@@ -12,6 +12,7 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 
 from server.auth.keys import KeyStore
 from server.auth.scopes import Principal, ScopeError
@@ -30,7 +31,7 @@ class TokenService:
         self.keys = keys
         self.clock = clock
         self._cache: dict[str, tuple[Principal, float]] = {}
-        self._key_set = None
+        self._key_set: KeySet | None = None
 
     def issue(self, subject: str, scope: str, lifetime: int = 3600,
               **claims: Any) -> str:
@@ -91,7 +92,7 @@ class TokenService:
             raise InvalidToken(str(exc)) from None
         return principal, float(exp)
 
-    def _keys(self):  # type: ignore[no-untyped-def]
+    def _keys(self) -> KeySet:
         if self._key_set is None:
             self._key_set = self.keys.key_set()
         return self._key_set

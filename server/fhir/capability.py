@@ -38,8 +38,26 @@ def _search_params(type_: str) -> list[dict[str, Any]]:
     return out
 
 
+def _includes(type_: str) -> list[str]:
+    return ["*"] + [f"{type_}:{code}" for code, p in sorted(registry().params_for(type_).items())
+                    if p.type == "reference"]
+
+
+@functools.cache
+def _revincludes() -> dict[str, list[str]]:
+    """For each type, the ``_revinclude`` values that can bring resources pointing at it."""
+    out: dict[str, list[str]] = {t: [] for t in structures().resource_types}
+    for source in structures().resource_types:
+        for code, p in sorted(registry().params_for(source).items()):
+            if p.type != "reference":
+                continue
+            for target in p.targets or structures().resource_types:
+                if target in out:
+                    out[target].append(f"{source}:{code}")
+    return out
+
+
 def _resource(type_: str) -> dict[str, Any]:
-    reg = registry()
     res: dict[str, Any] = {
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
@@ -54,10 +72,8 @@ def _resource(type_: str) -> dict[str, Any]:
         "referencePolicy": ["literal", "logical"],
         "searchParam": _search_params(type_),
     }
-    includes = getattr(reg, "includes_for", None)
-    if includes is not None:
-        res["searchInclude"] = includes(type_)
-        res["searchRevInclude"] = reg.revincludes_for(type_)
+    res["searchInclude"] = _includes(type_)
+    res["searchRevInclude"] = _revincludes()[type_]
     ops = _operations("type", type_) + [o for o in _operations("instance", type_)
                                          if o not in _operations("type", type_)]
     if ops:

@@ -65,6 +65,13 @@ class Route:
         self.compartment = compartment
 
     @property
+    def handler(self) -> Any:
+        if self.operation is not None:
+            return self.operation.handler
+        assert self.interaction is not None
+        return self.interaction.handler
+
+    @property
     def name(self) -> str:
         if self.operation is not None:
             return f"${self.operation.name}"
@@ -208,16 +215,15 @@ class FhirRouter:
             req = FhirRequest(method, name, route.type, route.id, route.vid, route.op,
                               route.compartment, params, headers, body, self._base(scope, headers),
                               principal, self.settings)
-            handler = route.operation.handler if route.operation else route.interaction.handler
-            response = await handler(req, guarded(self.store, principal))
+            response = await route.handler(req, guarded(self.store, principal))
             status, out_headers, payload = self._render(req, response, fmt)
         except FhirError as exc:
             status, out_headers, payload = self._error(exc, fmt, headers)
         except Exception:
             log.exception("request failed", extra={"event": "http.error", "interaction": name,
                                                     "request_id": request_id})
-            exc = FhirError(500, "exception", f"internal error (request {request_id})")
-            status, out_headers, payload = self._error(exc, fmt, headers)
+            internal = FhirError(500, "exception", f"internal error (request {request_id})")
+            status, out_headers, payload = self._error(internal, fmt, headers)
         out_headers.append((b"x-request-id", request_id.encode()))
         out_headers.append((b"content-length", str(len(payload)).encode()))
         if method == "HEAD":

@@ -185,10 +185,9 @@ async def _batch_entry(req: FhirRequest, index: int, raw: Any,
     try:
         entry = _entry_request(req, index, raw)
         route = routes().route(entry.method, "/" + entry.url.split("?")[0].lstrip("/"))
-        handler = route.operation.handler if route.operation else route.interaction.handler
         if entry.interaction in ("transaction", "batch"):
             raise invalid("a batch entry cannot hold another Bundle to process")
-        resp = await handler(entry.req, store)
+        resp = await route.handler(entry.req, store)
     except FhirError as exc:
         return _error_entry(exc)
     return _response_entry(req, resp)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from server.storage.base import ResourceStore, StoreError
 
 
-def open_store(settings) -> ResourceStore:  # type: ignore[no-untyped-def]
+def open_store(settings: Any) -> ResourceStore:
     """The store the settings name: SQLite under the data dir by default."""
     if settings.db.startswith(("mongodb://", "mongodb+srv://")):
         raise StoreError("the MongoDB backend is not part of this build yet; "

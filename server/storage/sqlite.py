@@ -119,8 +119,12 @@ class SqliteTransaction:
             return []
         conn = self.conn
         current = self._current([(t, i) for t, i, _, _ in items])
-        next_rid = next_seq = None
-        inserts, updates, versions, stale = [], [], [], []
+        next_rid = (conn.execute("SELECT max(rid) FROM resource").fetchone()[0] or 0) + 1
+        next_seq = (conn.execute("SELECT max(seq) FROM version").fetchone()[0] or 0) + 1
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        versions: list[tuple[Any, ...]] = []
+        stale: list[tuple[int]] = []
         index_rows: dict[str, list[tuple[Any, ...]]] = {}
         out: list[Version] = []
         stamp = instant(self.now)
@@ -132,9 +136,6 @@ class SqliteTransaction:
                 if same_content(codec.loads(body), resource):
                     out.append(Version(type, id, row[1], updated, False, body, how))
                     continue
-            if next_seq is None:
-                next_rid = (conn.execute("SELECT max(rid) FROM resource").fetchone()[0] or 0) + 1
-                next_seq = (conn.execute("SELECT max(seq) FROM version").fetchone()[0] or 0) + 1
             version = row[1] + 1 if row else 1
             meta = dict(resource.get("meta") or {})
             meta["versionId"] = str(version)
@@ -251,10 +252,10 @@ class _Writer(threading.Thread):
                 conn.execute("SAVEPOINT op")
                 try:
                     result = op.fn(SqliteTransaction(conn, now, self.search))
-                except BaseException as exc:
+                except BaseException as failure:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    outcomes.append((op.future, None, exc))
+                    outcomes.append((op.future, None, failure))
                 else:
                     conn.execute("RELEASE op")
                     outcomes.append((op.future, result, None))
@@ -264,11 +265,11 @@ class _Writer(threading.Thread):
                 conn.execute("ROLLBACK")
             error = StoreError(f"write failed: {exc}")
             outcomes = [(op.future, None, error) for op in batch]
-        for future, result, exc in outcomes:
-            if exc is None:
+        for future, result, problem in outcomes:
+            if problem is None:
                 future.set_result(result)
             else:
-                future.set_exception(exc)
+                future.set_exception(problem)
 
 
 class SqliteStore:

@@ -141,10 +141,4 @@ def collect_index_rows(into: dict[str, list[tuple[Any, ...]]], rid: int, type: s
 def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[tuple[Any, ...]]]) -> None:
     for kind, table_rows in rows.items():
         if table_rows:
-            # In key order, neighbouring rows land on the same B-tree pages: several times
-            # faster than random order for a bulk load.
-            try:
-                table_rows.sort()
-            except TypeError:  # values of mixed types in one column: insert as they come
-                pass
             conn.executemany(_INSERT[kind], table_rows)
