@@ -8,7 +8,6 @@ Values are already normalised and turned into ranges here, so backends only comp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 #: Bounds used for open ends of date ranges (µs since the epoch).
 NEG_INF = -(2**62)
@@ -24,6 +23,7 @@ class TokenValue:
 @dataclass(frozen=True, slots=True)
 class StringValue:
     text: str  # normalised as the index is
+    exact: str | None = None  # ``:exact``: the value as written (compared with the original)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class UriValue:
     uri: str
 
 
-Value = Union[TokenValue, StringValue, RangeValue, ReferenceValue, UriValue]
+Value = TokenValue | StringValue | RangeValue | ReferenceValue | UriValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +110,7 @@ class Has:
     inner: Clause
 
 
-Clause = Union[Match, Missing, Not, Chain, AnyOf, Has]
+Clause = Match | Missing | Not | Chain | AnyOf | Has
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +144,6 @@ class SearchQuery:
     #: Parameters that were not understood and ignored (reported in the bundle).
     ignored: list[str] = field(default_factory=list)
     summary_count: bool = False
+    #: This server's FHIR base with a trailing slash: absolute references under it are local
+    #: ones. None when unknown; then only relative references count as local.
+    base: str | None = None

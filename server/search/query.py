@@ -51,6 +51,9 @@ _MODIFIERS = {
     "special": set(),
 }
 _MAX_CHAIN = 4
+#: The forms of search.html#date: a date, or a dateTime with seconds (a time without them is
+#: not a FHIR dateTime); the index reads the value itself.
+_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
 def split_values(text: str) -> list[str]:
@@ -100,11 +103,15 @@ class Parser:
         self.base = base.rstrip("/") + "/" if base else None
         self.strict = strict
         self.ignored: list[str] = []
+        #: The parameter as the client wrote it, named in errors about its chained parts.
+        self.top: str | None = None
+        #: One of several searched types: a ``_has`` that cannot point at it skips it.
+        self.skip_foreign = False
 
     # -- values ---------------------------------------------------------------------------------
 
     def _bad(self, name: str, value: str, why: str) -> FhirError:
-        return invalid(f"search parameter {name}: {value!r} {why}", expression=name)
+        return invalid(f"search parameter {name}: {value!r} {why}", expression=self.top or name)
 
     def _prefixed(self, name: str, raw: str) -> tuple[str, str]:
         if len(raw) > 2 and raw[:2] in PREFIXES and (raw[2].isdigit() or raw[2] == "-"):
@@ -125,6 +132,8 @@ class Parser:
     def date(self, name: str, raw: str) -> RangeValue:
         prefix, text = self._prefixed(name, raw)
         try:
+            if not _DATE.match(text):
+                raise ValueError(text)
             lo, hi = index.date_range(text)
         except ValueError:
             raise self._bad(name, raw, "is not a valid date, dateTime or instant") from None
@@ -177,7 +186,9 @@ class Parser:
             if item == "":
                 raise self._bad(name, raw, "has an empty value")
             if kind == "string" or modifier == "text":
-                out.append(StringValue(index.normalize(unescape(item))))
+                text = unescape(item)
+                out.append(StringValue(index.normalize(text),
+                                       text if modifier == "exact" else None))
             elif kind == "token":
                 out.append(self.token(name, item))
             elif kind in ("date", "lastUpdated"):
@@ -203,17 +214,22 @@ class Parser:
         """The clause for one ``name=value`` pair on ``type_``, or None if it is ignored."""
         if depth > _MAX_CHAIN:
             raise invalid(f"search parameter {name}: chains are limited to {_MAX_CHAIN} links",
-                          expression=name)
+                          expression=self.top or name)
         if name.startswith("_has:"):
             return self._has(type_, name, raw, depth)
         head, dot, rest = name.partition(".")
         code, _, modifier = head.partition(":")
         param = self.reg.get(type_, code)
         if param is None:
-            return self._unknown(name, f"{type_} has no search parameter {code!r}")
+            self._unknown(name, f"{type_} has no search parameter {code!r}")
+            return None
         kind = param.column or param.type
         if dot:
             return self._chain(type_, name, code, modifier or None, param, rest, raw, depth)
+        if kind == "composite":
+            raise FhirError(400, "not-supported",
+                            f"search parameter {name}: composite parameters are not supported yet",
+                            expression=self.top or name)
         if modifier == "missing":
             if raw not in ("true", "false"):
                 raise self._bad(name, raw, "must be true or false")
@@ -223,28 +239,25 @@ class Parser:
             if modifier not in (param.targets or ()) and not (
                     structures().is_resource_type(modifier) and not param.targets):
                 raise invalid(f"search parameter {name}: {modifier!r} is not a target type of "
-                              f"{code}", expression=name)
+                              f"{code}", expression=self.top or name)
             target = modifier
             modifier = ""
         if modifier and modifier not in _MODIFIERS.get(param.type, set()):
             raise FhirError(400, "not-supported",
                             f"search parameter {name}: modifier :{modifier} is not supported "
-                            f"for {param.type} parameters", expression=name)
-        if kind == "composite":
-            raise FhirError(400, "not-supported",
-                            f"search parameter {name}: composite parameters are not supported yet",
-                            expression=name)
+                            f"for {param.type} parameters", expression=self.top or name)
         if modifier == "text":
+            # search.html#token: ":text" is processed as a string search (starts with).
             return Match(type_, f"{code}:text", "string", self.values(name, "string", raw, "text",
-                                                                        param), "contains")
+                                                                        param))
         if modifier == "of-type":
             return Match(type_, f"{code}:of-type", "token", self._of_type(name, raw))
         if modifier == "identifier":
             return Match(type_, f"{code}:identifier", "token",
                          self.values(name, "token", raw, None, param))
         if target is not None:
-            values = tuple(self.reference(name, v, target, ()) for v in split_values(raw))
-            return Match(type_, code, kind, values)
+            refs = tuple(self.reference(name, v, target, ()) for v in split_values(raw))
+            return Match(type_, code, kind, refs)
         values = self.values(name, kind, raw, modifier or None, param)
         match = Match(type_, code, kind, values, modifier if modifier in
                       ("exact", "contains", "above", "below") else None)
@@ -263,11 +276,11 @@ class Parser:
                rest: str, raw: str, depth: int) -> Clause | None:
         if param.type != "reference":
             raise invalid(f"search parameter {name}: {code} is not a reference and cannot be "
-                          "chained", expression=name)
+                          "chained", expression=self.top or name)
         targets = [target] if target else list(param.targets or [])
         if target and param.targets and target not in param.targets:
             raise invalid(f"search parameter {name}: {target!r} is not a target of {code}",
-                          expression=name)
+                          expression=self.top or name)
         inner_code = rest.split(".")[0].split(":")[0]
         options: list[Clause] = []
         for t in targets:
@@ -279,35 +292,41 @@ class Parser:
             if inner is not None:
                 options.append(Chain(type_, code, t, inner))
         if not options:
-            return self._unknown(name, f"no target of {type_}.{code} has a search parameter "
-                                       f"{inner_code!r}")
+            self._unknown(name, f"no target of {type_}.{code} has a search parameter "
+                                f"{inner_code!r}")
+            return None
         return options[0] if len(options) == 1 else AnyOf(tuple(options))
 
     def _has(self, type_: str, name: str, raw: str, depth: int) -> Clause | None:
         parts = name.split(":", 3)
         if len(parts) < 4:
             raise invalid(f"search parameter {name}: expected _has:[type]:[reference]:[parameter]",
-                          expression=name)
+                          expression=self.top or name)
         _, source, ref_code, rest = parts
         if not structures().is_resource_type(source):
             raise invalid(f"search parameter {name}: unknown resource type {source!r}",
-                          expression=name)
+                          expression=self.top or name)
         ref = self.reg.get(source, ref_code)
         if ref is None or ref.type != "reference":
             raise invalid(f"search parameter {name}: {source} has no reference parameter "
-                          f"{ref_code!r}", expression=name)
+                          f"{ref_code!r}", expression=self.top or name)
         if ref.targets and type_ not in ref.targets:
+            if self.skip_foreign:
+                self._unknown(name, f"{source}.{ref_code} does not point at {type_}")
+                return None
             raise invalid(f"search parameter {name}: {source}.{ref_code} does not point at "
-                          f"{type_}", expression=name)
+                          f"{type_}", expression=self.top or name)
         inner = self.clause(source, rest, raw, depth + 1)
         if inner is None:
             return None
         return Has(type_, source, ref_code, inner)
 
     def _unknown(self, name: str, why: str) -> None:
+        name = self.top or name
         if self.strict:
             raise invalid(f"unknown search parameter {name!r}: {why}", expression=name)
-        self.ignored.append(name)
+        if name not in self.ignored:
+            self.ignored.append(name)
         return None
 
     # -- result parameters ----------------------------------------------------------------------
@@ -334,21 +353,24 @@ class Parser:
         parts = raw.split(":")
         iterate = name.endswith(":iterate") or name.endswith(":recurse")
         if raw == "*":
+            if reverse:  # every reference of every type to the matches: refused, not guessed
+                raise FhirError(400, "not-supported", f"{name}=* is not supported; name the "
+                                "source type and parameter ([type]:[parameter])", expression=name)
             return Include("*", "*", None, iterate)
         if len(parts) not in (2, 3):
             raise invalid(f"{name}: expected [type]:[parameter][:target type], got {raw!r}",
-                          expression=name)
+                          expression=self.top or name)
         source, code = parts[0], parts[1]
         target = parts[2] if len(parts) == 3 else None
         if not structures().is_resource_type(source):
-            raise invalid(f"{name}: unknown resource type {source!r}", expression=name)
+            raise invalid(f"{name}: unknown resource type {source!r}", expression=self.top or name)
         if code != "*":
             param = self.reg.get(source, code)
             if param is None or param.type != "reference":
                 raise invalid(f"{name}: {source} has no reference parameter {code!r}",
-                              expression=name)
+                              expression=self.top or name)
         if target is not None and not structures().is_resource_type(target):
-            raise invalid(f"{name}: unknown resource type {target!r}", expression=name)
+            raise invalid(f"{name}: unknown resource type {target!r}", expression=self.top or name)
         return Include(source, code, target, iterate)
 
 
@@ -360,6 +382,7 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
     parser = Parser(base, strict)
     q = SearchQuery(types)
     for name, raw in params:
+        parser.top = None
         bare = name.split(":")[0]
         if bare in UNSUPPORTED:
             raise FhirError(400, "not-supported", f"{bare} is not supported", expression=name)
@@ -384,6 +407,7 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
                 raise FhirError(400, "not-supported", "searching contained resources is not "
                                 "supported", expression="_contained")
             continue
+        parser.top = name
         if len(types) == 1:
             clause = parser.clause(types[0], name, raw)
         else:
@@ -397,24 +421,28 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
     if "_count" not in {n for n, _ in params}:
         q.count = default_count
     q.ignored = parser.ignored
+    q.base = parser.base
     return q
 
 
 def _quiet(parser: Parser, type_: str, name: str, raw: str) -> Clause | None:
     """A clause for one of several searched types; types without the parameter are skipped."""
     sub = Parser(parser.base.rstrip("/") if parser.base else None, False)
+    sub.skip_foreign = True
     clause = sub.clause(type_, name, raw)
     return None if sub.ignored else clause
 
 
-def parse_conditional(type_: str, criteria: str | list[tuple[str, str]], what: str) -> SearchQuery:
-    """The search of a conditional create/update/delete: strict, and it must select something."""
+def parse_conditional(type_: str, criteria: str | list[tuple[str, str]], what: str,
+                      base: str | None = None) -> SearchQuery:
+    """The search of a conditional create/update/delete: strict, and it must select something.
+    Without this server's ``base``, absolute references to it are not recognised as local."""
     params = parse_qsl(criteria.lstrip("?"), keep_blank_values=True) \
         if isinstance(criteria, str) else list(criteria)
     params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
     if not params:
         raise invalid(f"{what} needs search criteria")
-    query = parse((type_,), params, strict=True)
+    query = parse((type_,), params, base=base, strict=True)
     if not query.clauses:
         raise invalid(f"{what} needs search criteria that select resources")
     return query

@@ -36,6 +36,8 @@ from server.storage.base import SearchPage, Version
 from server.storage.sqlite_schema import INDEX_TABLES, param_id
 
 _TOP = "\U0010ffff"
+#: Clause kinds answered from the resource table's own columns rather than an index table.
+_COLUMNS = ("id", "lastUpdated")
 #: A total is computed by default when the matches are at most this many.
 AUTO_TOTAL_LIMIT = 10_000
 _MAX_INCLUDED = 1000
@@ -82,8 +84,32 @@ class Compiler:
         if isinstance(c, Has):
             return self.has(c, res)
         if isinstance(c, AnyOf):
-            return "(" + " OR ".join(self.clause(x, res) for x in c.clauses) + ")"
+            return self.any_of(c, res)
         raise TypeError(f"unknown clause {c!r}")
+
+    def any_of(self, c: AnyOf, res: str) -> str:
+        """At least one of the clauses. Matches that differ only in their parameter (one value
+        searched on several types, or through every parameter of a compartment) share one
+        subquery over ``pid IN (…)``: one read of the index instead of one per parameter."""
+        groups: dict[tuple[Any, ...], list[Match]] = {}
+        others: list[Clause] = []
+        for x in c.clauses:
+            if isinstance(x, Match) and x.kind not in _COLUMNS:
+                groups.setdefault((x.kind, x.values, x.modifier), []).append(x)
+            else:
+                others.append(x)
+        parts = [self.match(group[0], res, group) for group in groups.values()]
+        parts += [self.typed(x, res) for x in others]
+        return "(" + " OR ".join(parts) + ")"
+
+    def typed(self, c: Clause, res: str) -> str:
+        """``c`` for resources of its own type only. Matches and chains select rows of their
+        type's parameters anyway; ``:not``, ``:missing=true`` and ``_has`` would also hold for
+        resources of the other types searched (a Practitioner is "not" a male Patient)."""
+        if isinstance(c, Not | Missing | Has):
+            type_ = c.clause.type if isinstance(c, Not) else c.type
+            return f"(+{res}.type = {self.arg(type_)} AND {self.clause(c, res)})"
+        return self.clause(c, res)
 
     def missing(self, c: Missing, res: str) -> str:
         if c.kind == "id":
@@ -94,19 +120,23 @@ class Compiler:
         sub = f"SELECT rid FROM {table} WHERE pid = {self.arg(param_id(c.type, c.code))}"
         return f"{res}.rid {'NOT IN' if c.missing else 'IN'} ({sub})"
 
-    def match(self, m: Match, res: str) -> str:
-        if m.kind == "id":
+    def match(self, m: Match, res: str, same: list[Match] | None = None) -> str:
+        """``m``, or any of ``same`` (matches that differ from ``m`` only in type and code)."""
+        if m.kind == "id":  # a list of rids too, so that it can drive like the index lists
+            type_ = self.arg(m.type)
             ids = [v.code for v in m.values if isinstance(v, TokenValue)]
-            return f"{res}.id IN ({', '.join(self.arg(i) for i in ids)})"
+            return (f"{res}.rid IN (SELECT rid FROM resource WHERE type = {type_} AND id IN "
+                    f"({', '.join(self.arg(i) for i in ids)}))")
         if m.kind == "lastUpdated":
             conds = [self.range(v, f"{res}.updated", f"{res}.updated", "date")
                      for v in m.values if isinstance(v, RangeValue)]
             return "(" + " OR ".join(conds) + ")"
         table = INDEX_TABLES[m.kind][0]
-        pid = self.arg(param_id(m.type, m.code))
+        pids = list(dict.fromkeys(param_id(x.type, x.code) for x in same or [m]))
+        pid = (f"pid = {self.arg(pids[0])}" if len(pids) == 1 else
+               f"pid IN ({', '.join(self.arg(p) for p in pids)})")
         conds = [self.value(m, v) for v in m.values]
-        return (f"{res}.rid IN (SELECT rid FROM {table} WHERE pid = {pid} AND "
-                f"({' OR '.join(conds)}))")
+        return f"{res}.rid IN (SELECT rid FROM {table} WHERE {pid} AND ({' OR '.join(conds)}))"
 
     def value(self, m: Match, v: Any) -> str:
         kind = m.kind
@@ -239,8 +269,11 @@ class Compiler:
                   "number": "lo", "quantity": "lo", "uri": "uri"}[key.kind]
         agg = "max" if key.descending else "min"
         pids = [param_id(t, key.code) for t in types]
-        pid_cond = (f"pid = {self.arg(pids[0])}" if len(pids) == 1 else
-                    f"pid IN ({', '.join(self.arg(p) for p in pids)})")
+        # "+pid": read the few rows of this resource through the rid index. Left indexable,
+        # pid tempts SQLite to answer min()/max() by walking the (pid, hi) index in order,
+        # which reads the whole parameter for every match.
+        pid_cond = (f"+pid = {self.arg(pids[0])}" if len(pids) == 1 else
+                    f"+pid IN ({', '.join(self.arg(p) for p in pids)})")
         return f"(SELECT {agg}({column}) FROM {table} WHERE rid = {res}.rid AND {pid_cond})"
 
 
@@ -297,11 +330,13 @@ def _driven_by_index(query: SearchQuery) -> bool:
     idx_…)``). SQLite keeps no statistics here, so with ``type = ?`` indexable it would rather
     walk every resource of the type and probe that list for each; the unary ``+`` in front of
     ``type`` makes it read the list and look each resource up by rid instead."""
-    return any(isinstance(c, Chain) or (isinstance(c, Match) and c.kind not in _COLUMNS)
-               for c in query.clauses)
+    return any(_driven(c) for c in query.clauses)
 
 
-_COLUMNS = ("id", "lastUpdated")
+def _driven(c: Clause) -> bool:
+    if isinstance(c, AnyOf):
+        return all(_driven(x) for x in c.clauses)
+    return isinstance(c, Chain) or (isinstance(c, Match) and c.kind != "lastUpdated")
 
 
 def _where(query: SearchQuery, c: Compiler, res: str = "r") -> str:
@@ -309,7 +344,9 @@ def _where(query: SearchQuery, c: Compiler, res: str = "r") -> str:
     col = f"+{res}.type" if _driven_by_index(query) else f"{res}.type"
     conds = [f"{col} = {c.arg(types[0])}" if len(types) == 1 else
              f"{col} IN ({', '.join(c.arg(t) for t in types)})", f"{res}.deleted = 0"]
-    conds += [c.clause(cl, res) for cl in query.clauses]
+    # Over several types, a clause from one type's parameter holds for that type only.
+    conds += [c.clause(cl, res) if len(types) == 1 else c.typed(cl, res)
+              for cl in query.clauses]
     return " AND ".join(conds)
 
 
@@ -431,11 +468,11 @@ def _includes(conn: sqlite3.Connection, query: SearchQuery,
         for inc in query.includes:
             if round_ and not inc.iterate:
                 continue
-            found += _forward(conn, inc, frontier)
+            found += _forward(conn, inc, frontier, query.base)
         for inc in query.revincludes:
             if round_ and not inc.iterate:
                 continue
-            found += _reverse(conn, inc, frontier)
+            found += _reverse(conn, inc, frontier, query.base)
         fresh = []
         for v in found:
             if (v.type, v.id) not in seen and len(included) < _MAX_INCLUDED:
@@ -453,7 +490,8 @@ def _rid(conn: sqlite3.Connection, v: Version) -> int:
                         (v.type, v.id)).fetchone()[0]
 
 
-def _forward(conn: sqlite3.Connection, inc: Include, sources: list[Version]) -> list[Version]:
+def _forward(conn: sqlite3.Connection, inc: Include, sources: list[Version],
+             base: str | None) -> list[Version]:
     from server.search.registry import registry
 
     refs: list[tuple[str, str]] = []
@@ -465,14 +503,18 @@ def _forward(conn: sqlite3.Connection, inc: Include, sources: list[Version]) -> 
         pids = [param_id(v.type, code) for code in codes]
         if not pids:
             continue
+        c = Compiler(base)
+        local = c.local("idx_reference")
         rows = conn.execute(
             f"SELECT target_type, target_id FROM idx_reference WHERE rid = ? AND pid IN "
-            f"({', '.join('?' for _ in pids)}) AND target_id != ''", (_rid(conn, v), *pids))
+            f"({', '.join('?' for _ in pids)}) AND target_id != '' AND {local}",
+            (_rid(conn, v), *pids, *c.args))
         refs += [(t, i) for t, i in rows if inc.target_type in (None, t)]
     return _fetch(conn, dict.fromkeys(refs))
 
 
-def _reverse(conn: sqlite3.Connection, inc: Include, targets: list[Version]) -> list[Version]:
+def _reverse(conn: sqlite3.Connection, inc: Include, targets: list[Version],
+             base: str | None) -> list[Version]:
     from server.search.registry import registry
 
     if inc.source_type == "*":
@@ -480,6 +522,8 @@ def _reverse(conn: sqlite3.Connection, inc: Include, targets: list[Version]) -> 
     codes = ([p.code for p in registry().params_for(inc.source_type).values()
               if p.type == "reference"] if inc.code == "*" else [inc.code])
     out: list[Version] = []
+    c = Compiler(base)
+    local = c.local("x")
     for code in codes:
         pid = param_id(inc.source_type, code)
         for v in targets:
@@ -488,7 +532,7 @@ def _reverse(conn: sqlite3.Connection, inc: Include, targets: list[Version]) -> 
             rows = conn.execute(
                 "SELECT r.rid, r.type, r.id, r.version, r.updated, b.body FROM idx_reference x "
                 "JOIN resource r ON r.rid = x.rid JOIN version b ON b.seq = r.seq "
-                "WHERE x.pid = ? AND x.target_id = ? AND x.target_type = ? AND r.deleted = 0 "
-                "LIMIT ?", (pid, v.id, v.type, _MAX_INCLUDED))
+                f"WHERE x.pid = ? AND x.target_id = ? AND x.target_type = ? AND {local} "
+                "AND r.deleted = 0 LIMIT ?", (pid, v.id, v.type, *c.args, _MAX_INCLUDED))
             out += [_version(row) for row in rows]
     return out

@@ -1,0 +1,627 @@
+"""FHIR search through HTTP, one parameter type at a time (http://hl7.org/fhir/R4/search.html).
+
+Expectations come from the specification's sections on each type (#string, #token, #reference,
+#date, #number, #quantity, #uri, #modifiers, #combining). The helpers here are shared by the
+other ``test_search_*`` modules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Fhir
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+BASE = "http://testserver/fhir"
+
+Params = list[tuple[str, str]] | dict[str, str]
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def put(fhir: Fhir, resource: dict[str, Any]) -> dict[str, Any]:
+    """Store ``resource`` under its own id (update as create) and return what was stored."""
+    r = fhir.put(f"{resource['resourceType']}/{resource['id']}", resource)
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+def put_all(fhir: Fhir, *resources: dict[str, Any]) -> None:
+    for resource in resources:
+        put(fhir, resource)
+
+
+def patient(id_: str, **fields: Any) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": id_, **fields}
+
+
+def observation(id_: str, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"resourceType": "Observation", "id": id_, "status": "final",
+                            "code": {"text": "test"}}
+    body.update(fields)
+    return body
+
+
+def search(fhir: Fhir, path: str, params: Params | None = None,
+           headers: dict[str, str] | None = None) -> dict[str, Any]:
+    r = fhir.get(path, params=params, headers=headers)
+    assert r.status_code == 200, r.text
+    bundle = r.json()
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
+    return bundle
+
+
+def entries(bundle: dict[str, Any], mode: str = "match") -> list[dict[str, Any]]:
+    return [e for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == mode]
+
+
+def ids(bundle: dict[str, Any], mode: str = "match") -> list[str]:
+    return [e["resource"]["id"] for e in entries(bundle, mode)]
+
+
+def found(fhir: Fhir, path: str, params: Params | None = None) -> set[str]:
+    """Ids of the matches of a search that fits on one page."""
+    bundle = search(fhir, path, params)
+    assert not any(link["relation"] == "next" for link in bundle.get("link", [])), bundle
+    got = ids(bundle)
+    assert len(got) == len(set(got)), got
+    return set(got)
+
+
+def refused(fhir: Fhir, path: str, params: Params, expression: str | None = None,
+            status: int = 400, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The search is refused with an OperationOutcome that names the parameter."""
+    r = fhir.get(path, params=params, headers=headers)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    issue = body["issue"][0]
+    assert issue["severity"] in ("error", "fatal")
+    assert issue["diagnostics"] and "Traceback" not in issue["diagnostics"]
+    if expression is not None:
+        assert expression in issue.get("expression", []), body
+    return body
+
+
+# -- string --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def people(fhir: Fhir) -> Fhir:
+    put_all(
+        fhir,
+        patient("chalmers", name=[{"use": "official", "family": "Chalmers",
+                                   "given": ["Peter", "James"]}],
+                address=[{"line": ["534 Erewhon St"], "city": "PleasantVille",
+                          "district": "Rainbow", "state": "Vic", "postalCode": "3999",
+                          "country": "Australia"}]),
+        patient("muller", name=[{"family": "Müller", "given": ["Zoë"], "prefix": ["Dr."]}],
+                address=[{"city": "Zürich", "country": "Switzerland"}]),
+        # Persian: محمّد carries a shadda (a combining mark); searches without it must match.
+        patient("karimi", name=[{"family": "کریمی", "given": ["محمّد", "رضا"]}],
+                address=[{"city": "تهران", "country": "ایران"}]),
+        patient("wang", name=[{"text": "王小明", "family": "王", "given": ["小明"]}],
+                address=[{"city": "呼和浩特", "state": "内蒙古"}]),
+        patient("nameless", gender="unknown"),
+    )
+    return fhir
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("peter", {"chalmers"}),  # a given name
+    ("PET", {"chalmers"}),  # case-insensitive, starts with
+    ("chal", {"chalmers"}),  # the family name
+    ("james", {"chalmers"}),
+    ("ames", set()),  # default matching is "starts with", not "contains"
+    ("muller", {"muller"}),  # accent-insensitive
+    ("MÜLLER", {"muller"}),
+    ("zoe", {"muller"}),
+    ("dr", {"muller"}),  # prefix is a part of the name
+    ("محمد", {"karimi"}),  # without the shadda
+    ("محمّد", {"karimi"}),
+    ("کریم", {"karimi"}),
+    ("رضا", {"karimi"}),
+    ("王", {"wang"}),
+    ("小明", {"wang"}),
+    ("王小", {"wang"}),  # HumanName.text
+    ("明", set()),
+])
+def test_string_default_is_case_and_accent_insensitive_prefix(people: Fhir, value: str,
+                                                              expected: set[str]) -> None:
+    assert found(people, "Patient", {"name": value}) == expected
+
+
+def test_string_exact_and_contains(people: Fhir) -> None:
+    assert found(people, "Patient", {"family:exact": "Chalmers"}) == {"chalmers"}
+    assert found(people, "Patient", {"family:exact": "chalmers"}) == set()
+    assert found(people, "Patient", {"family:exact": "Chal"}) == set()
+    assert found(people, "Patient", {"family:exact": "Müller"}) == {"muller"}
+    assert found(people, "Patient", {"family:exact": "Muller"}) == set()
+    assert found(people, "Patient", {"given:exact": "محمّد"}) == {"karimi"}
+    assert found(people, "Patient", {"given:exact": "محمد"}) == set()
+    assert found(people, "Patient", {"name:contains": "ames"}) == {"chalmers"}
+    assert found(people, "Patient", {"name:contains": "LME"}) == {"chalmers"}
+    assert found(people, "Patient", {"name:contains": "ulle"}) == {"muller"}
+    assert found(people, "Patient", {"name:contains": "小"}) == {"wang"}
+    assert found(people, "Patient", {"name:contains": "%"}) == set()
+    assert found(people, "Patient", {"name:contains": "_"}) == set()
+
+
+def test_string_on_name_and_address_parts(people: Fhir) -> None:
+    assert found(people, "Patient", {"family": "chalmers"}) == {"chalmers"}
+    assert found(people, "Patient", {"family": "peter"}) == set()  # a given name, not family
+    assert found(people, "Patient", {"given": "peter"}) == {"chalmers"}
+    assert found(people, "Patient", {"given": "王"}) == set()
+    assert found(people, "Patient", {"address": "534"}) == {"chalmers"}  # line
+    assert found(people, "Patient", {"address": "pleasant"}) == {"chalmers"}  # city
+    assert found(people, "Patient", {"address": "rainbow"}) == {"chalmers"}  # district
+    assert found(people, "Patient", {"address": "zurich"}) == {"muller"}
+    assert found(people, "Patient", {"address": "تهران"}) == {"karimi"}
+    assert found(people, "Patient", {"address:contains": "erewhon"}) == {"chalmers"}
+    assert found(people, "Patient", {"address-city": "pleasantville"}) == {"chalmers"}
+    assert found(people, "Patient", {"address-city": "呼和"}) == {"wang"}
+    assert found(people, "Patient", {"address-city": "australia"}) == set()
+    assert found(people, "Patient", {"address-state": "内蒙古"}) == {"wang"}
+    assert found(people, "Patient", {"address-postalcode": "39"}) == {"chalmers"}
+    assert found(people, "Patient", {"address-country": "swit"}) == {"muller"}
+
+
+def test_string_or_with_escaped_commas_and_and(fhir: Fhir) -> None:
+    put_all(fhir,
+            {"resourceType": "Organization", "id": "sj", "name": "Smith, Jones and Co"},
+            {"resourceType": "Organization", "id": "s", "name": "Smithers Clinic"},
+            {"resourceType": "Organization", "id": "j", "name": "Jones Hospital"})
+    assert found(fhir, "Organization", {"name": "smith"}) == {"sj", "s"}
+    assert found(fhir, "Organization", {"name": "smith,jones"}) == {"sj", "s", "j"}  # OR
+    assert found(fhir, "Organization", {"name": "smith\\, jones"}) == {"sj"}  # one value
+    assert found(fhir, "Organization", {"name": "xyz,jones"}) == {"j"}
+    assert found(fhir, "Organization", [("name", "smith"), ("name", "smithe")]) == {"s"}  # AND
+    assert found(fhir, "Organization", [("name", "smith"), ("name:contains", "jones")]) == {"sj"}
+    assert found(fhir, "Organization", [("name", "jones"), ("name", "smith")]) == set()
+
+
+# -- token ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def coded(fhir: Fhir) -> Fhir:
+    put_all(
+        fhir,
+        observation("weight", code={"coding": [{"system": LOINC, "code": "29463-7",
+                                                "display": "Body weight"}], "text": "Weight"}),
+        observation("height", code={"coding": [{"system": LOINC, "code": "8302-2",
+                                                "display": "Body height"}]}),
+        observation("local", code={"coding": [{"code": "29463-7"}], "text": "Local scale"}),
+        observation("snomed", code={"coding": [
+            {"system": "http://snomed.info/sct", "code": "27113001", "display": "Body weight"},
+            {"system": LOINC, "code": "29463-7"}]}),
+        observation("textonly", code={"text": "Glucose, fasting"}),
+        patient("male", gender="male", active=True, identifier=[
+            {"type": {"coding": [{"system": V2_0203, "code": "MR"}], "text": "Medical record"},
+             "system": "urn:oid:1.2.36.146.595.217.0.1", "value": "12345"}]),
+        patient("female", gender="female", active=False, identifier=[
+            {"type": {"coding": [{"system": V2_0203, "code": "SS"}]},
+             "system": "http://hl7.org/fhir/sid/us-ssn", "value": "12345"},
+            {"value": "no-system-1"}],
+            telecom=[{"system": "phone", "value": "+98 21 5555 0000"},
+                     {"system": "email", "value": "f@example.org"}]),
+        patient("blank"),
+    )
+    return fhir
+
+
+def test_token_code_system_and_both(coded: Fhir) -> None:
+    all_weights = {"weight", "local", "snomed"}
+    assert found(coded, "Observation", {"code": "29463-7"}) == all_weights
+    assert found(coded, "Observation", {"code": f"{LOINC}|29463-7"}) == {"weight", "snomed"}
+    assert found(coded, "Observation", {"code": "|29463-7"}) == {"local"}
+    assert found(coded, "Observation", {"code": f"{LOINC}|"}) == {"weight", "height", "snomed"}
+    assert found(coded, "Observation", {"code": "http://snomed.info/sct|29463-7"}) == set()
+    assert found(coded, "Observation", {"code": "29463-7,8302-2"}) == all_weights | {"height"}
+    assert found(coded, "Observation", {"code": "29463"}) == set()  # tokens match whole codes
+    assert found(coded, "Observation", [("code", "29463-7"),
+                                        ("code", "http://snomed.info/sct|")]) == {"snomed"}
+
+
+def test_token_text_modifier(coded: Fhir) -> None:
+    assert found(coded, "Observation", {"code:text": "body weight"}) == {"weight", "snomed"}
+    # :text is processed as a string search: case-insensitive, starting with the value.
+    assert found(coded, "Observation", {"code:text": "weight"}) == {"weight"}
+    assert found(coded, "Observation", {"code:text": "fasting"}) == set()
+    assert found(coded, "Observation", {"code:text": "GLUCOSE"}) == {"textonly"}
+    assert found(coded, "Observation", {"code:text": "local"}) == {"local"}
+    assert found(coded, "Patient", {"identifier:text": "medical"}) == {"male"}
+
+
+def test_token_not_includes_resources_without_the_element(coded: Fhir) -> None:
+    assert found(coded, "Patient", {"gender:not": "male"}) == {"female", "blank"}
+    assert found(coded, "Patient", {"gender:not": "male,female"}) == {"blank"}
+    assert found(coded, "Observation", {"code:not": f"{LOINC}|29463-7"}) == {
+        "height", "local", "textonly"}
+    assert found(coded, "Patient", {"active:not": "true"}) == {"female", "blank"}
+
+
+def test_token_identifier_telecom_and_of_type(coded: Fhir) -> None:
+    assert found(coded, "Patient", {"identifier": "12345"}) == {"male", "female"}
+    assert found(coded, "Patient", {"identifier": "urn:oid:1.2.36.146.595.217.0.1|12345"}) == {
+        "male"}
+    assert found(coded, "Patient", {"identifier": "|no-system-1"}) == {"female"}
+    assert found(coded, "Patient", {"identifier": "|12345"}) == set()
+    assert found(coded, "Patient", {"identifier:of-type": f"{V2_0203}|MR|12345"}) == {"male"}
+    assert found(coded, "Patient", {"identifier:of-type": f"{V2_0203}|SS|12345"}) == {"female"}
+    assert found(coded, "Patient", {"identifier:of-type": f"{V2_0203}|MR|99999"}) == set()
+    assert found(coded, "Patient", {"telecom": "+98 21 5555 0000"}) == {"female"}
+    assert found(coded, "Patient", {"phone": "+98 21 5555 0000"}) == {"female"}
+    assert found(coded, "Patient", {"email": "f@example.org"}) == {"female"}
+    assert found(coded, "Patient", {"phone": "f@example.org"}) == set()
+    refused(coded, "Patient", {"identifier:of-type": f"{V2_0203}|MR"}, "identifier:of-type")
+
+
+def test_token_booleans_and_codes_with_an_implicit_system(coded: Fhir) -> None:
+    assert found(coded, "Patient", {"active": "true"}) == {"male"}
+    assert found(coded, "Patient", {"active": "false"}) == {"female"}
+    assert found(coded, "Patient", {"gender": "male"}) == {"male"}
+    assert found(coded, "Patient", {"gender": "http://hl7.org/fhir/administrative-gender|male"}
+                 ) == {"male"}
+    assert found(coded, "Patient", {"gender": "http://hl7.org/fhir/administrative-gender|"}) == {
+        "male", "female"}
+    assert found(coded, "Patient", {"gender": "http://example.org/other|male"}) == set()
+    assert found(coded, "Observation", {"status": "final"}) == {
+        "weight", "height", "local", "snomed", "textonly"}
+
+
+# -- reference -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def referring(fhir: Fhir) -> Fhir:
+    put_all(
+        fhir,
+        patient("p1"), patient("p2"),
+        {"resourceType": "Group", "id": "p1", "type": "person", "actual": True},
+        observation("o-rel", subject={"reference": "Patient/p1"}),
+        observation("o-abs", subject={"reference": f"{BASE}/Patient/p1"}),
+        observation("o-foreign", subject={"reference": "http://other.example.org/fhir/Patient/p1"}),
+        observation("o-p2", subject={"reference": "Patient/p2"}),
+        observation("o-group", subject={"reference": "Group/p1"}),
+        observation("o-ident", subject={"identifier": {"system": "urn:oid:1.2.3", "value": "99"}}),
+        observation("o-none"),
+        {"resourceType": "ServiceRequest", "id": "sr2", "status": "active", "intent": "order",
+         "subject": {"reference": "Patient/p1"},
+         "instantiatesCanonical": ["http://example.org/fhir/PlanDefinition/consult|2.0"]},
+        {"resourceType": "ServiceRequest", "id": "sr1", "status": "active", "intent": "order",
+         "subject": {"reference": "Patient/p1"},
+         "instantiatesCanonical": ["http://example.org/fhir/PlanDefinition/consult|1.0"]},
+        {"resourceType": "ServiceRequest", "id": "sr0", "status": "active", "intent": "order",
+         "subject": {"reference": "Patient/p1"},
+         "instantiatesCanonical": ["http://example.org/fhir/PlanDefinition/consult"]},
+    )
+    return fhir
+
+
+def test_reference_forms(referring: Fhir) -> None:
+    local = {"o-rel", "o-abs"}
+    assert found(referring, "Observation", {"subject": "Patient/p1"}) == local
+    assert found(referring, "Observation", {"subject:Patient": "p1"}) == local
+    assert found(referring, "Observation", {"patient": "p1"}) == local  # one target type
+    assert found(referring, "Observation", {"subject": f"{BASE}/Patient/p1"}) == local
+    assert found(referring, "Observation", {"subject": "Group/p1"}) == {"o-group"}
+    assert found(referring, "Observation", {"subject:Group": "p1"}) == {"o-group"}
+    # An id alone on a parameter with several target types: any of them.
+    assert found(referring, "Observation", {"subject": "p1"}) == local | {"o-group"}
+    assert found(referring, "Observation", {"subject": "Patient/p1,Patient/p2"}) == local | {
+        "o-p2"}
+    assert found(referring, "Observation", {
+        "subject": "http://other.example.org/fhir/Patient/p1"}) == {"o-foreign"}
+    assert found(referring, "Observation", {"subject": "Patient/p3"}) == set()
+
+
+def test_reference_identifier_and_canonical(referring: Fhir) -> None:
+    assert found(referring, "Observation", {"subject:identifier": "urn:oid:1.2.3|99"}) == {
+        "o-ident"}
+    assert found(referring, "Observation", {"subject:identifier": "99"}) == {"o-ident"}
+    assert found(referring, "Observation", {"subject:identifier": "urn:oid:1.2.3|98"}) == set()
+    url = "http://example.org/fhir/PlanDefinition/consult"
+    assert found(referring, "ServiceRequest", {"instantiates-canonical": url}) == {
+        "sr0", "sr1", "sr2"}
+    assert found(referring, "ServiceRequest", {"instantiates-canonical": f"{url}|2.0"}) == {"sr2"}
+    assert found(referring, "ServiceRequest", {"instantiates-canonical": f"{url}|3.0"}) == set()
+
+
+def test_bad_references_are_refused(referring: Fhir) -> None:
+    refused(referring, "Observation", {"subject": "Nonsense/p1"}, "subject")
+    refused(referring, "Observation", {"subject:Patient": "Group/p1"}, "subject:Patient")
+    refused(referring, "Observation", {"subject:Nonsense": "p1"}, "subject:Nonsense")
+    refused(referring, "Observation", {"patient:Group": "p1"}, "patient:Group")
+    refused(referring, "Observation", {"subject": "a/b/c"}, "subject")
+
+
+# -- date ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def births(fhir: Fhir) -> Fhir:
+    put_all(fhir,
+            patient("day", birthDate="1974-12-25"),
+            patient("month", birthDate="1974-12"),
+            patient("year", birthDate="1974"),
+            patient("november", birthDate="1974-11-30"),
+            patient("leap", birthDate="2000-02-29"),
+            patient("unborn"))
+    return fhir
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("1974-12-25", {"day"}),
+    ("1974-12", {"day", "month"}),
+    ("1974", {"day", "month", "year", "november"}),
+    ("eq1974", {"day", "month", "year", "november"}),
+    ("ne1974-12", {"year", "november", "leap"}),
+    ("gt1974-12-24", {"day", "month", "year", "leap"}),
+    ("gt1974-12", {"leap"}),  # the year 1974 ends with December: nothing of it lies above
+    ("lt1974-12-25", {"month", "year", "november"}),
+    ("lt1974-12", {"year", "november"}),
+    ("ge1974-12-25", {"day", "month", "year", "leap"}),
+    ("le1974-12-25", {"day", "month", "year", "november"}),
+    ("sa1974-12-25", {"leap"}),
+    ("sa1973", {"day", "month", "year", "november", "leap"}),
+    ("sa1974", {"leap"}),
+    ("eb1974-12", {"november"}),
+    ("eb1975", {"day", "month", "year", "november"}),
+    ("eb1974", set()),
+    ("2000-02", {"leap"}),
+    ("2000-02-29", {"leap"}),
+    ("2000-03-01", set()),
+    ("2000-02-28", set()),
+    ("ge2000-02-29", {"leap"}),
+    ("gt2000-02-29", set()),
+    ("lt2000-03", {"day", "month", "year", "november", "leap"}),
+    ("ap1974-12-25", {"day", "month", "year", "november"}),
+])
+def test_date_prefixes_at_precision_boundaries(births: Fhir, value: str,
+                                               expected: set[str]) -> None:
+    assert found(births, "Patient", {"birthdate": value}) == expected
+
+
+def test_date_ranges_or_and_and(births: Fhir) -> None:
+    assert found(births, "Patient", {"birthdate": "1974-12-25,2000"}) == {"day", "leap"}
+    # The year 1974 reaches both above 1974-12-01 and below 1974-12-31.
+    assert found(births, "Patient", [("birthdate", "ge1974-12-01"), ("birthdate", "le1974-12-31")]
+                 ) == {"day", "month", "year"}
+    assert found(births, "Patient", [("birthdate", "ge1974-12-01"), ("birthdate", "eb1975")]
+                 ) == {"day", "month", "year"}
+    assert found(births, "Patient", [("birthdate", "sa1974-11"), ("birthdate", "eb1975")]
+                 ) == {"day", "month"}
+
+
+@pytest.fixture
+def effective(fhir: Fhir) -> Fhir:
+    put_all(fhir,
+            # 23:30 at UTC-5 is 04:30 UTC on the next day.
+            observation("late", effectiveDateTime="2020-01-01T23:30:00-05:00"),
+            observation("morning", effectiveDateTime="2020-01-01T10:00:00Z"),
+            observation("tehran", effectiveDateTime="2020-01-01T02:00:00+03:30"),
+            observation("instant", effectiveInstant="2020-01-01T00:00:00.000Z"),
+            observation("ongoing", effectivePeriod={"start": "2019-12-31"}),
+            observation("ended", effectivePeriod={"end": "2019-06-30"}),
+            observation("closed", effectivePeriod={"start": "2019-03-01T08:00:00Z",
+                                                   "end": "2019-03-01T09:00:00Z"}),
+            observation("undated"))
+    return fhir
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2020-01-02", {"late"}),
+    ("2020-01-01", {"morning", "instant"}),
+    ("2019-12-31", {"tehran"}),  # 02:00+03:30 is 22:30 UTC the day before
+    ("2020-01", {"late", "morning", "instant"}),
+    ("2020-01-01T23:30:00-05:00", {"late"}),
+    ("2020-01-02T04:30:00Z", {"late"}),
+    ("2020-01-01T10:00:00Z", {"morning"}),
+    ("2020-01-01T10:00:01Z", set()),
+    ("gt2020-01-01T12:00:00Z", {"late", "ongoing"}),
+    ("ge2020-06", {"ongoing"}),
+    ("lt2019-12-31", {"ended", "closed"}),
+    ("le2019-01", {"ended"}),
+    ("sa2019-12-30", {"late", "morning", "tehran", "instant", "ongoing"}),
+    ("eb2019-12-31", {"ended", "closed"}),
+    ("eb2019-03-01T08:30:00Z", set()),  # "ended" ends in June
+    ("2019-03-01", {"closed"}),
+    ("2019-03", {"closed"}),
+    ("2019-03-01T08:30:00Z", set()),  # an hour is not within one second
+    ("ne2019-03-01", {"late", "morning", "tehran", "instant", "ongoing", "ended"}),
+    ("gt2019-03-01T08:30:00Z", {"late", "morning", "tehran", "instant", "ongoing", "ended",
+                                "closed"}),
+    ("eb2019-07", {"ended", "closed"}),
+    ("lt2019-03-01T08:30:00Z", {"ended", "closed"}),
+])
+def test_dates_periods_and_time_zones(effective: Fhir, value: str, expected: set[str]) -> None:
+    assert found(effective, "Observation", {"date": value}) == expected
+
+
+@pytest.mark.parametrize("value", ["notadate", "2020-13", "2001-02-29", "2000-02-30",
+                                   "2020-01-01T25:00:00Z", "2020-01-01T10:00:00+5", "xx2020",
+                                   "ge", "2020/01/01"])
+def test_malformed_dates_are_refused(births: Fhir, value: str) -> None:
+    refused(births, "Patient", {"birthdate": value}, "birthdate")
+
+
+# -- number and quantity -------------------------------------------------------------------------
+
+@pytest.fixture
+def risks(fhir: Fhir) -> Fhir:
+    def risk(id_: str, probability: Any) -> dict[str, Any]:
+        return {"resourceType": "RiskAssessment", "id": id_, "status": "final",
+                "subject": {"reference": "Patient/p1"},
+                "prediction": [{"probabilityDecimal": probability}]}
+
+    put_all(fhir, risk("high", 0.8), risk("quarter", 0.25), risk("hundred", 100),
+            {"resourceType": "RiskAssessment", "id": "none", "status": "final",
+             "subject": {"reference": "Patient/p1"}})
+    return fhir
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0.8", {"high"}),
+    ("0.80", {"high"}),
+    ("0.25", {"quarter"}),
+    ("0.3", {"quarter"}),  # [0.25, 0.35) holds 0.25
+    ("0.2", set()),
+    ("100", {"hundred"}),
+    ("100.4", set()),  # [100.35, 100.45) does not hold 100
+    ("gt0.5", {"high", "hundred"}),
+    ("lt0.5", {"quarter"}),
+    ("ge0.8", {"high", "hundred"}),
+    ("le0.25", {"quarter"}),
+    ("ne0.8", {"quarter", "hundred"}),
+    ("ap0.8", {"high"}),
+    ("ap100", {"hundred"}),
+    ("lt0.8", {"quarter"}),
+    ("gt100", set()),
+    ("0.8,100", {"high", "hundred"}),
+])
+def test_number_prefixes_and_precision(risks: Fhir, value: str, expected: set[str]) -> None:
+    assert found(risks, "RiskAssessment", {"probability": value}) == expected
+
+
+@pytest.fixture
+def measured(fhir: Fhir) -> Fhir:
+    def quantity(id_: str, **q: Any) -> dict[str, Any]:
+        return observation(id_, valueQuantity=q)
+
+    put_all(fhir,
+            quantity("mg", value=5.4, unit="mg", system=UCUM, code="mg"),
+            quantity("mg-named", value=5.4, unit="milligram", system=UCUM, code="mg"),
+            quantity("unit-only", value=5.4, unit="mg"),
+            quantity("grams", value=5.4, unit="g", system=UCUM, code="g"),
+            quantity("big", value=120, unit="mg", system=UCUM, code="mg"),
+            quantity("less", value=3, comparator="<", unit="mg", system=UCUM, code="mg"),
+            observation("no-value"))
+    return fhir
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("5.4", {"mg", "mg-named", "unit-only", "grams"}),
+    (f"5.4|{UCUM}|mg", {"mg", "mg-named"}),
+    ("5.4||mg", {"mg", "mg-named", "unit-only"}),
+    (f"5.4|{UCUM}|g", {"grams"}),
+    ("5.40||mg", {"mg", "mg-named", "unit-only"}),
+    ("5.41||mg", set()),
+    (f"gt5|{UCUM}|mg", {"mg", "mg-named", "big"}),
+    (f"lt5.4|{UCUM}|mg", {"less"}),
+    (f"le5.4|{UCUM}|mg", {"mg", "mg-named", "less"}),
+    (f"ge120|{UCUM}|mg", {"big"}),
+    (f"ne5.4|{UCUM}|mg", {"big", "less"}),
+    (f"ap120|{UCUM}|mg", {"big"}),
+    (f"5.4|{UCUM}|mg,120|{UCUM}|mg", {"mg", "mg-named", "big"}),
+])
+def test_quantity_with_and_without_system_and_code(measured: Fhir, value: str,
+                                                    expected: set[str]) -> None:
+    assert found(measured, "Observation", {"value-quantity": value}) == expected
+
+
+@pytest.mark.parametrize("name, value", [
+    ("value-quantity", "abc"), ("value-quantity", "5.4|mg"), ("value-quantity", "abc||mg"),
+    ("value-quantity", "5.4|a|b|c"), ("value-quantity", "gt"), ("value-quantity", "1,2x"),
+])
+def test_malformed_quantities_are_refused(measured: Fhir, name: str, value: str) -> None:
+    refused(measured, "Observation", {name: value}, name)
+
+
+@pytest.mark.parametrize("value", ["abc", "0.8.1", "1e", "0x10", "ge", "--1", "NaN", "Infinity"])
+def test_malformed_numbers_are_refused(risks: Fhir, value: str) -> None:
+    refused(risks, "RiskAssessment", {"probability": value}, "probability")
+
+
+# -- uri -----------------------------------------------------------------------------------------
+
+def test_uri_exact_below_and_above(fhir: Fhir) -> None:
+    def value_set(id_: str, url: str) -> dict[str, Any]:
+        return {"resourceType": "ValueSet", "id": id_, "status": "active", "url": url}
+
+    put_all(fhir,
+            value_set("a", "http://example.org/fhir/ValueSet/a"),
+            value_set("b", "http://example.org/fhir/ValueSet/b"),
+            value_set("other", "http://example.org/other/c"),
+            value_set("root", "http://example.org/fhir"),
+            {"resourceType": "ValueSet", "id": "nourl", "status": "draft"})
+    assert found(fhir, "ValueSet", {"url": "http://example.org/fhir/ValueSet/a"}) == {"a"}
+    assert found(fhir, "ValueSet", {"url": "http://example.org/fhir/valueset/a"}) == set()
+    assert found(fhir, "ValueSet", {"url": "http://example.org/fhir/ValueSet"}) == set()
+    assert found(fhir, "ValueSet", {"url:below": "http://example.org/fhir/ValueSet"}) == {
+        "a", "b"}
+    assert found(fhir, "ValueSet", {"url:below": "http://example.org/"}) == {
+        "a", "b", "other", "root"}
+    assert found(fhir, "ValueSet", {"url:above": "http://example.org/fhir/ValueSet/a/_history/1"}
+                 ) == {"a", "root"}
+    assert found(fhir, "ValueSet", {"url:above": "http://example.org/other/c"}) == {"other"}
+    assert found(fhir, "ValueSet", {"url:missing": "true"}) == {"nourl"}
+
+
+# -- :missing ------------------------------------------------------------------------------------
+
+def test_missing_for_several_types(fhir: Fhir) -> None:
+    put_all(fhir,
+            patient("full", name=[{"family": "Full"}], gender="female", birthDate="1990",
+                    generalPractitioner=[{"reference": "Practitioner/dr"}]),
+            patient("empty"),
+            observation("valued", valueQuantity={"value": 1}, subject={"reference": "Patient/x"}),
+            observation("unvalued"))
+    for name in ("name", "gender", "birthdate", "general-practitioner"):
+        assert found(fhir, "Patient", {f"{name}:missing": "true"}) == {"empty"}, name
+        assert found(fhir, "Patient", {f"{name}:missing": "false"}) == {"full"}, name
+    assert found(fhir, "Observation", {"value-quantity:missing": "true"}) == {"unvalued"}
+    assert found(fhir, "Observation", {"subject:missing": "false"}) == {"valued"}
+    assert found(fhir, "Patient", {"_id:missing": "false"}) == {"full", "empty"}
+    refused(fhir, "Patient", {"gender:missing": "yes"}, "gender:missing")
+
+
+# -- common parameters ---------------------------------------------------------------------------
+
+def test_id_and_last_updated(fhir: Fhir) -> None:
+    import time
+
+    first = put(fhir, patient("first"))["meta"]["lastUpdated"]
+    time.sleep(0.005)  # the second write must fall into a later millisecond
+    second = put(fhir, patient("second"))["meta"]["lastUpdated"]
+    assert first < second
+    assert found(fhir, "Patient", {"_id": "first"}) == {"first"}
+    assert found(fhir, "Patient", {"_id": "first,second,third"}) == {"first", "second"}
+    assert found(fhir, "Patient", {"_id": "firs"}) == set()
+    assert found(fhir, "Patient", {"_lastUpdated": first}) == {"first"}
+    assert found(fhir, "Patient", {"_lastUpdated": f"gt{first}"}) == {"second"}
+    assert found(fhir, "Patient", {"_lastUpdated": f"ge{first}"}) == {"first", "second"}
+    assert found(fhir, "Patient", {"_lastUpdated": f"lt{second}"}) == {"first"}
+    assert found(fhir, "Patient", {"_lastUpdated": f"le{second}"}) == {"first", "second"}
+    assert found(fhir, "Patient", {"_lastUpdated": f"ne{first}"}) == {"second"}
+    assert found(fhir, "Patient", {"_lastUpdated": f"sa{first}"}) == {"second"}
+    assert found(fhir, "Patient", {"_lastUpdated": f"eb{second}"}) == {"first"}
+    assert found(fhir, "Patient", {"_lastUpdated": "ge2020"}) == {"first", "second"}
+    assert found(fhir, "Patient", {"_lastUpdated": "lt2020"}) == set()
+    assert found(fhir, "Patient", {"_lastUpdated": first[:10]}) <= {"first", "second"}
+    refused(fhir, "Patient", {"_lastUpdated": "yesterday"}, "_lastUpdated")
+
+
+def test_tag_profile_security_and_source(fhir: Fhir) -> None:
+    tags = "http://example.org/tags"
+    confidentiality = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+    profile = "http://example.org/fhir/StructureDefinition/teleconsult-patient"
+    put_all(fhir,
+            patient("tagged", meta={"tag": [{"system": tags, "code": "urgent"}],
+                                    "profile": [profile],
+                                    "security": [{"system": confidentiality, "code": "R"}],
+                                    "source": "http://his.example.org/fhir#req-1"}),
+            patient("plain", meta={"tag": [{"system": tags, "code": "routine"}],
+                                   "source": "http://pacs.example.org"}),
+            patient("bare"))
+    assert found(fhir, "Patient", {"_tag": "urgent"}) == {"tagged"}
+    assert found(fhir, "Patient", {"_tag": f"{tags}|urgent"}) == {"tagged"}
+    assert found(fhir, "Patient", {"_tag": f"{tags}|"}) == {"tagged", "plain"}
+    assert found(fhir, "Patient", {"_tag:not": "urgent"}) == {"plain", "bare"}
+    assert found(fhir, "Patient", {"_profile": profile}) == {"tagged"}
+    assert found(fhir, "Patient", {"_profile": profile + "-other"}) == set()
+    assert found(fhir, "Patient", {"_security": f"{confidentiality}|R"}) == {"tagged"}
+    assert found(fhir, "Patient", {"_security": f"{confidentiality}|N"}) == set()
+    assert found(fhir, "Patient", {"_source": "http://his.example.org/fhir#req-1"}) == {"tagged"}
+    assert found(fhir, "Patient", {"_source": "http://pacs.example.org"}) == {"plain"}
+    assert found(fhir, "Patient", {"_source:below": "http://his.example.org"}) == {"tagged"}

@@ -1,0 +1,309 @@
+"""Searches that follow references: chaining, reverse chaining (``_has``), ``_include`` and
+``_revinclude``, compartments and searches across types (search.html#chaining, #has, #include,
+#revinclude; compartmentdefinition.html; http.html#search)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Fhir
+from tests.test_search import (
+    LOINC,
+    entries,
+    found,
+    ids,
+    observation,
+    patient,
+    put_all,
+    refused,
+    search,
+)
+
+FOREIGN = "http://other.example.org/fhir"
+
+
+@pytest.fixture
+def network(fhir: Fhir) -> Fhir:
+    put_all(
+        fhir,
+        {"resourceType": "Organization", "id": "tabriz", "name": "Tabriz University Hospital"},
+        {"resourceType": "Organization", "id": "hohhot", "name": "呼和浩特第一医院",
+         "partOf": {"reference": "Organization/tabriz"}},
+        {"resourceType": "Practitioner", "id": "rahimi", "name": [{"family": "Rahimi"}]},
+        {"resourceType": "Practitioner", "id": "li", "name": [{"family": "Li", "given": ["Wei"]}]},
+        patient("p1", name=[{"family": "Chalmers", "given": ["Peter"]}],
+                managingOrganization={"reference": "Organization/tabriz"},
+                generalPractitioner=[{"reference": "Practitioner/rahimi"}]),
+        patient("p2", name=[{"family": "Li", "given": ["Zoe"]}],
+                managingOrganization={"reference": "Organization/hohhot"},
+                generalPractitioner=[{"reference": "Practitioner/li"}]),
+        patient("p3", name=[{"family": "Pan", "given": ["Peter"]}]),
+        {"resourceType": "Location", "id": "peterhouse", "name": "Peterhouse ward"},
+        {"resourceType": "Group", "id": "g1", "type": "person", "actual": True},
+        observation("o1", subject={"reference": "Patient/p1"},
+                    code={"coding": [{"system": LOINC, "code": "29463-7"}]}),
+        observation("o2", subject={"reference": "Patient/p2"},
+                    code={"coding": [{"system": LOINC, "code": "8302-2"}]}),
+        observation("o3", subject={"reference": "Group/g1"},
+                    code={"coding": [{"system": LOINC, "code": "29463-7"}]}),
+        observation("o4", subject={"reference": "Patient/p3"},
+                    code={"coding": [{"system": LOINC, "code": "29463-7"}]}),
+        observation("o5", subject={"reference": f"{FOREIGN}/Patient/p1"},
+                    code={"coding": [{"system": LOINC, "code": "8302-2"}]}),
+        observation("o6", subject={"reference": "Location/peterhouse"}),
+        {"resourceType": "Encounter", "id": "e1", "status": "finished",
+         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
+         "subject": {"reference": "Patient/p1"}},
+        {"resourceType": "Provenance", "id": "prov1", "target": [{"reference": "Observation/o1"}],
+         "recorded": "2024-01-01T10:00:00Z",
+         "agent": [{"who": {"reference": "Practitioner/rahimi"}}]},
+    )
+    return fhir
+
+
+# -- chaining ------------------------------------------------------------------------------------
+
+def test_chain_with_explicit_and_implied_target_type(network: Fhir) -> None:
+    assert found(network, "Observation", {"subject:Patient.name": "peter"}) == {"o1", "o4"}
+    assert found(network, "Observation", {"patient.name": "peter"}) == {"o1", "o4"}
+    # subject may point at a Patient or a Location, which both have "name".
+    assert found(network, "Observation", {"subject.name": "peter"}) == {"o1", "o4", "o6"}
+    assert found(network, "Observation", {"subject:Location.name": "peter"}) == {"o6"}
+    assert found(network, "Observation", {"subject:Patient._id": "p2"}) == {"o2"}
+    assert found(network, "Observation", {"subject:Patient.name": "peter,zoe"}) == {
+        "o1", "o2", "o4"}
+    assert found(network, "Observation", [("subject:Patient.name", "peter"),
+                                          ("subject:Patient.family", "pan")]) == {"o4"}
+    assert found(network, "Observation", [("patient.name", "peter"), ("code", "29463-7")]) == {
+        "o1", "o4"}
+
+
+def test_multi_level_chains(network: Fhir) -> None:
+    assert found(network, "Observation", {"subject:Patient.organization.name": "tabriz"}) == {
+        "o1"}
+    assert found(network, "Observation", {"subject:Patient.organization.name": "呼和"}) == {"o2"}
+    assert found(network, "Observation", {"patient.general-practitioner.name": "li"}) == {"o2"}
+    assert found(network, "Observation", {
+        "patient.organization.partof.name": "tabriz"}) == {"o2"}
+    assert found(network, "Encounter", {"subject:Patient.general-practitioner:Practitioner."
+                                        "family": "rahimi"}) == {"e1"}
+
+
+def test_chains_skip_deleted_and_foreign_targets(network: Fhir) -> None:
+    # o5 points at Patient/p1 on another server: it is not about our p1.
+    assert found(network, "Observation", {"patient.family": "chalmers"}) == {"o1"}
+    assert network.delete("Patient/p3").status_code in (200, 204)
+    assert found(network, "Observation", {"patient.name": "peter"}) == {"o1"}
+
+
+def test_bad_chains(network: Fhir) -> None:
+    refused(network, "Observation", {"code.name": "x"}, "code.name")  # not a reference
+    refused(network, "Observation", {"subject:Medication.code": "x"}, "subject:Medication.code")
+    refused(network, "Observation", {"patient.birthdate": "notadate"}, "patient.birthdate")
+    refused(network, "Observation", {"patient.nonsense": "x"}, "patient.nonsense",
+            headers={"Prefer": "handling=strict"})
+    bundle = search(network, "Observation", {"patient.nonsense": "x"})
+    assert ids(bundle) and set(ids(bundle)) >= {"o1", "o2"}
+    outcome = entries(bundle, "outcome")[0]["resource"]
+    assert outcome["issue"][0]["expression"] == ["patient.nonsense"]
+
+
+# -- reverse chaining ----------------------------------------------------------------------------
+
+def test_has(network: Fhir) -> None:
+    assert found(network, "Patient", {"_has:Observation:patient:code": "29463-7"}) == {
+        "p1", "p3"}
+    assert found(network, "Patient", {"_has:Observation:subject:code": "8302-2"}) == {"p2"}
+    assert found(network, "Group", {"_has:Observation:subject:code": "29463-7"}) == {"g1"}
+    assert found(network, "Practitioner", {"_has:Patient:general-practitioner:name": "peter"}
+                 ) == {"rahimi"}
+    assert found(network, "Patient", [("_has:Observation:patient:code", "29463-7"),
+                                      ("name", "pan")]) == {"p3"}
+    # nested: patients with an observation that a Provenance by Dr Rahimi targets
+    assert found(network, "Patient", {
+        "_has:Observation:patient:_has:Provenance:target:agent": "Practitioner/rahimi"}) == {"p1"}
+    assert found(network, "Patient", {
+        "_has:Observation:patient:_has:Provenance:target:agent": "Practitioner/li"}) == set()
+
+
+def test_has_ignores_deleted_and_foreign_sources(network: Fhir) -> None:
+    # o5 (about another server's p1) does not make our p1 match.
+    assert found(network, "Patient", {"_has:Observation:patient:code": "8302-2"}) == {"p2"}
+    assert network.delete("Observation/o4").status_code in (200, 204)
+    assert found(network, "Patient", {"_has:Observation:patient:code": "29463-7"}) == {"p1"}
+
+
+def test_bad_has(network: Fhir) -> None:
+    refused(network, "Patient", {"_has:Observation:code:code": "x"}, "_has:Observation:code:code")
+    refused(network, "Patient", {"_has:Nonsense:patient:code": "x"}, "_has:Nonsense:patient:code")
+    refused(network, "Patient", {"_has:Observation": "x"}, "_has:Observation")
+    refused(network, "Patient", {"_has:Observation:patient:date": "bad"},
+            "_has:Observation:patient:date")
+    refused(network, "Organization", {"_has:Observation:patient:code": "x"},
+            "_has:Observation:patient:code")  # Observation.patient never points at one
+    name = "_has:Observation:patient:nonsense"
+    refused(network, "Patient", {name: "x"}, name, headers={"Prefer": "handling=strict"})
+    bundle = search(network, "Patient", {name: "x"})
+    assert set(ids(bundle)) == {"p1", "p2", "p3"}
+    assert entries(bundle, "outcome")[0]["resource"]["issue"][0]["expression"] == [name]
+
+
+# -- _include and _revinclude --------------------------------------------------------------------
+
+def modes(bundle: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for e in bundle.get("entry", []):
+        if e["search"]["mode"] in ("match", "include"):
+            key = f"{e['resource']['resourceType']}/{e['resource']['id']}"
+            assert key not in out, f"{key} appears twice"
+            assert e["fullUrl"].endswith(key)
+            out[key] = e["search"]["mode"]
+    return out
+
+
+def test_include(network: Fhir) -> None:
+    bundle = search(network, "Observation", {"code": "29463-7", "_include": "Observation:patient"})
+    assert modes(bundle) == {"Observation/o1": "match", "Observation/o3": "match",
+                             "Observation/o4": "match", "Patient/p1": "include",
+                             "Patient/p3": "include"}
+    assert bundle["total"] == 3  # included resources are not counted
+    bundle = search(network, "Observation", {"_id": "o1,o3,o6",
+                                             "_include": "Observation:subject:Group"})
+    assert modes(bundle) == {"Observation/o1": "match", "Observation/o3": "match",
+                             "Observation/o6": "match", "Group/g1": "include"}
+    bundle = search(network, "Observation", {"_id": "o1,o3", "_include": "Observation:*"})
+    assert modes(bundle) == {"Observation/o1": "match", "Observation/o3": "match",
+                             "Patient/p1": "include", "Group/g1": "include"}
+    # A resource that matches is not repeated as an include.
+    bundle = search(network, "Patient", {"_id": "p1,p2", "_include": "Patient:link"})
+    assert modes(bundle) == {"Patient/p1": "match", "Patient/p2": "match"}
+
+
+def test_include_iterate(network: Fhir) -> None:
+    bundle = search(network, "Observation", [
+        ("_id", "o1,o2"), ("_include", "Observation:patient"),
+        ("_include:iterate", "Patient:general-practitioner"),
+        ("_include:iterate", "Patient:organization"),
+        ("_include:iterate", "Organization:partof")])
+    assert modes(bundle) == {
+        "Observation/o1": "match", "Observation/o2": "match", "Patient/p1": "include",
+        "Patient/p2": "include", "Practitioner/rahimi": "include", "Practitioner/li": "include",
+        "Organization/tabriz": "include", "Organization/hohhot": "include"}
+    # Without :iterate an include applies to the matches only.
+    bundle = search(network, "Observation", [
+        ("_id", "o1"), ("_include", "Observation:patient"),
+        ("_include", "Patient:general-practitioner")])
+    assert modes(bundle) == {"Observation/o1": "match", "Patient/p1": "include"}
+
+
+def test_revinclude(network: Fhir) -> None:
+    bundle = search(network, "Patient", {"_id": "p1", "_revinclude": "Observation:patient"})
+    assert modes(bundle) == {"Patient/p1": "match", "Observation/o1": "include"}
+    bundle = search(network, "Patient", [("_id", "p1"), ("_revinclude", "Observation:patient"),
+                                         ("_revinclude", "Encounter:subject")])
+    assert modes(bundle) == {"Patient/p1": "match", "Observation/o1": "include",
+                             "Encounter/e1": "include"}
+    bundle = search(network, "Patient", [("_id", "p1"), ("_revinclude", "Observation:patient"),
+                                         ("_revinclude:iterate", "Provenance:target")])
+    assert modes(bundle) == {"Patient/p1": "match", "Observation/o1": "include",
+                             "Provenance/prov1": "include"}
+    bundle = search(network, "Organization", [("_id", "tabriz"),
+                                              ("_revinclude", "Patient:organization"),
+                                              ("_include", "Organization:partof")])
+    assert modes(bundle) == {"Organization/tabriz": "match", "Patient/p1": "include"}
+
+
+def test_includes_skip_deleted_and_foreign_targets(network: Fhir) -> None:
+    bundle = search(network, "Observation", {"_id": "o5", "_include": "Observation:subject"})
+    assert modes(bundle) == {"Observation/o5": "match"}
+    bundle = search(network, "Patient", {"_id": "p1", "_revinclude": "Observation:subject"})
+    assert modes(bundle) == {"Patient/p1": "match", "Observation/o1": "include"}
+    assert network.delete("Patient/p3").status_code in (200, 204)
+    bundle = search(network, "Observation", {"_id": "o4", "_include": "Observation:subject"})
+    assert modes(bundle) == {"Observation/o4": "match"}
+
+
+@pytest.mark.parametrize("name, value", [
+    ("_include", "Observation:code"), ("_include", "Nonsense:subject"),
+    ("_include", "Observation"), ("_include", "Observation:subject:Nonsense"),
+    ("_revinclude", "Observation:nonsense"), ("_revinclude", "*"),
+])
+def test_bad_includes(network: Fhir, name: str, value: str) -> None:
+    refused(network, "Patient", {name: value}, name)
+
+
+# -- compartments and searches across types ------------------------------------------------------
+
+def test_compartment_search(network: Fhir) -> None:
+    assert found(network, "Patient/p1/Observation") == {"o1"}
+    assert found(network, "Patient/p1/Observation", {"code": "8302-2"}) == set()
+    assert found(network, "Patient/p2/Observation", {"code": "8302-2"}) == {"o2"}
+    assert found(network, "Patient/p1/Encounter") == {"e1"}
+    assert found(network, "Practitioner/rahimi/Patient") == {"p1"}
+    everything = search(network, "Patient/p1/*")
+    got = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries(everything)}
+    assert {"Observation/o1", "Encounter/e1"} <= got
+    assert not got & {"Observation/o2", "Observation/o5", "Patient/p2", "Encounter/e2"}
+    link = everything["link"][0]
+    assert link["relation"] == "self" and "/Patient/p1/*" in link["url"]
+    r = network.get("Patient/p1/Organization")
+    assert r.status_code in (400, 404) and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_system_search_with_type(network: Fhir) -> None:
+    bundle = search(network, "", {"_type": "Patient,Practitioner", "name": "li"})
+    got = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries(bundle)}
+    assert got == {"Patient/p2", "Practitioner/li"}
+    bundle = search(network, "", {"_type": "Patient,Organization", "name": "tabriz,peter"})
+    got = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries(bundle)}
+    assert got == {"Organization/tabriz", "Patient/p1", "Patient/p3"}
+    r = network.post("_search", content="_type=Patient,Practitioner&name=li",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    got = {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+           for e in entries(r.json())}
+    assert got == {"Patient/p2", "Practitioner/li"}
+    refused(network, "", {"_type": "Nonsense"}, "_type")
+
+
+def test_negations_across_types_stay_within_each_type(fhir: Fhir) -> None:
+    put_all(fhir,
+            patient("x", gender="male", name=[{"family": "X"}]),
+            patient("y", gender="female"),
+            {"resourceType": "Practitioner", "id": "x", "gender": "male"},
+            {"resourceType": "Practitioner", "id": "z", "gender": "female",
+             "name": [{"family": "Z"}]},
+            {"resourceType": "Group", "id": "x", "type": "person", "actual": True},
+            observation("ox", subject={"reference": "Patient/x"}))
+
+    def typed(params: dict[str, str]) -> set[str]:
+        return {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                for e in entries(search(fhir, "", params))}
+
+    both = "Patient,Practitioner"
+    assert typed({"_type": both, "gender:not": "male"}) == {"Patient/y", "Practitioner/z"}
+    assert typed({"_type": both, "gender": "male"}) == {"Patient/x", "Practitioner/x"}
+    assert typed({"_type": both, "name:missing": "true"}) == {"Patient/y", "Practitioner/x"}
+    assert typed({"_type": both, "name:missing": "false"}) == {"Patient/x", "Practitioner/z"}
+    # Group/x shares its id with Patient/x; only the Patient has an observation.
+    assert typed({"_type": "Patient,Group", "_has:Observation:subject:status": "final"}) == {
+        "Patient/x"}
+    # Observation.patient cannot point at a Group: that type is simply not matched.
+    assert typed({"_type": "Patient,Group", "_has:Observation:patient:status": "final"}) == {
+        "Patient/x"}
+
+
+def test_post_search_form_encoded(network: Fhir) -> None:
+    r = network.post("Patient/_search", content="name=peter&_sort=family",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    assert ids(r.json()) == ["p1", "p3"]
+    r = network.post("Patient/_search?family=pan", content="name=peter",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    assert ids(r.json()) == ["p3"]
+    r = network.post("Patient/_search", content="birthdate=notadate",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400

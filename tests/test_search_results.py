@@ -1,0 +1,336 @@
+"""What a search returns: ``_sort``, ``_count`` and paging, ``_total``, ``_summary``,
+``_elements``, how errors and unknown parameters are reported, and that deleted resources never
+match (search.html#sort, #count, #total, #summary, #elements, #errors; http.html#search)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import Fhir
+from tests.test_search import (
+    entries,
+    found,
+    ids,
+    observation,
+    patient,
+    put,
+    put_all,
+    refused,
+    search,
+)
+
+
+def link(bundle: dict[str, Any], relation: str) -> str | None:
+    for item in bundle.get("link", []):
+        if item["relation"] == relation:
+            return item["url"]
+    return None
+
+
+def follow(fhir: Fhir, url: str) -> dict[str, Any]:
+    assert url.startswith("http://testserver/fhir/"), url
+    r = fhir.get(url)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# -- _sort ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def sortable(fhir: Fhir) -> Fhir:
+    put_all(fhir,
+            patient("s1", name=[{"family": "Adams"}], birthDate="1980-05-01", gender="female"),
+            patient("s2", name=[{"family": "Baker"}], birthDate="1975", gender="male"),
+            patient("s3", name=[{"family": "Capek"}], birthDate="1990-01-01", gender="male"),
+            patient("s4", name=[{"family": "Davis"}], gender="female"),
+            patient("s5", birthDate="1985-07-01"))
+    return fhir
+
+
+def order(fhir: Fhir, params: dict[str, str]) -> list[str]:
+    bundle = search(fhir, "Patient", params)
+    return ids(bundle)
+
+
+def test_sort_by_string_date_token_and_id(sortable: Fhir) -> None:
+    assert order(sortable, {"_sort": "family", "family:missing": "false"}) == [
+        "s1", "s2", "s3", "s4"]
+    assert order(sortable, {"_sort": "-family", "family:missing": "false"}) == [
+        "s4", "s3", "s2", "s1"]
+    assert order(sortable, {"_sort": "birthdate", "birthdate:missing": "false"}) == [
+        "s2", "s1", "s5", "s3"]
+    assert order(sortable, {"_sort": "-birthdate", "birthdate:missing": "false"}) == [
+        "s3", "s5", "s1", "s2"]
+    assert order(sortable, {"_sort": "gender,-birthdate", "birthdate:missing": "false",
+                            "gender:missing": "false"}) == ["s1", "s3", "s2"]
+    assert order(sortable, {"_sort": "-gender,family", "gender:missing": "false"}) == [
+        "s2", "s3", "s1", "s4"]
+    assert order(sortable, {"_sort": "_id"}) == ["s1", "s2", "s3", "s4", "s5"]
+    assert order(sortable, {"_sort": "-_id"}) == ["s5", "s4", "s3", "s2", "s1"]
+
+
+def test_resources_without_a_sort_value_are_kept_together(sortable: Fhir) -> None:
+    got = order(sortable, {"_sort": "birthdate"})
+    assert sorted(got) == ["s1", "s2", "s3", "s4", "s5"]
+    assert [i for i in got if i != "s4"] == ["s2", "s1", "s5", "s3"]
+    assert got.index("s4") in (0, 4)
+    got = order(sortable, {"_sort": "family"})
+    assert [i for i in got if i != "s5"] == ["s1", "s2", "s3", "s4"]
+    assert got.index("s5") in (0, 4)
+
+
+def test_sort_by_last_updated(sortable: Fhir) -> None:
+    time.sleep(0.002)
+    put(sortable, patient("s2", name=[{"family": "Baker"}], birthDate="1975", gender="other"))
+    assert order(sortable, {"_sort": "_lastUpdated"}) == ["s1", "s3", "s4", "s5", "s2"]
+    assert order(sortable, {"_sort": "-_lastUpdated"}) == ["s2", "s5", "s4", "s3", "s1"]
+
+
+def test_bad_sorts_are_refused(sortable: Fhir) -> None:
+    refused(sortable, "Patient", {"_sort": "nonsense"}, "_sort")
+    refused(sortable, "Observation", {"_sort": "code-value-quantity"}, "_sort")
+
+
+# -- _count and paging ---------------------------------------------------------------------------
+
+def walk(fhir: Fhir, params: list[tuple[str, str]] | dict[str, str],
+         between: Any = None) -> tuple[list[list[str]], dict[str, Any]]:
+    """Pages of a Patient search, following ``next`` to the end; ``between(n)`` runs before the
+    n-th further page is read. Returns the pages and the last bundle."""
+    bundle = search(fhir, "Patient", params)
+    pages = [ids(bundle)]
+    while (url := link(bundle, "next")) is not None:
+        if between is not None:
+            between(len(pages))
+        bundle = follow(fhir, url)
+        pages.append(ids(bundle))
+        assert len(pages) < 50
+    return pages, bundle
+
+
+def families(n: int) -> list[dict[str, Any]]:
+    # Ids run against the family order so that sorted and unsorted pages differ.
+    return [patient(f"n{n - i:02d}", name=[{"family": f"Family{i:02d}"}], gender="other")
+            for i in range(n)]
+
+
+def test_paging_follows_next_to_the_end_and_previous_back(fhir: Fhir) -> None:
+    put_all(fhir, *families(23))
+    expected = [f"n{23 - i:02d}" for i in range(23)]
+    pages, last = walk(fhir, {"_sort": "family", "_count": "5"})
+    assert [len(p) for p in pages] == [5, 5, 5, 5, 3]
+    assert [i for p in pages for i in p] == expected
+    assert last["total"] == 23
+    assert link(last, "next") is None
+    back = [ids(last)]
+    bundle = last
+    while (url := link(bundle, "previous")) is not None:
+        bundle = follow(fhir, url)
+        back.append(ids(bundle))
+        assert len(back) < 50
+    assert back == pages[::-1]
+    # The first page reached backwards has no previous page, and its next leads on again.
+    assert link(bundle, "previous") is None
+    assert ids(follow(fhir, link(bundle, "next") or "")) == pages[1]
+    # Descending and unsorted searches page the same way.
+    pages, _ = walk(fhir, {"_sort": "-family", "_count": "7"})
+    assert [i for p in pages for i in p] == expected[::-1]
+    pages, _ = walk(fhir, {"_count": "4"})
+    flat = [i for p in pages for i in p]
+    assert sorted(flat) == sorted(expected) and len(flat) == 23
+
+
+def test_paging_with_ties_and_missing_sort_values(fhir: Fhir) -> None:
+    put_all(fhir, *[patient(f"t{i:02d}", gender=("male", "female")[i % 2],
+                            **({"birthDate": "1990"} if i % 3 else {})) for i in range(17)])
+    pages, _ = walk(fhir, {"_sort": "gender,-birthdate", "_count": "3"})
+    flat = [i for p in pages for i in p]
+    assert sorted(flat) == [f"t{i:02d}" for i in range(17)]
+    assert flat == ids(search(fhir, "Patient", {"_sort": "gender,-birthdate", "_count": "100"}))
+
+
+@pytest.mark.parametrize("sort", ["", "family", "-family", "_lastUpdated", "-_lastUpdated",
+                                  "gender,_id"])
+def test_pages_stay_correct_while_data_changes(fhir: Fhir, sort: str) -> None:
+    put_all(fhir, *families(20))
+    original = {f"n{i:02d}" for i in range(1, 21)}
+    seen: list[str] = []
+    changed: set[str] = set()
+
+    def meddle(n: int) -> None:
+        # Between pages: create new ones, update one already seen and one not yet seen (so that
+        # they move in the order), delete one not yet seen.
+        unseen = sorted(original - set(seen) - changed)
+        put(fhir, patient(f"new{n}", name=[{"family": "Family00a"}], gender="other"))
+        put(fhir, patient(f"late{n}", name=[{"family": "Zulu"}], gender="other"))
+        victim = seen[0] if seen[0] not in changed else seen[-1]
+        put(fhir, patient(victim, name=[{"family": "Zz"}], gender="unknown"))
+        changed.add(victim)
+        if len(unseen) > 2:
+            put(fhir, patient(unseen[0], name=[{"family": "Aa"}], gender="female"))
+            assert fhir.delete(f"Patient/{unseen[1]}").status_code in (200, 204)
+            changed.update(unseen[:2])
+
+    params = {"_count": "4", **({"_sort": sort} if sort else {})}
+    bundle = search(fhir, "Patient", params)
+    seen += ids(bundle)
+    while (url := link(bundle, "next")) is not None:
+        meddle(len(seen))
+        bundle = follow(fhir, url)
+        seen += ids(bundle)
+        assert len(seen) < 200
+    assert len(seen) == len(set(seen)), seen
+    assert original - changed <= set(seen)
+    deleted = {i for i in changed if fhir.get(f"Patient/{i}").status_code == 410}
+    assert deleted and not deleted & set(seen)
+
+
+def test_count(fhir: Fhir) -> None:
+    put_all(fhir, *families(5))
+    bundle = search(fhir, "Patient", {"_count": "2"})
+    assert len(ids(bundle)) == 2 and link(bundle, "next") is not None
+    assert bundle["total"] == 5
+    bundle = search(fhir, "Patient", {"_count": "0"})
+    assert ids(bundle) == [] and bundle["total"] == 5
+    bundle = search(fhir, "Patient", {"_count": "100000"})
+    assert len(ids(bundle)) == 5 and link(bundle, "next") is None
+    refused(fhir, "Patient", {"_count": "abc"}, "_count")
+    refused(fhir, "Patient", {"_count": "-1"}, "_count")
+    r = fhir.get("Patient", params={"_count": "2", "_cursor": "garbage"})
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_self_link_names_the_parameters_used(fhir: Fhir) -> None:
+    put_all(fhir, *families(3))
+    bundle = search(fhir, "Patient", [("family", "family"), ("nonsense", "x"), ("_count", "2")])
+    self_url = link(bundle, "self") or ""
+    assert "family=family" in self_url and "_count=2" in self_url
+    assert "nonsense" not in self_url
+    assert "nonsense" not in (link(bundle, "next") or "")
+
+
+# -- _total, _summary, _elements -----------------------------------------------------------------
+
+def test_total(fhir: Fhir) -> None:
+    put_all(fhir, *families(7))
+    assert search(fhir, "Patient", {"_total": "accurate", "_count": "2"})["total"] == 7
+    assert "total" not in search(fhir, "Patient", {"_total": "none"})
+    estimate = search(fhir, "Patient", {"_total": "estimate", "_count": "2"})
+    assert estimate.get("total", 7) >= 0
+    assert search(fhir, "Patient", {"_total": "accurate", "family": "family00"})["total"] == 1
+    refused(fhir, "Patient", {"_total": "lots"}, "_total")
+
+
+def test_summary_and_elements(fhir: Fhir) -> None:
+    put(fhir, patient("full", name=[{"family": "Full"}], gender="female",
+                      maritalStatus={"text": "married"},
+                      text={"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/"
+                                                          "xhtml\">Full</div>"},
+                      communication=[{"language": {"text": "Persian"}}]))
+    put(fhir, patient("other", name=[{"family": "Other"}]))
+    bundle = search(fhir, "Patient", {"_summary": "count"})
+    assert bundle["total"] == 2 and "entry" not in bundle
+
+    def only(params: dict[str, str]) -> dict[str, Any]:
+        bundle = search(fhir, "Patient", {"_id": "full", **params})
+        (entry,) = entries(bundle)
+        return entry["resource"]
+
+    def subsetted(resource: dict[str, Any]) -> bool:
+        return any(t.get("code") == "SUBSETTED" for t in resource["meta"].get("tag", []))
+
+    summary = only({"_summary": "true"})
+    assert summary["name"] == [{"family": "Full"}] and summary["gender"] == "female"
+    assert "maritalStatus" not in summary and "communication" not in summary
+    assert "text" not in summary and subsetted(summary)
+    text = only({"_summary": "text"})
+    assert "text" in text and "name" not in text and subsetted(text)
+    data = only({"_summary": "data"})
+    assert "text" not in data and data["maritalStatus"] == {"text": "married"}
+    assert subsetted(data)
+    whole = only({"_summary": "false"})
+    assert "text" in whole and "communication" in whole and not subsetted(whole)
+    elements = only({"_elements": "gender,maritalStatus"})
+    assert set(elements) == {"resourceType", "id", "meta", "gender", "maritalStatus"}
+    assert subsetted(elements)
+    refused(fhir, "Patient", {"_summary": "some"}, "_summary")
+
+
+def test_contained_searches_are_refused_clearly(fhir: Fhir) -> None:
+    for params in ({"_contained": "true"}, {"_contained": "both"},
+                   {"_containedType": "contained"}):
+        body = refused(fhir, "Patient", params, next(iter(params)))
+        assert body["issue"][0]["code"] == "not-supported"
+    assert search(fhir, "Patient", {"_contained": "false"})["total"] == 0
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+def test_unknown_parameters_are_ignored_and_reported(fhir: Fhir) -> None:
+    put_all(fhir, patient("a", gender="male"), patient("b", gender="female"))
+    bundle = search(fhir, "Patient", [("gender", "male"), ("nonsense", "x"), ("pet:name", "y")])
+    assert ids(bundle) == ["a"]
+    (outcome,) = entries(bundle, "outcome")
+    assert "fullUrl" not in outcome or outcome["fullUrl"]
+    issues = outcome["resource"]["issue"]
+    assert outcome["resource"]["resourceType"] == "OperationOutcome"
+    assert sorted(x for i in issues for x in i["expression"]) == ["nonsense", "pet:name"]
+    assert all(i["severity"] in ("warning", "information") for i in issues)
+    assert bundle["total"] == 1  # the outcome entry is not a match
+    refused(fhir, "Patient", [("gender", "male"), ("nonsense", "x")], "nonsense",
+            headers={"Prefer": "handling=strict"})
+    assert ids(search(fhir, "Patient", [("gender", "male"), ("nonsense", "x")],
+                      headers={"Prefer": "handling=lenient"})) == ["a"]
+
+
+@pytest.mark.parametrize("type_, name, value", [
+    ("Patient", "birthdate", "1974-13-01"),
+    ("Patient", "birthdate", "soon"),
+    ("RiskAssessment", "probability", "high"),
+    ("Patient", "gender", "|"),
+    ("Patient", "identifier", "a|b|c"),
+    ("Patient", "general-practitioner", "Nonsense/1"),
+    ("Patient", "general-practitioner", "Practitioner/1/2"),
+    ("Observation", "value-quantity", "1|2"),
+    ("Patient", "_lastUpdated", "2020-01-01T10:00"),
+])
+def test_malformed_values_are_refused_naming_the_parameter(fhir: Fhir, type_: str, name: str,
+                                                           value: str) -> None:
+    refused(fhir, type_, {name: value}, name)
+
+
+@pytest.mark.parametrize("type_, name", [
+    ("Patient", "name:text"), ("Patient", "gender:below"), ("Patient", "gender:in"),
+    ("Patient", "birthdate:exact"), ("Patient", "name:nonsense"), ("Patient", "gender:contains"),
+    ("Patient", "name:not"), ("Patient", "general-practitioner:exact"),
+    ("Observation", "code-value-quantity"), ("Observation", "code-value-quantity:missing"),
+    ("Patient", "_text"), ("Patient", "_filter"), ("Patient", "_content"), ("Patient", "_query"),
+])
+def test_unsupported_modifiers_and_parameters_are_refused(fhir: Fhir, type_: str,
+                                                          name: str) -> None:
+    value = "true" if name.endswith(":missing") else "x"
+    body = refused(fhir, type_, {name: value}, name)
+    assert body["issue"][0]["code"] in ("not-supported", "invalid", "value")
+
+
+def test_deleted_resources_never_match(fhir: Fhir) -> None:
+    put_all(fhir, patient("gone", name=[{"family": "Gone"}], gender="male"),
+            patient("kept", name=[{"family": "Kept"}], gender="male"),
+            observation("obs", subject={"reference": "Patient/gone"}))
+    assert fhir.delete("Patient/gone").status_code in (200, 204)
+    assert found(fhir, "Patient", {"name": "gone"}) == set()
+    assert found(fhir, "Patient", {"_id": "gone"}) == set()
+    assert found(fhir, "Patient", {"gender": "male"}) == {"kept"}
+    assert found(fhir, "Patient", {"gender:not": "female"}) == {"kept"}
+    assert found(fhir, "Patient", {"name:missing": "true"}) == set()
+    assert found(fhir, "Patient", {"_has:Observation:subject:status": "final"}) == set()
+    assert search(fhir, "Patient", {"_total": "accurate"})["total"] == 1
+    assert found(fhir, "Patient/gone/Observation") == {"obs"}  # the reference is still there
+    assert ids(search(fhir, "Observation", {"_include": "Observation:subject"}), "include") == []
+    # Recreated under the same id, it matches again with its new content.
+    put(fhir, patient("gone", name=[{"family": "Back"}]))
+    assert found(fhir, "Patient", {"name": "back"}) == {"gone"}
+    assert found(fhir, "Patient", {"name": "gone"}) == set()
