@@ -625,3 +625,14 @@ def test_tag_profile_security_and_source(fhir: Fhir) -> None:
     assert found(fhir, "Patient", {"_source": "http://his.example.org/fhir#req-1"}) == {"tagged"}
     assert found(fhir, "Patient", {"_source": "http://pacs.example.org"}) == {"plain"}
     assert found(fhir, "Patient", {"_source:below": "http://his.example.org"}) == {"tagged"}
+
+
+def test_persian_letter_variants_find_each_other(fhir) -> None:  # type: ignore[no-untyped-def]
+    """Arabic yeh/kaf and Persian yeh/keheh, and the zero-width non-joiner, are the same letters
+    to a reader: a name typed on an Arabic keyboard finds the one typed on a Persian one."""
+    r = fhir.post("Patient", {"resourceType": "Patient",
+                              "name": [{"family": "علی\u200cزاده", "given": ["کاظم"]}]})
+    assert r.status_code == 201
+    for query in ("علي", "عليزاده", "كاظم"):
+        found = fhir.get("Patient", params={"name": query}).json()
+        assert found.get("total") == 1, query

@@ -140,7 +140,8 @@ def test_reverse_chains_start_from_the_inner_search(db: sqlite3.Connection) -> N
     lines = explain(db, ("Patient",), [("_has:Observation:patient:code", "29463-7")])
     assert_indexed(lines, "SEARCH idx_token USING PRIMARY KEY (pid=? AND code=?)",
                    "idx_reference_rid (rid=? AND pid=?)",
-                   "SEARCH r USING INDEX sqlite_autoindex_resource_1 (type=? AND id=?)")
+                   "SEARCH o USING COVERING INDEX sqlite_autoindex_resource_1 (type=? AND id=?)",
+                   "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)")
 
 
 def test_searches_over_several_types_share_one_index_read(db: sqlite3.Connection) -> None:

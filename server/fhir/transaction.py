@@ -318,7 +318,7 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
             else:
                 e.op.fresh_id = e.op_id
     conditional_refs = {ref: parse_conditional(ref.split("?")[0], ref.split("?", 1)[1],
-                                               f"the conditional reference {ref}")
+                                               f"the conditional reference {ref}", req.base)
                         for ref in _conditional_references(entries)}
 
     def apply(tx: Transaction) -> list[Any]:

@@ -135,7 +135,7 @@ def build_create(req: FhirRequest) -> Create:
     criteria = [(k, v) for k, v in req.params if k not in _FORMAT_PARAMS]
     if condition is None and criteria:
         condition = criteria  # POST [type]?[criteria], as some clients send a conditional create
-    query = parse_conditional(req.type, condition, "If-None-Exist") if condition else None
+    query = parse_conditional(req.type, condition, "If-None-Exist", req.base) if condition else None
     return Create(req.type, resource, prepare(resource, req.type), query=query)
 
 
@@ -213,7 +213,7 @@ class ConditionalUpdate:
 
 def build_conditional_update(req: FhirRequest) -> ConditionalUpdate:
     assert req.type
-    query = parse_conditional(req.type, req.params, "the conditional update")
+    query = parse_conditional(req.type, req.params, "the conditional update", req.base)
     resource = body_resource(req)
     if resource.get("id") is not None:
         check_id(resource["id"])
@@ -312,7 +312,7 @@ def build_patch(req: FhirRequest, conditional: bool = False) -> Patch:
     if_match = parse_etag(req.header("if-match"))
     if conditional:
         return Patch(req.type, doc, query=parse_conditional(req.type, req.params,
-                                                            "the conditional patch"),
+                                                            "the conditional patch", req.base),
                      if_match=if_match)
     return Patch(req.type, doc, id=req.id, if_match=if_match)
 
@@ -360,5 +360,5 @@ def build_delete(req: FhirRequest, conditional: bool = False) -> Delete:
     assert req.type
     if conditional:
         return Delete(req.type, query=parse_conditional(req.type, req.params,
-                                                         "the conditional delete"))
+                                                         "the conditional delete", req.base))
     return Delete(req.type, req.id, if_match=parse_etag(req.header("if-match")))

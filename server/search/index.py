@@ -47,13 +47,24 @@ _POS_F = float(POS_INF)
 
 # ---------------------------------------------------------------------------------------- strings
 
+#: Arabic-script letters written differently in Arabic and Persian text but read as the same
+#: (yeh, kaf, teh marbuta, alef maksura), digits of both scripts, and marks of layout only
+#: (zero-width non-joiner, tatweel), so that "علي" finds "علی" and "۱۲" finds "12".
+_ARABIC_SCRIPT = str.maketrans({
+    "\u064a": "\u06cc", "\u0649": "\u06cc", "\u0643": "\u06a9", "\u0629": "\u0647",
+    "\u200c": None, "\u200d": None, "\u0640": None,
+    **{chr(0x0660 + d): str(d) for d in range(10)}, **{chr(0x06F0 + d): str(d) for d in range(10)},
+})
+
+
 def normalize(text: str) -> str:
     """The form string search compares (search.html#string: case- and accent-insensitive):
     casefolded, Unicode NFKD with combining marks removed (also Arabic-script vowel marks),
-    whitespace runs collapsed to one space and trimmed. Queries must be normalised the same."""
+    Arabic and Persian letter variants folded together, whitespace runs collapsed to one space
+    and trimmed. Queries must be normalised the same."""
     if text.isascii():
         return " ".join(text.lower().split())
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    decomposed = unicodedata.normalize("NFKD", text.casefold().translate(_ARABIC_SCRIPT))
     return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
 
 

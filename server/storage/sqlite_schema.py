@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS resource (
     UNIQUE (type, id)
 );
 CREATE INDEX IF NOT EXISTS resource_type_updated ON resource (type, updated);
+CREATE INDEX IF NOT EXISTS resource_type ON resource (type);
 
 CREATE TABLE IF NOT EXISTS version (
     seq INTEGER PRIMARY KEY,

@@ -247,14 +247,17 @@ class Compiler:
 
     def has(self, c: Has, res: str) -> str:
         t = self.alias()
+        # As a list of rids (the targets looked up by type and id), so that it can drive.
+        owner = self.arg(c.type)
         pid = self.arg(param_id(c.source_type, c.code))
         ttype = self.arg(c.type)
         local = self.local("ref")
         stype = self.arg(c.source_type)
         inner = self.clause(c.inner, t)
-        return (f"{res}.id IN (SELECT ref.target_id FROM idx_reference ref JOIN resource {t} "
+        return (f"{res}.rid IN (SELECT o.rid FROM resource o WHERE o.type = {owner} AND o.id IN "
+                f"(SELECT ref.target_id FROM idx_reference ref JOIN resource {t} "
                 f"ON {t}.rid = ref.rid WHERE ref.pid = {pid} AND ref.target_type = {ttype} "
-                f"AND {local} AND +{t}.type = {stype} AND {t}.deleted = 0 AND {inner})")
+                f"AND {local} AND +{t}.type = {stype} AND {t}.deleted = 0 AND {inner}))")
 
     # -- sorting --------------------------------------------------------------------------------
 
@@ -336,7 +339,7 @@ def _driven_by_index(query: SearchQuery) -> bool:
 def _driven(c: Clause) -> bool:
     if isinstance(c, AnyOf):
         return all(_driven(x) for x in c.clauses)
-    return isinstance(c, Chain) or (isinstance(c, Match) and c.kind != "lastUpdated")
+    return isinstance(c, Chain | Has) or (isinstance(c, Match) and c.kind != "lastUpdated")
 
 
 def _where(query: SearchQuery, c: Compiler, res: str = "r") -> str:
