@@ -55,7 +55,8 @@ class Proc:
     """A server process in its own session, stopped with its children."""
 
     def __init__(self, cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO):
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (lives as long as the process)
+            prefix="bench-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd,
                                      env={**os.environ, **(env or {})}, start_new_session=True)
 

@@ -109,7 +109,7 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(data_dir),
                "--port", str(port), "--dicom-port", "0", "--mllp-port", "0", *args]
-        self.log = open(data_dir.parent / f"server-{port}.log", "wb")
+        self.log = open(data_dir.parent / f"server-{port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **env}, start_new_session=True)
 

@@ -51,7 +51,7 @@ def test_logs_are_json_lines_without_patient_data(start_server) -> None:  # type
     r = httpx.post(server.base + "/fhir/Patient", json=_patient("Secretname"),
                    headers=_headers(token))
     pid = r.json()["id"]
-    httpx.get(server.base + f"/fhir/Patient?name=Secretname", headers=_headers(token))
+    httpx.get(server.base + "/fhir/Patient?name=Secretname", headers=_headers(token))
     httpx.get(server.base + f"/fhir/Patient/{pid}", headers=_headers(token))
     server.stop(signal.SIGTERM)
     lines = [ln for ln in server.output().splitlines() if ln.startswith("{")]
