@@ -111,7 +111,8 @@ def test_reference_searches_use_the_reference_indexes(db: sqlite3.Connection) ->
                           "target_type=?)")
     driven_by_rid(lines)
     lines = explain(db, ("Observation",), [("subject", "http://other.example.org/Patient/1")])
-    assert_indexed(lines, "idx_reference_url (pid=? AND url=?)")
+    assert_indexed(lines, "idx_reference USING PRIMARY KEY (pid=? AND target_id=? AND "
+                          "target_type=? AND url=?)")
     driven_by_rid(lines)
     lines = explain(db, ("Observation",), [("subject:identifier", "urn:oid:1.2.3|99")])
     assert_indexed(lines, "SEARCH idx_token USING PRIMARY KEY (pid=? AND code=? AND system=?)")
@@ -172,3 +173,13 @@ def test_sorting_reads_each_match_s_value_through_the_rid_index(db: sqlite3.Conn
     lines = explain(db, ("Patient",), [("name", "chal"), ("_sort", "-birthdate,family")])
     assert_indexed(lines, "idx_date_rid (rid=?)", "idx_string_rid (rid=?)")
     driven_by_rid(lines)
+
+
+def test_or_values_are_each_looked_up_in_the_primary_key(db: sqlite3.Connection) -> None:
+    """SQLite cannot split an OR over a WITHOUT ROWID primary key: each value must become its
+    own lookup, or every row of the parameter is read."""
+    lines = explain(db, ("Observation",), [("code", "http://loinc.org|8867-4,http://loinc.org|"
+                                                   "8310-5,29463-7")])
+    assert_indexed(lines, "SEARCH idx_token USING PRIMARY KEY (pid=? AND code=? AND system=?)",
+                   "SEARCH idx_token USING PRIMARY KEY (pid=? AND code=?)")
+    assert sum("SEARCH idx_token" in line for line in lines) == 3

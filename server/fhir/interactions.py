@@ -15,6 +15,7 @@ from server.fhir import handlers, operations, transaction
 from server.fhir.request import FhirRequest, FhirResponse
 from server.search import handlers as search
 from server.storage.base import ResourceStore
+from server.terminology import operations as terminology
 
 Handler = Callable[[FhirRequest, ResourceStore], Awaitable[FhirResponse]]
 
@@ -97,6 +98,21 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("meta", "http://hl7.org/fhir/OperationDefinition/Resource-meta",
               frozenset({"instance"}), operations.meta,
               "The profiles, tags and security labels of a resource", ("GET", "POST")),
+    Operation("lookup", "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup",
+              frozenset({"type", "instance"}), terminology.lookup,
+              "A concept's display (in the requested language), designations and properties",
+              ("GET", "POST"), ("CodeSystem",)),
+    # One entry serves CodeSystem and ValueSet: the router keys operations by name, so the
+    # CapabilityStatement names the ValueSet definition for both (CodeSystem-validate-code
+    # is what CodeSystem/$validate-code implements).
+    Operation("validate-code", "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code",
+              frozenset({"type", "instance"}), terminology.validate_code,
+              "Whether a code is in a value set or code system, with its display",
+              ("GET", "POST"), ("CodeSystem", "ValueSet")),
+    Operation("expand", "http://hl7.org/fhir/OperationDefinition/ValueSet-expand",
+              frozenset({"type", "instance"}), terminology.expand,
+              "The codes of a value set, filtered by text in any language and paged",
+              ("GET", "POST"), ("ValueSet",)),
 )
 
 #: Interactions that a caller may use without a token (SMART: the CapabilityStatement is public).

@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS idx_reference (
     url TEXT NOT NULL, version TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (pid, target_id, target_type, url, version, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idx_reference_rid ON idx_reference (rid);
-CREATE INDEX IF NOT EXISTS idx_reference_url ON idx_reference (pid, url);
+DROP INDEX IF EXISTS idx_reference_url;
 
 CREATE TABLE IF NOT EXISTS idx_date (
     pid INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, rid INTEGER NOT NULL,

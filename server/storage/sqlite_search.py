@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from server.search import index
 from server.search.plan import (
     AnyOf,
     Chain,
@@ -133,12 +134,20 @@ class Compiler:
             return "(" + " OR ".join(conds) + ")"
         table = INDEX_TABLES[m.kind][0]
         pids = list(dict.fromkeys(param_id(x.type, x.code) for x in same or [m]))
-        pid = (f"pid = {self.arg(pids[0])}" if len(pids) == 1 else
-               f"pid IN ({', '.join(self.arg(p) for p in pids)})")
-        conds = [self.value(m, v) for v in m.values]
-        return f"{res}.rid IN (SELECT rid FROM {table} WHERE {pid} AND ({' OR '.join(conds)}))"
+        # Parameter ids are our own integers, written inline. Alternatives (OR) become a UNION
+        # of lookups: SQLite cannot split an OR over a WITHOUT ROWID table's primary key, and
+        # would read every row of the parameter instead.
+        pid = (f"pid = {int(pids[0])}" if len(pids) == 1 else
+               f"pid IN ({', '.join(str(int(p)) for p in pids)})")
+        terms = []
+        for v in m.values:
+            cond = self.value(m, v)
+            terms += [f"SELECT rid FROM {table} WHERE {pid} AND {c}"
+                      for c in (cond if isinstance(cond, list) else [cond])]
+        return f"{res}.rid IN ({' UNION '.join(terms)})"
 
-    def value(self, m: Match, v: Any) -> str:
+    def value(self, m: Match, v: Any) -> str | list[str]:
+        """The condition on an index row for one value (a list: alternatives)."""
         kind = m.kind
         if kind == "string":
             assert isinstance(v, StringValue)
@@ -159,10 +168,20 @@ class Compiler:
         if kind == "reference":
             assert isinstance(v, ReferenceValue)
             if v.url is not None:
-                cond = f"url = {self.arg(v.url)}"
-                if v.version:
-                    cond += f" AND version = {self.arg(v.version)}"
-                return f"({cond})"
+                # The url is stored with the type and id extraction read from it (so the
+                # primary key's prefix finds it), or with none (canonicals, urns).
+                keys = [("", "")]
+                row = index.reference_row(v.url)
+                if row is not None and row[1]:
+                    keys.append((row[1], row[0]))
+                conds = []
+                for target_id, target_type in keys:
+                    cond = (f"target_id = {self.arg(target_id)} AND target_type = "
+                            f"{self.arg(target_type)} AND url = {self.arg(v.url)}")
+                    if v.version:
+                        cond += f" AND version = {self.arg(v.version)}"
+                    conds.append(f"({cond})")
+                return conds
             cond = f"target_id = {self.arg(v.id)}"
             if v.type:
                 cond += f" AND target_type = {self.arg(v.type)}"
