@@ -404,7 +404,7 @@ def _expanded(vs: dict[str, Any], params: Params, expansion: Expansion,
               languages: tuple[str, ...], total: int, offset: int,
               contains: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"resourceType": "ValueSet"}
-    for key in ("id", "language", "url", "identifier", "version", "name", "title", "status",
+    for key in ("id", "url", "identifier", "version", "name", "title", "status",
                 "experimental", "date", "publisher", "description", "immutable"):
         if key in vs:
             out[key] = vs[key]
