@@ -225,6 +225,10 @@ def _import_parser(sub: Any) -> None:
                    help="all or nothing: one rejected line and nothing is imported")
     p.add_argument("--workers", type=int,
                    help="processes that parse and validate (default: the number of CPUs)")
+    p.add_argument("--model-check", action="store_true",
+                   help="also check every resource against the fhir.resources R4B models, as "
+                        "the API does (about three times slower; the R4 validator runs "
+                        "either way)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_import)
 
@@ -258,7 +262,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         store = open_store(settings)
         try:
             return await import_files(store, settings, list(args.files), atomic=args.atomic,
-                                      workers=args.workers, progress=progress)
+                                      workers=args.workers, model_check=args.model_check,
+                                      progress=progress)
         finally:
             await store.close()
 

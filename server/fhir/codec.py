@@ -15,9 +15,10 @@ from typing import Any
 
 import orjson
 
-# A number a float cannot reproduce. May also match inside strings: then we just take the
-# slower, exact path.
-_LOSSY = re.compile(rb"\d\.\d*0(?![\d.])|\d[eE][+-]?\d|\d(?:\.?\d){15,}")
+# A JSON number a float cannot reproduce: trailing zeros after the point, an exponent, or more
+# than 15 digits. Numbers follow ':', '[' or ','; text inside a string that happens to look like
+# this (rare) only sends the document down the slower, exact path.
+_LOSSY = re.compile(rb"[:\[,]\s*-?(?:\d+\.\d*0\s*[,\]}]|\d+(?:\.\d+)?[eE]|(?:\d\.?){16,})")
 
 
 class JsonError(ValueError):

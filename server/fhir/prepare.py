@@ -43,10 +43,12 @@ def validation_error(issues: list[Issue]) -> FhirError | None:
     return FhirError(status, first.code, first.diagnostics, issues=issues)
 
 
-def prepare(resource: Any, type: str) -> IndexRows:
-    """Validate ``resource`` as a ``type`` and return its search index rows; raise FhirError."""
+def prepare(resource: Any, type: str, *, models: bool = True) -> IndexRows:
+    """Validate ``resource`` as a ``type`` and return its search index rows; raise FhirError.
+    ``models=False`` leaves out the fhir.resources (R4B) second opinion: the R4 validator alone
+    (see server.fhir.validation), for bulk loading."""
     check_type(resource, type)
-    error = validation_error(validate_resource(resource, type))
+    error = validation_error(validate_resource(resource, type, models=models))
     if error is not None:
         raise error
     return extract(resource)
