@@ -14,7 +14,9 @@ from fastapi.responses import JSONResponse, Response
 from server import __version__
 from server.auth.keys import KeyStore
 from server.auth.tokens import TokenService
+from server.clock import Clock, SystemClock
 from server.config import Settings
+from server.fhir.hooks import AppContext
 from server.fhir.openapi import fhir_paths
 from server.fhir.router import FhirRouter
 from server.fhir.structures import structures
@@ -46,6 +48,16 @@ class ConsiliumApp:
         await self.api(scope, receive, send)
 
 
+def install_rules(context: AppContext) -> None:
+    """Register every area's write rules (server.fhir.hooks) with the application."""
+    for install in RULES:
+        install(context.hooks)
+
+
+#: Each area's ``install(hooks)``; the telemedicine workflow adds its own.
+RULES: list[Any] = []
+
+
 def warm_up() -> None:
     """Load the generated tables now, so that a broken table fails the start and not the first
     request, then freeze them out of the garbage collector's way: they live as long as the
@@ -60,14 +72,18 @@ def warm_up() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def create_app(settings: Settings) -> ConsiliumApp:
+def create_app(settings: Settings, clock: Clock | None = None) -> ConsiliumApp:
+    """The application over the store the settings name. ``clock``: the time the workflow
+    rules use (the system clock unless a test gives another)."""
     store = open_store(settings)
     keys = KeyStore(settings.keys_dir)
     keys.ensure()
     tokens = TokenService(keys)
     metrics = Metrics()
     warm_up()
-    fhir = FhirRouter(settings, store, tokens, metrics, FHIR_PREFIX)
+    context = AppContext(settings, clock or SystemClock(), keys)
+    install_rules(context)
+    fhir = FhirRouter(settings, store, tokens, metrics, FHIR_PREFIX, context)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

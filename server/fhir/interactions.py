@@ -8,31 +8,10 @@ path under the FHIR base with its variable parts named: ``{type}``, ``{id}``, ``
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
 from server.fhir import handlers, operations, transaction
-from server.fhir.request import FhirRequest, FhirResponse
+from server.fhir.table import Interaction, Operation
 from server.search import handlers as search
-from server.storage.base import ResourceStore
 from server.terminology import operations as terminology
-
-Handler = Callable[[FhirRequest, ResourceStore], Awaitable[FhirResponse]]
-
-
-@dataclass(frozen=True)
-class Interaction:
-    name: str  # unique, used in metrics and logs
-    code: str  # the CapabilityStatement interaction code
-    level: str  # system, type or instance
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    conditional: bool = False
-    #: Further CapabilityStatement codes this entry serves (POST [base] is transaction and batch).
-    also: tuple[str, ...] = ()
-
 
 INTERACTIONS: tuple[Interaction, ...] = (
     Interaction("read", "read", "instance", "GET", "{type}/{id}", handlers.read,
@@ -80,17 +59,7 @@ INTERACTIONS: tuple[Interaction, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Operation:
-    name: str  # without the $
-    definition: str  # canonical URL of its OperationDefinition
-    levels: frozenset[str]
-    handler: Handler
-    summary: str
-    methods: tuple[str, ...] = ("POST",)
-    types: tuple[str, ...] | None = None  # None: every resource type
-
-
+#: Every operation: the base specification's here, each area's from its own module.
 OPERATIONS: tuple[Operation, ...] = (
     Operation("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate",
               frozenset({"type", "instance"}), operations.validate,
@@ -98,21 +67,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("meta", "http://hl7.org/fhir/OperationDefinition/Resource-meta",
               frozenset({"instance"}), operations.meta,
               "The profiles, tags and security labels of a resource", ("GET", "POST")),
-    Operation("lookup", "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup",
-              frozenset({"type", "instance"}), terminology.lookup,
-              "A concept's display (in the requested language), designations and properties",
-              ("GET", "POST"), ("CodeSystem",)),
-    # One entry serves CodeSystem and ValueSet: the router keys operations by name, so the
-    # CapabilityStatement names the ValueSet definition for both (CodeSystem-validate-code
-    # is what CodeSystem/$validate-code implements).
-    Operation("validate-code", "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code",
-              frozenset({"type", "instance"}), terminology.validate_code,
-              "Whether a code is in a value set or code system, with its display",
-              ("GET", "POST"), ("CodeSystem", "ValueSet")),
-    Operation("expand", "http://hl7.org/fhir/OperationDefinition/ValueSet-expand",
-              frozenset({"type", "instance"}), terminology.expand,
-              "The codes of a value set, filtered by text in any language and paged",
-              ("GET", "POST"), ("ValueSet",)),
+    *terminology.OPERATIONS,
 )
 
 #: Interactions that a caller may use without a token (SMART: the CapabilityStatement is public).

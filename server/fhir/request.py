@@ -39,6 +39,7 @@ class FhirRequest:
     principal: Principal = field(default_factory=Principal.anonymous)
     settings: Any = None
     _resource: Any = None
+    context: Any = None  # server.fhir.hooks.AppContext
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

@@ -23,7 +23,7 @@ from server.auth.tokens import InvalidToken, TokenService
 from server.fhir import codec
 from server.fhir.bundles import materialise
 from server.fhir.errors import FhirError, information, invalid
-from server.fhir.interactions import INTERACTIONS, OPERATIONS, PUBLIC, Interaction, Operation
+from server.fhir.interactions import INTERACTIONS, OPERATIONS, PUBLIC
 from server.fhir.request import (
     FHIR_JSON,
     FHIR_XML,
@@ -34,6 +34,7 @@ from server.fhir.request import (
 )
 from server.fhir.structures import structures
 from server.fhir.summary import transform_for
+from server.fhir.table import Interaction, Operation
 from server.fhir.values import valid_id
 from server.logs import AccessLog
 from server.metrics import Metrics
@@ -120,7 +121,9 @@ class Routes:
         self.table: dict[tuple[str, str], Interaction] = {}
         for i in INTERACTIONS:
             self.table[(i.method, i.path)] = i
-        self.operations = {op.name: op for op in OPERATIONS}
+        self.operations: dict[str, list[Operation]] = {}
+        for op in OPERATIONS:
+            self.operations.setdefault(op.name, []).append(op)
         self.types = frozenset(structures().resource_types)
 
     # -- routing --------------------------------------------------------------------------------
@@ -141,10 +144,10 @@ class Routes:
             raise FhirError(404, "not-supported",
                             f"resource type {compartment!r} is not supported")
         if "op" in v:
-            op = self.operations.get(v["op"])
             level = "system" if shape == "$" else ("type" if shape == "{type}/$" else "instance")
-            if op is None or level not in op.levels or (op.types is not None
-                                                        and type_ not in op.types):
+            op = next((o for o in self.operations.get(v["op"], []) if o.serves(level, type_)),
+                      None)
+            if op is None:
                 raise FhirError(404, "not-supported",
                                 f"operation ${v['op']} is not supported at {level} level"
                                 + (f" on {type_}" if type_ else ""))
@@ -172,8 +175,9 @@ class FhirRouter:
     """ASGI app for everything under the FHIR base (``/fhir``)."""
 
     def __init__(self, settings: Any, store: ResourceStore, tokens: TokenService | None,
-                 metrics: Metrics, prefix: str = "/fhir"):
+                 metrics: Metrics, prefix: str = "/fhir", context: Any = None):
         self.settings = settings
+        self.context = context
         self.store = store
         self.tokens = tokens if settings.auth else None
         self.metrics = metrics
@@ -214,7 +218,7 @@ class FhirRouter:
                 body = b""
             req = FhirRequest(method, name, route.type, route.id, route.vid, route.op,
                               route.compartment, params, headers, body, self._base(scope, headers),
-                              principal, self.settings)
+                              principal, self.settings, context=self.context)
             response = await route.handler(req, guarded(self.store, principal))
             status, out_headers, payload = self._render(req, response, fmt)
         except FhirError as exc:
@@ -257,8 +261,9 @@ class FhirRouter:
                 return b"".join(chunks)
 
     def _principal(self, headers: dict[str, str], route: Route) -> Principal:
-        if self.tokens is None or (route.interaction is not None
-                                   and route.interaction.name in PUBLIC):
+        if self.tokens is None or (route.interaction is not None and route.interaction.name
+                                   in PUBLIC) or (route.operation is not None
+                                                  and route.operation.public):
             return self.anonymous
         auth = headers.get("authorization")
         if not auth:

@@ -104,7 +104,8 @@ def _entry_request(req: FhirRequest, index: int, raw: Any) -> Entry:
         raise invalid(f"{where}: {method} needs a resource", expression=f"{where}.resource")
     entry_req = FhirRequest(method, route.name, route.type, route.id, route.vid, route.op,
                             route.compartment, parse_qsl(query, keep_blank_values=True), headers,
-                            body, req.base, req.principal, req.settings, _resource=resource)
+                            body, req.base, req.principal, req.settings, _resource=resource,
+                            context=req.context)
     full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
     return Entry(index, method, url, full_url, entry_req, route.name)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonpatch
 
-from server.fhir import codec
+from server.fhir import codec, hooks
 from server.fhir.errors import FhirError, conflict, gone, invalid, not_found, precondition_failed
 from server.fhir.prepare import check_type, prepare
 from server.fhir.request import JSON_PATCH, JSON_TYPES, XML_TYPES, FhirRequest, FhirResponse
@@ -60,8 +60,30 @@ def _single(tx: Transaction, query: SearchQuery, type_: str, what: str) -> Versi
     return matches[0] if matches else None
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who writes, in which application: what the write rules (server.fhir.hooks) need."""
+
+    context: Any  # AppContext, or None outside the app (then no rules run)
+    principal: Any
+
+    @classmethod
+    def of(cls, req: FhirRequest) -> Caller:
+        return cls(req.context, req.principal)
+
+
+NOBODY = Caller(None, None)
+
+
+def _store(tx: Transaction, caller: Caller, type_: str, id_: str, resource: dict[str, Any] | None,
+           indexes: IndexRows | None, method: str, current: Version | None) -> Version:
+    return hooks.store(tx, caller.context, caller.principal, type_, id_, resource, indexes,
+                       method, current)
+
+
 def write_checked(tx: Transaction, type_: str, id_: str, resource: dict[str, Any],
-                  indexes: IndexRows, method: str, if_match: int | None) -> tuple[Version, bool]:
+                  indexes: IndexRows, method: str, if_match: int | None,
+                  caller: Caller = NOBODY) -> tuple[Version, bool]:
     """Write a new version unless If-Match fails; (version, created). An unchanged resource
     makes no new version (the store returns the current one)."""
     current = tx.read(type_, id_)
@@ -72,7 +94,7 @@ def write_checked(tx: Transaction, type_: str, id_: str, resource: dict[str, Any
         raise precondition_failed(f"If-Match asks for version {if_match} of {type_}/{id_}, "
                                   f"but {have}")
     created = current is None or current.deleted
-    return tx.write(type_, id_, resource, indexes, method), created
+    return _store(tx, caller, type_, id_, resource, indexes, method, current), created
 
 
 # -- request bodies ------------------------------------------------------------------------------
@@ -108,6 +130,7 @@ class Create:
     indexes: IndexRows
     id: str = field(default_factory=new_id)
     query: SearchQuery | None = None  # If-None-Exist
+    caller: Caller = NOBODY
 
     def target(self, tx: Transaction) -> str:
         """The id this entry ends up with: an existing match, or the new id."""
@@ -122,7 +145,8 @@ class Create:
             match = _single(tx, self.query, self.type, "If-None-Exist")
             if match is not None:
                 return match, False
-        return tx.write(self.type, self.id, self.resource, self.indexes, "POST"), True
+        return _store(tx, self.caller, self.type, self.id, self.resource, self.indexes, "POST",
+                      None), True
 
     respond = staticmethod(_written)
 
@@ -136,7 +160,8 @@ def build_create(req: FhirRequest) -> Create:
     if condition is None and criteria:
         condition = criteria  # POST [type]?[criteria], as some clients send a conditional create
     query = parse_conditional(req.type, condition, "If-None-Exist", req.base) if condition else None
-    return Create(req.type, resource, prepare(resource, req.type), query=query)
+    return Create(req.type, resource, prepare(resource, req.type), query=query,
+                  caller=Caller.of(req))
 
 
 @dataclass
@@ -146,13 +171,14 @@ class Update:
     resource: dict[str, Any]
     indexes: IndexRows
     if_match: int | None = None
+    caller: Caller = NOBODY
 
     def target(self, tx: Transaction) -> str:
         return self.id
 
     def apply(self, tx: Transaction) -> tuple[Version, bool]:
         return write_checked(tx, self.type, self.id, self.resource, self.indexes, "PUT",
-                             self.if_match)
+                             self.if_match, self.caller)
 
     respond = staticmethod(_written)
 
@@ -170,7 +196,7 @@ def build_update(req: FhirRequest) -> Update:
         raise invalid(f"the id in the body ({body_id!r}) does not match the URL ({req.id!r})",
                       expression="id")
     return Update(req.type, req.id, resource, prepare(resource, req.type),
-                  parse_etag(req.header("if-match")))
+                  parse_etag(req.header("if-match")), Caller.of(req))
 
 
 @dataclass
@@ -183,6 +209,7 @@ class ConditionalUpdate:
     indexes: IndexRows
     if_match: int | None = None
     fresh_id: str = field(default_factory=new_id)
+    caller: Caller = NOBODY
 
     def target(self, tx: Transaction) -> str:
         match = _single(tx, self.query, self.type, "a conditional update")
@@ -203,10 +230,11 @@ class ConditionalUpdate:
     def apply(self, tx: Transaction) -> tuple[Version, bool]:
         id_ = self.target(tx)
         if id_ == self.fresh_id:
-            return tx.write(self.type, id_, self.resource, self.indexes, "POST"), True
+            return _store(tx, self.caller, self.type, id_, self.resource, self.indexes, "POST",
+                          None), True
         self.resource["id"] = id_
         return write_checked(tx, self.type, id_, self.resource, self.indexes, "PUT",
-                             self.if_match)
+                             self.if_match, self.caller)
 
     respond = staticmethod(_written)
 
@@ -218,7 +246,7 @@ def build_conditional_update(req: FhirRequest) -> ConditionalUpdate:
     if resource.get("id") is not None:
         check_id(resource["id"])
     return ConditionalUpdate(req.type, query, resource, prepare(resource, req.type),
-                             parse_etag(req.header("if-match")))
+                             parse_etag(req.header("if-match")), caller=Caller.of(req))
 
 
 # -- patch ---------------------------------------------------------------------------------------
@@ -276,6 +304,7 @@ class Patch:
     id: str | None = None
     query: SearchQuery | None = None
     if_match: int | None = None
+    caller: Caller = NOBODY
 
     def apply(self, tx: Transaction) -> tuple[Version, bool]:
         if self.query is not None:
@@ -301,7 +330,8 @@ class Patch:
             raise FhirError(422, "processing", "the patch must not change the resourceType")
         if patched.get("id") != id_:
             raise FhirError(422, "processing", "the patch must not change the id")
-        return tx.write(self.type, id_, patched, prepare(patched, self.type), "PATCH"), False
+        return _store(tx, self.caller, self.type, id_, patched, prepare(patched, self.type),
+                      "PATCH", current), False
 
     respond = staticmethod(_written)
 
@@ -313,8 +343,8 @@ def build_patch(req: FhirRequest, conditional: bool = False) -> Patch:
     if conditional:
         return Patch(req.type, doc, query=parse_conditional(req.type, req.params,
                                                             "the conditional patch", req.base),
-                     if_match=if_match)
-    return Patch(req.type, doc, id=req.id, if_match=if_match)
+                     if_match=if_match, caller=Caller.of(req))
+    return Patch(req.type, doc, id=req.id, if_match=if_match, caller=Caller.of(req))
 
 
 # -- delete --------------------------------------------------------------------------------------
@@ -327,6 +357,7 @@ class Delete:
     id: str | None = None
     query: SearchQuery | None = None
     if_match: int | None = None
+    caller: Caller = NOBODY
 
     def apply(self, tx: Transaction) -> Version | None:
         if self.query is not None:
@@ -334,16 +365,21 @@ class Delete:
             if len(matches) > 1:
                 raise precondition_failed(f"the criteria match {len(matches)} {self.type} "
                                           "resources; this server deletes only one at a time")
-            return tx.delete(self.type, matches[0].id) if matches else None
-        assert self.id is not None
-        current = tx.read(self.type, self.id)
+            if not matches:
+                return None
+            id_ = matches[0].id
+        else:
+            assert self.id is not None
+            id_ = self.id
+        current = tx.read(self.type, id_)
         if self.if_match is not None and (current is None or current.version != self.if_match):
             raise precondition_failed(f"If-Match asks for version {self.if_match} of "
-                                      f"{self.type}/{self.id}")
-        version = tx.delete(self.type, self.id)
-        if version is None:
-            raise not_found(self.type, self.id)
-        return version
+                                      f"{self.type}/{id_}")
+        if current is None:
+            raise not_found(self.type, id_)
+        if current.deleted:
+            return current  # deleting again changes nothing
+        return _store(tx, self.caller, self.type, id_, None, None, "DELETE", current)
 
     def respond(self, version: Version | None) -> FhirResponse:
         from server.fhir.errors import information
@@ -360,5 +396,7 @@ def build_delete(req: FhirRequest, conditional: bool = False) -> Delete:
     assert req.type
     if conditional:
         return Delete(req.type, query=parse_conditional(req.type, req.params,
-                                                         "the conditional delete", req.base))
-    return Delete(req.type, req.id, if_match=parse_etag(req.header("if-match")))
+                                                         "the conditional delete", req.base),
+                      caller=Caller.of(req))
+    return Delete(req.type, req.id, if_match=parse_etag(req.header("if-match")),
+                  caller=Caller.of(req))

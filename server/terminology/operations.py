@@ -21,6 +21,7 @@ from typing import Any
 
 from server.fhir.errors import FhirError, invalid
 from server.fhir.request import FhirRequest, FhirResponse
+from server.fhir.table import Operation
 from server.storage.base import ResourceStore
 from server.terminology.codesystem import CodeSystemIndex, Concept, Designation
 from server.terminology.expand import Entry, Expander, Expansion
@@ -510,3 +511,23 @@ def _label(cs: CodeSystemIndex) -> str:
 
 def _parameters(parameter: list[dict[str, Any]]) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": parameter}
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("lookup", "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup",
+              frozenset({"type", "instance"}), lookup,
+              "A concept's display (in the requested language), designations and properties",
+              ("GET", "POST"), ("CodeSystem",)),
+    Operation("validate-code", "http://hl7.org/fhir/OperationDefinition/CodeSystem-validate-code",
+              frozenset({"type", "instance"}), validate_code,
+              "Whether a code is in a code system, with its display", ("GET", "POST"),
+              ("CodeSystem",)),
+    Operation("validate-code", "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code",
+              frozenset({"type", "instance"}), validate_code,
+              "Whether a code is in a value set, with its display", ("GET", "POST"),
+              ("ValueSet",)),
+    Operation("expand", "http://hl7.org/fhir/OperationDefinition/ValueSet-expand",
+              frozenset({"type", "instance"}), expand,
+              "The codes of a value set, filtered by text in any language and paged",
+              ("GET", "POST"), ("ValueSet",)),
+)
