@@ -18,7 +18,7 @@ import orjson
 # A JSON number a float cannot reproduce: trailing zeros after the point, an exponent, or more
 # than 15 digits. Numbers follow ':', '[' or ',' (or start the text); text inside a string that happens to look like
 # this (rare) only sends the document down the slower, exact path.
-_LOSSY = re.compile(rb"(?:^|[:\[,])\s*-?(?:\d+\.\d*0\s*[,\]}]|\d+(?:\.\d+)?[eE]|(?:\d\.?){16,})")
+_LOSSY = re.compile(rb"(?:^|[:\[,])\s*-?(?:\d+\.\d*0\s*(?:[,\]}]|$)|\d+(?:\.\d+)?[eE]|(?:\d\.?){16,})")
 
 
 class JsonError(ValueError):
