@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
-from server import __version__
+from server import __version__, builtin, workflow
 from server.auth.keys import KeyStore
 from server.auth.tokens import TokenService
 from server.clock import Clock, SystemClock
@@ -54,8 +54,8 @@ def install_rules(context: AppContext) -> None:
         install(context.hooks)
 
 
-#: Each area's ``install(hooks)``; the telemedicine workflow adds its own.
-RULES: list[Any] = []
+#: Each area's ``install(hooks)``.
+RULES: list[Any] = [workflow.install]
 
 
 def warm_up() -> None:
@@ -87,6 +87,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> ConsiliumApp:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await builtin.install(store)
         yield
         fhir.access_log.flush()
         await store.close()

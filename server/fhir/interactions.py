@@ -8,6 +8,7 @@ path under the FHIR base with its variable parts named: ``{type}``, ``{id}``, ``
 
 from __future__ import annotations
 
+from server import workflow
 from server.fhir import handlers, operations, transaction
 from server.fhir.table import Interaction, Operation
 from server.search import handlers as search
@@ -68,6 +69,7 @@ OPERATIONS: tuple[Operation, ...] = (
               frozenset({"instance"}), operations.meta,
               "The profiles, tags and security labels of a resource", ("GET", "POST")),
     *terminology.OPERATIONS,
+    *workflow.operations(),
 )
 
 #: Interactions that a caller may use without a token (SMART: the CapabilityStatement is public).
