@@ -142,15 +142,19 @@ def test_period_open_ends() -> None:
     assert rows(both, "date", "date") == {(us(2024, 1, 1), us(2024, 2, 29, 23, 59, 59, 999999))}
 
 
-def test_timing_events_and_bounds() -> None:
+def test_timing_is_searched_by_its_outer_limits() -> None:
+    """search.html#date: for a Timing "only the outer limits matter": one range from the
+    earliest to the latest of its events and repeat bounds."""
     request = {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
                "subject": {"reference": "Patient/1"},
-               "occurrenceTiming": {"event": ["2024-05-01T08:00:00Z"],
+               "occurrenceTiming": {"event": ["2024-04-20T08:00:00Z", "2024-06-02T09:30:00Z"],
                                     "repeat": {"boundsPeriod": {"start": "2024-05-01",
                                                                 "end": "2024-05-31"}}}}
     assert rows(request, "date", "occurrence") == {
-        (us(2024, 5, 1, 8), us(2024, 5, 1, 8, 0, 0, 999999)),
-        (us(2024, 5, 1), us(2024, 5, 31, 23, 59, 59, 999999))}
+        (us(2024, 4, 20, 8), us(2024, 6, 2, 9, 30, 0, 999999))}
+    single = {**request, "occurrenceTiming": {"event": ["2024-05-01T08:00:00Z"]}}
+    assert rows(single, "date", "occurrence") == {
+        (us(2024, 5, 1, 8), us(2024, 5, 1, 8, 0, 0, 999999))}
 
 
 def test_date_parameter_ignores_string_values() -> None:

@@ -362,14 +362,18 @@ def _period(v: Any) -> list[Row]:
 
 
 def _timing(v: Any) -> list[Row]:
-    """Timing: each event, and the repeat's boundsPeriod."""
+    """Timing: one range, from the earliest to the latest of its events and repeat bounds
+    (search.html#date: "the specified scheduling details are ignored and only the outer limits
+    matter")."""
     if type(v) is not dict:
         return []
     rows = [r for e in v.get("event") or () for r in _date(e)]
     repeat = v.get("repeat")
     if type(repeat) is dict and repeat.get("boundsPeriod") is not None:
         rows.extend(_period(repeat["boundsPeriod"]))
-    return rows
+    if len(rows) <= 1:
+        return rows
+    return [(min(r[0] for r in rows), max(r[1] for r in rows))]
 
 
 DATE: dict[str, Tails] = {

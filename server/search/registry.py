@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -287,3 +288,52 @@ def build(raw: list[dict[str, Any]] | None = None) -> Registry:
 @functools.cache
 def registry() -> Registry:
     return build()
+
+
+_FILTERS = re.compile(r"\.where\(|\.resolve\(|\.extension\(|\.exists\(|\.first\(|\.empty\(|\.not\(")
+
+
+#: Element types a parameter of each kind indexes as exactly one row.
+_ONE_ROW = {"date": {"date", "dateTime", "instant", "Period", "Timing"}, "string": {"string"},
+            "number": {"decimal", "integer"}, "reference": {"Reference"}, "uri": {"uri"}}
+
+
+@functools.cache
+def one_row(resource_type: str, code: str) -> bool:
+    """Whether a resource of this type has at most one index row for the parameter: its
+    expression for the type is one path whose every element has max 1 and whose value is
+    indexed as one row (``Observation.effective``: a date, dateTime, instant, Period or Timing,
+    which is searched by its outer limits). Then conditions repeated with AND hold for the same row, and a sort needs no
+    min/max over rows. Conservative: anything it cannot tell is "no"."""
+    param = registry().get(resource_type, code)
+    if param is None:
+        return False
+    if param.column is not None:
+        return True
+    allowed = _ONE_ROW.get(param.type)
+    if allowed is None or not param.expression:
+        return False
+    parts = [p.strip() for p in param.expression.split("|")]
+    mine = [p for p in parts if p.lstrip("(").startswith(resource_type + ".")]
+    if len(mine) != 1 or _FILTERS.search(mine[0]):
+        return False
+    path = re.sub(r"\s+as\s+\w+\)?$|\.as\(\w+\)$|\.ofType\(\w+\)$", "", mine[0].lstrip("("))
+    names = path.split(".")[1:]
+    elements = structures().types[resource_type].elements
+    types: set[str] = set()
+    for name in names:
+        el = elements.get(name) or elements.get(name + "[x]")
+        if el is None:
+            return False
+        if el.choices:
+            types = {t for choice in el.choices for t in elements[choice].types}
+            el = elements[el.choices[0]]
+        else:
+            types = set(el.types)
+        if el.max != 1:
+            return False
+        elements = structures().children(el)
+    as_type = re.search(r"\s+as\s+(\w+)\)?$|\.as\((\w+)\)$|\.ofType\((\w+)\)$", mine[0])
+    if as_type:
+        types = {next(g for g in as_type.groups() if g)}
+    return bool(names) and bool(types) and types <= allowed

@@ -13,7 +13,9 @@ import hashlib
 import sqlite3
 from typing import Any
 
-SCHEMA_VERSION = 1
+from server.search.plan import NEG_INF, POS_INF
+
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource (
@@ -65,6 +67,10 @@ CREATE TABLE IF NOT EXISTS idx_date (
 CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date (rid);
 CREATE INDEX IF NOT EXISTS idx_date_hi ON idx_date (pid, hi);
 
+-- The widest finite range (hi - lo) of each date parameter's rows: a row with hi >= X has
+-- lo >= X - span, which turns "after X" into a bounded range of the (pid, lo) key.
+CREATE TABLE IF NOT EXISTS date_span (pid INTEGER PRIMARY KEY, span INTEGER NOT NULL);
+
 CREATE TABLE IF NOT EXISTS idx_number (
     pid INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (pid, lo, hi, rid)) WITHOUT ROWID;
@@ -110,6 +116,9 @@ def migrate(conn: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError(
             f"database schema {current} is newer than this server understands ({SCHEMA_VERSION})")
     conn.executescript(_SCHEMA)
+    if current == 1:  # date_span is new in 2: compute it from the rows already there
+        conn.execute("INSERT OR REPLACE INTO date_span SELECT pid, max(hi - lo) FROM idx_date "
+                     "WHERE lo > ? AND hi < ? GROUP BY pid", (NEG_INF, POS_INF))
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -143,3 +152,10 @@ def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[tuple[Any, 
     for kind, table_rows in rows.items():
         if table_rows:
             conn.executemany(_INSERT[kind], table_rows)
+    spans: dict[int, int] = {}
+    for pid, lo, hi, _ in rows.get("date", ()):
+        if lo > NEG_INF and hi < POS_INF and hi - lo > spans.get(pid, -1):
+            spans[pid] = hi - lo
+    if spans:
+        conn.executemany("INSERT INTO date_span (pid, span) VALUES (?, ?) ON CONFLICT (pid) "
+                         "DO UPDATE SET span = max(span, excluded.span)", spans.items())

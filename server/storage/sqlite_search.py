@@ -11,12 +11,15 @@ import base64
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from server.search import index
 from server.search.plan import (
+    NEG_INF,
+    POS_INF,
     AnyOf,
     Chain,
     Clause,
@@ -37,10 +40,20 @@ from server.storage.base import SearchPage, Version
 from server.storage.sqlite_schema import INDEX_TABLES, param_id
 
 _TOP = "\U0010ffff"
+
+
+@dataclass(frozen=True, slots=True)
+class Ranges:
+    """Conditions repeated with AND on a date parameter that has one row per resource: they must
+    hold for that row, so they are answered together by one bounded range of the index."""
+
+    type: str
+    code: str
+    values: tuple[RangeValue, ...]
 #: Clause kinds answered from the resource table's own columns rather than an index table.
 _COLUMNS = ("id", "lastUpdated")
 #: A total is computed by default when the matches are at most this many.
-AUTO_TOTAL_LIMIT = 10_000
+AUTO_TOTAL_LIMIT = 1000
 _MAX_INCLUDED = 1000
 _ITERATE_ROUNDS = 4
 
@@ -73,7 +86,43 @@ class Compiler:
 
     # -- clauses --------------------------------------------------------------------------------
 
-    def clause(self, c: Clause, res: str) -> str:
+    def rids(self, c: Clause | Ranges) -> str | None:
+        """``SELECT rid …`` of the resources a clause selects, for the clauses that can give
+        such a list from an index (and so drive a search); None for the others."""
+        if isinstance(c, Ranges):
+            pid = int(param_id(c.type, c.code))
+            return " UNION ".join(self.date_terms(pid, list(c.values)))
+        if isinstance(c, Match) and c.kind != "lastUpdated":
+            return self.match_rids(c)
+        if isinstance(c, Chain):
+            return self.chain_rids(c)
+        if isinstance(c, Has):
+            return self.has_rids(c)
+        if isinstance(c, AnyOf) and all(isinstance(x, Match) and x.kind not in _COLUMNS
+                                        for x in c.clauses):
+            return self.any_of_rids(c)
+        return None
+
+    def probe(self, c: Clause | Ranges, res: str) -> str:
+        """``c`` as a test of one resource, looked up through the rid index of its table: what
+        a search checks for the few resources its driving clause found."""
+        if isinstance(c, Ranges):
+            cond = " AND ".join(self.range(v, "x.lo", "x.hi", "date") for v in c.values)
+            return (f"EXISTS (SELECT 1 FROM idx_date x WHERE x.rid = {res}.rid AND +x.pid = "
+                    f"{int(param_id(c.type, c.code))} AND {cond})")
+        if isinstance(c, Match) and c.kind not in _COLUMNS:
+            table = INDEX_TABLES[c.kind][0]
+            terms = []
+            for v in c.values:
+                cond = self.value(c, v)
+                terms += cond if isinstance(cond, list) else [cond]
+            return (f"EXISTS (SELECT 1 FROM {table} WHERE rid = {res}.rid AND +pid = "
+                    f"{int(param_id(c.type, c.code))} AND ({' OR '.join(terms)}))")
+        return self.clause(c, res)
+
+    def clause(self, c: Clause | Ranges, res: str) -> str:
+        if isinstance(c, Ranges):
+            return f"{res}.rid IN ({self.rids(c)})"
         if isinstance(c, Match):
             return self.match(c, res)
         if isinstance(c, Not):
@@ -123,17 +172,23 @@ class Compiler:
 
     def match(self, m: Match, res: str, same: list[Match] | None = None) -> str:
         """``m``, or any of ``same`` (matches that differ from ``m`` only in type and code)."""
-        if m.kind == "id":  # a list of rids too, so that it can drive like the index lists
-            type_ = self.arg(m.type)
-            ids = [v.code for v in m.values if isinstance(v, TokenValue)]
-            return (f"{res}.rid IN (SELECT rid FROM resource WHERE type = {type_} AND id IN "
-                    f"({', '.join(self.arg(i) for i in ids)}))")
         if m.kind == "lastUpdated":
             conds = [self.range(v, f"{res}.updated", f"{res}.updated", "date")
                      for v in m.values if isinstance(v, RangeValue)]
             return "(" + " OR ".join(conds) + ")"
+        return f"{res}.rid IN ({self.match_rids(m, same)})"
+
+    def match_rids(self, m: Match, same: list[Match] | None = None) -> str:
+        if m.kind == "id":
+            type_ = self.arg(m.type)
+            ids = [v.code for v in m.values if isinstance(v, TokenValue)]
+            return (f"SELECT rid FROM resource WHERE type = {type_} AND id IN "
+                    f"({', '.join(self.arg(i) for i in ids)})")
         table = INDEX_TABLES[m.kind][0]
         pids = list(dict.fromkeys(param_id(x.type, x.code) for x in same or [m]))
+        if m.kind == "date" and len(pids) == 1:
+            terms = [t for v in m.values for t in self.date_terms(int(pids[0]), [v])]
+            return " UNION ".join(terms)
         # Parameter ids are our own integers, written inline. Alternatives (OR) become a UNION
         # of lookups: SQLite cannot split an OR over a WITHOUT ROWID table's primary key, and
         # would read every row of the parameter instead.
@@ -144,7 +199,49 @@ class Compiler:
             cond = self.value(m, v)
             terms += [f"SELECT rid FROM {table} WHERE {pid} AND {c}"
                       for c in (cond if isinstance(cond, list) else [cond])]
-        return f"{res}.rid IN ({' UNION '.join(terms)})"
+        return " UNION ".join(terms)
+
+    def date_terms(self, pid: int, values: list[RangeValue]) -> list[str]:
+        """``SELECT rid`` terms (to be UNIONed) for date rows meeting every condition of
+        ``values``. A condition that only bounds ``hi`` from below ("on or after X") bounds
+        ``lo`` too, for rows with both ends (lo >= X - the widest such row's span): a bounded
+        range of the (pid, lo) key instead of the rest of the table. Rows open at either end
+        are looked up on their own."""
+        lower = upper = via_hi = None
+        for v in values:
+            gap = _ap_gap(v) if v.prefix == "ap" else 0
+            low_lo = {"eq": v.lo, "sa": v.hi + 1}.get(v.prefix)
+            low_hi = {"ge": v.lo, "gt": v.hi + 1, "ap": v.lo - gap}.get(v.prefix)
+            high_lo = {"lt": v.lo - 1, "le": v.hi, "eq": v.hi, "eb": v.lo - 1,
+                       "ap": v.hi + gap}.get(v.prefix)
+            if low_lo is not None:
+                lower = low_lo if lower is None else max(lower, low_lo)
+            if low_hi is not None:
+                via_hi = low_hi if via_hi is None else max(via_hi, low_hi)
+            if high_lo is not None:
+                upper = high_lo if upper is None else min(upper, high_lo)
+        head = f"SELECT rid FROM idx_date WHERE pid = {pid}"
+
+        def conds(lo: str = "lo", hi: str = "hi") -> str:
+            # Called where its placeholders go: arguments are positional.
+            return " AND ".join(self.range(v, lo, hi, "date") for v in values)
+
+        if via_hi is None or (lower is not None and lower >= via_hi):
+            bounds = ""
+            if lower is not None:
+                bounds += f" AND lo >= {self.arg(lower)}"
+            if upper is not None:
+                bounds += f" AND lo <= {self.arg(upper)}"
+            return [f"{head}{bounds} AND {conds()}"]
+        bounded = (f"{head} AND lo >= {self.arg(via_hi)} - coalesce((SELECT span FROM date_span "
+                   f"WHERE pid = {pid}), 0)")
+        if upper is not None:
+            bounded += f" AND lo <= {self.arg(upper)}"
+        bounded += f" AND {conds()}"
+        # "+hi", "+lo": the equality on the open end is what to look up, not the conditions.
+        open_end = f"{head} AND hi = {POS_INF} AND {conds(hi='+hi')}"
+        open_start = f"{head} AND lo = {NEG_INF} AND {conds(lo='+lo')}"
+        return [bounded, open_end, open_start]
 
     def value(self, m: Match, v: Any) -> str | list[str]:
         """The condition on an index row for one value (a list: alternatives)."""
@@ -229,9 +326,7 @@ class Compiler:
                 return f"{lo} > {a(v.hi)}"
             if p == "eb":
                 return f"{hi} < {a(v.lo)}"
-            # ap: overlap after widening by 10% of the distance from now (at least a day)
-            now = time.time() * 1_000_000
-            gap = max(abs(now - (v.lo + v.hi) / 2) * 0.1, 86_400_000_000)
+            gap = _ap_gap(v)
             return f"({lo} <= {a(v.hi + gap)} AND {hi} >= {a(v.lo - gap)})"
         x = f"(({lo} + {hi}) / 2.0)"
         value = (v.lo + v.hi) / 2
@@ -253,18 +348,24 @@ class Compiler:
                 f"{x} <= {a(value + gap)})")
 
     def chain(self, c: Chain, res: str) -> str:
+        return f"{res}.rid IN ({self.chain_rids(c)})"
+
+    def chain_rids(self, c: Chain) -> str:
         t = self.alias()
         pid = self.arg(param_id(c.type, c.code))
         ttype = self.arg(c.target_type)
         ttype2 = self.arg(c.target_type)
         inner = self.clause(c.inner, t)
         local = self.local("ref")
-        return (f"{res}.rid IN (SELECT ref.rid FROM idx_reference ref WHERE ref.pid = {pid} "
+        return (f"SELECT ref.rid FROM idx_reference ref WHERE ref.pid = {pid} "
                 f"AND ref.target_type = {ttype} AND ref.target_id IN (SELECT {t}.id FROM "
                 f"resource {t} WHERE +{t}.type = {ttype2} AND {t}.deleted = 0 AND {inner}) "
-                f"AND {local})")
+                f"AND {local}")
 
     def has(self, c: Has, res: str) -> str:
+        return f"{res}.rid IN ({self.has_rids(c)})"
+
+    def has_rids(self, c: Has) -> str:
         t = self.alias()
         # As a list of rids (the targets looked up by type and id), so that it can drive.
         owner = self.arg(c.type)
@@ -273,10 +374,17 @@ class Compiler:
         local = self.local("ref")
         stype = self.arg(c.source_type)
         inner = self.clause(c.inner, t)
-        return (f"{res}.rid IN (SELECT o.rid FROM resource o WHERE o.type = {owner} AND o.id IN "
+        return (f"SELECT o.rid FROM resource o WHERE o.type = {owner} AND o.id IN "
                 f"(SELECT ref.target_id FROM idx_reference ref JOIN resource {t} "
                 f"ON {t}.rid = ref.rid WHERE ref.pid = {pid} AND ref.target_type = {ttype} "
-                f"AND {local} AND +{t}.type = {stype} AND {t}.deleted = 0 AND {inner}))")
+                f"AND {local} AND +{t}.type = {stype} AND {t}.deleted = 0 AND {inner})")
+
+    def any_of_rids(self, c: AnyOf) -> str:
+        groups: dict[tuple[Any, ...], list[Match]] = {}
+        for x in c.clauses:
+            assert isinstance(x, Match)
+            groups.setdefault((x.kind, x.values, x.modifier), []).append(x)
+        return " UNION ".join(self.match_rids(group[0], group) for group in groups.values())
 
     # -- sorting --------------------------------------------------------------------------------
 
@@ -297,6 +405,12 @@ class Compiler:
         pid_cond = (f"+pid = {self.arg(pids[0])}" if len(pids) == 1 else
                     f"+pid IN ({', '.join(self.arg(p) for p in pids)})")
         return f"(SELECT {agg}({column}) FROM {table} WHERE rid = {res}.rid AND {pid_cond})"
+
+
+def _ap_gap(v: RangeValue) -> float:
+    """How far ``ap`` widens a date: 10% of its distance from now, at least a day."""
+    now = time.time() * 1_000_000
+    return max(abs(now - (v.lo + v.hi) / 2) * 0.1, 86_400_000_000)
 
 
 def _uri_prefixes(uri: str) -> list[str]:
@@ -328,52 +442,140 @@ def _decode_cursor(cursor: str, n: int) -> list[Any]:
     return values
 
 
-def _after(keys: list[tuple[str, bool]], values: list[Any], c: Compiler) -> str:
+def _after(keys: list[tuple[str, bool]], values: list[Any], c: Compiler,
+           nulls_last: bool = True) -> str:
     """Rows strictly after ``values`` in the order ``keys`` ((expression, descending) pairs; the
-    last key is the unique rid). SQLite sorts NULL first ascending and last descending."""
+    last key is the unique rid). Resources without a value for a sort key come after the others
+    (NULLS LAST), or before them when paging backwards (``nulls_last`` False)."""
     ors = []
     for i, (expr, desc) in enumerate(keys):
         eqs = [f"{e} IS {c.arg(v)}" for (e, _), v in zip(keys[:i], values[:i], strict=True)]
         v = values[i]
+        last = i < len(keys) - 1 and nulls_last
         if v is None:
-            step = "0" if desc else f"{expr} IS NOT NULL"
-        elif desc:
-            step = f"({expr} < {c.arg(v)} OR {expr} IS NULL)"
+            step = "0" if last else f"{expr} IS NOT NULL"
         else:
-            step = f"{expr} > {c.arg(v)}"
+            step = f"{expr} {'<' if desc else '>'} {c.arg(v)}"
+            if last:
+                step = f"({step} OR {expr} IS NULL)"
         ors.append("(" + " AND ".join([*eqs, step]) + ")")
     return "(" + " OR ".join(ors) + ")"
 
 
-# -- running --------------------------------------------------------------------------------------
+# -- planning -------------------------------------------------------------------------------------
 
-def _driven_by_index(query: SearchQuery) -> bool:
-    """Whether a clause gives a list of rids from an index table (``rid IN (SELECT rid FROM
-    idx_…)``). SQLite keeps no statistics here, so with ``type = ?`` indexable it would rather
-    walk every resource of the type and probe that list for each; the unary ``+`` in front of
-    ``type`` makes it read the list and look each resource up by rid instead."""
-    return any(_driven(c) for c in query.clauses)
-
-
-def _driven(c: Clause) -> bool:
-    if isinstance(c, AnyOf):
-        return all(_driven(x) for x in c.clauses)
-    return isinstance(c, Chain | Has) or (isinstance(c, Match) and c.kind != "lastUpdated")
+#: Index rows read at most to estimate how many resources a clause selects.
+ESTIMATE_CAP = 2000
+#: With a sort, when even the most selective clause selects at least this many resources, the
+#: page is read in the sort key's index order instead of sorting every match.
+SORT_DRIVE_MIN = 1000
+_SORT_COLUMNS = {"string": "value", "number": "lo", "uri": "uri"}
 
 
-def _where(query: SearchQuery, c: Compiler, res: str = "r") -> str:
+@dataclass
+class _Plan:
+    """How a page is read. ``driver``: the clause whose index list starts the search (the others
+    are checked per resource); ``stream``: read the driver's index in rid order and stop at the
+    page's end; ``by_sort``: read the sort parameter's index in order and check every clause."""
+
+    clauses: list[Any]
+    driver: int | None = None
+    stream: bool = False
+    by_sort: bool = False
+    estimate: int | None = None  # of the driver, up to ESTIMATE_CAP
+
+
+def _clauses(query: SearchQuery) -> list[Any]:
+    """The query's clauses, conditions repeated with AND on a one-row date parameter merged."""
+    from server.search.registry import one_row
+
+    out: list[Any] = []
+    dates: dict[tuple[str, str], list[Match]] = {}
+    for c in query.clauses:
+        if isinstance(c, Match) and c.kind == "date" and len(c.values) == 1 \
+                and len(query.types) == 1 and one_row(c.type, c.code):
+            dates.setdefault((c.type, c.code), []).append(c)
+        else:
+            out.append(c)
+    for (type_, code), matches in dates.items():
+        out.append(matches[0] if len(matches) == 1 else Ranges(
+            type_, code, tuple(m.values[0] for m in matches if isinstance(m.values[0],
+                                                                           RangeValue))))
+    return out
+
+
+def _sort_table(query: SearchQuery) -> tuple[str, str] | None:
+    """(index table, column) when the search can be read in the order of its one sort key."""
+    from server.search.registry import one_row
+
+    if len(query.types) != 1 or len(query.sort) != 1:
+        return None
+    key = query.sort[0]
+    if key.kind not in ("date", *_SORT_COLUMNS) or not one_row(query.types[0], key.code):
+        return None
+    column = ("hi" if key.descending else "lo") if key.kind == "date" else _SORT_COLUMNS[key.kind]
+    return INDEX_TABLES[key.kind][0], column
+
+
+def _streamable(c: Any) -> bool:
+    """Whether the clause's index rows come in rid order (the key's other columns all fixed)."""
+    return isinstance(c, Match) and c.kind == "token" and len(c.values) == 1 \
+        and isinstance(c.values[0], TokenValue) and c.values[0].code is not None \
+        and c.values[0].system is not None
+
+
+def _plan(conn: sqlite3.Connection | None, query: SearchQuery) -> _Plan:
+    clauses = _clauses(query)
+    if len(query.types) != 1:
+        return _Plan(clauses)
+    estimates = []
+    for i, c in enumerate(clauses):
+        comp = Compiler(query.base)
+        sql = comp.rids(c)
+        if sql is None:
+            continue
+        if conn is None:  # no data to estimate with: the first clause that can drive
+            return _Plan(clauses, i)
+        n = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT {ESTIMATE_CAP})",
+                         comp.args).fetchone()[0]
+        estimates.append((n, i))
+    best = min(estimates) if estimates else None
+    if conn is not None and _sort_table(query) is not None \
+            and (best is None or best[0] >= SORT_DRIVE_MIN):
+        return _Plan(clauses, by_sort=True, estimate=best[0] if best else None)
+    if best is None:
+        return _Plan(clauses)
+    stream = not query.sort and best[0] >= ESTIMATE_CAP and _streamable(clauses[best[1]])
+    return _Plan(clauses, best[1], stream, estimate=best[0])
+
+
+def _where(query: SearchQuery, c: Compiler, res: str = "r", plan: _Plan | None = None) -> str:
+    """The conditions of a search on resource ``res``: its types, not deleted, and the clauses
+    (the plan's driver as an index list, the others as checks of each resource)."""
+    plan = plan or _Plan(_clauses(query))
     types = query.types
-    col = f"+{res}.type" if _driven_by_index(query) else f"{res}.type"
+    # "+type": with an index list to start from, SQLite (which keeps no statistics here) must
+    # not walk every resource of the type instead.
+    driven = plan.driver is not None or plan.by_sort or len(types) > 1 and any(
+        Compiler().rids(cl) is not None for cl in plan.clauses)
+    col = f"+{res}.type" if driven else f"{res}.type"
     conds = [f"{col} = {c.arg(types[0])}" if len(types) == 1 else
              f"{col} IN ({', '.join(c.arg(t) for t in types)})", f"{res}.deleted = 0"]
-    # Over several types, a clause from one type's parameter holds for that type only.
-    conds += [c.clause(cl, res) if len(types) == 1 else c.typed(cl, res)
-              for cl in query.clauses]
+    for i, cl in enumerate(plan.clauses):
+        if plan.stream and i == plan.driver:
+            continue
+        if len(types) > 1:  # a clause from one type's parameter holds for that type only
+            conds.append(c.typed(cl, res))
+        elif i == plan.driver or plan.driver is None and not plan.by_sort:
+            conds.append(c.clause(cl, res))
+        else:
+            conds.append(c.probe(cl, res))
     return " AND ".join(conds)
 
 
 _SELECT = ("SELECT r.rid, r.type, r.id, r.version, r.updated, v.body{extra} FROM resource r "
            "JOIN version v ON v.seq = r.seq")
+_COLS = "r.rid, r.type, r.id, r.version, r.updated, v.body"
 
 
 def _version(row: Any) -> Version:
@@ -384,22 +586,28 @@ def run_in_transaction(conn: sqlite3.Connection, query: SearchQuery,
                        limit: int | None = None) -> list[Version]:
     """Matches of a (conditional) search, seen by the writer inside its transaction."""
     c = Compiler(query.base)
-    sql = _SELECT.format(extra="") + " WHERE " + _where(query, c) + " ORDER BY r.rid"
+    sql = _SELECT.format(extra="") + " WHERE " + _where(query, c, plan=_plan(conn, query)) \
+        + " ORDER BY r.rid"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     return [_version(row) for row in conn.execute(sql, c.args)]
 
 
 def page_sql(query: SearchQuery, cursor: list[Any] | None = None,
-             snapshot: int | None = None) -> tuple[str, list[Any]]:
+             snapshot: int | None = None, conn: sqlite3.Connection | None = None,
+             plan: _Plan | None = None) -> tuple[str, list[Any]]:
     """SQL and arguments of one page: the matches in order after the decoded ``cursor`` (or
     before it, for a ``p`` cursor), one more row than the page holds. Each row is ``rid, type,
     id, version, updated, body`` and then the sort keys. With a ``snapshot``, resources changed
-    after it are left out (see :func:`run_search`)."""
+    after it are left out (see :func:`run_search`). Without ``conn`` (no estimates), the first
+    clause that can drive does."""
+    plan = plan or _plan(conn, query)
+    if plan.stream:
+        return _stream_sql(query, plan, cursor, snapshot)
     sorter = Compiler(query.base)
     keys = [(sorter.sort_expr(k, query.types, "r"), k.descending) for k in query.sort]
     c = Compiler(query.base)
-    where = _where(query, c)
+    where = _where(query, c, plan=_Plan(plan.clauses, plan.driver))
     if snapshot is not None:
         where += f" AND r.updated <= {c.arg(snapshot)}"
     sort_cols = "".join(f", {e} AS s{i}" for i, (e, _) in enumerate(keys))
@@ -410,10 +618,70 @@ def page_sql(query: SearchQuery, cursor: list[Any] | None = None,
     direction = [(e, (not d) if backwards else d) for e, d in outer_keys]
     if cursor is not None:
         after = Compiler()
-        sql += " WHERE " + _after(direction, cursor[2:], after)
+        sql += " WHERE " + _after(direction, cursor[2:], after, nulls_last=not backwards)
         args += after.args
-    sql += " ORDER BY " + ", ".join(f"{e} {'DESC' if d else 'ASC'}" for e, d in direction)
+    nulls = "FIRST" if backwards else "LAST"
+    sql += " ORDER BY " + ", ".join(
+        f"{e} {'DESC' if d else 'ASC'}" + (f" NULLS {nulls}" if e != "rid" else "")
+        for e, d in direction)
     return sql + f" LIMIT {int(query.count) + 1}", args
+
+
+def _stream_sql(query: SearchQuery, plan: _Plan, cursor: list[Any] | None,
+                snapshot: int | None) -> tuple[str, list[Any]]:
+    """The page read straight off the driving clause's index, in rid order."""
+    driver = plan.clauses[plan.driver]  # type: ignore[index]
+    c = Compiler(query.base)
+    table = INDEX_TABLES[driver.kind][0]
+    cond = c.value(driver, driver.values[0])
+    sql = (f"SELECT {_COLS} FROM {table} d CROSS JOIN resource r ON r.rid = d.rid JOIN version "
+           f"v ON v.seq = r.seq WHERE d.pid = {int(param_id(driver.type, driver.code))} AND "
+           f"{cond} AND {_where(query, c, plan=plan)}")
+    if snapshot is not None:
+        sql += f" AND r.updated <= {c.arg(snapshot)}"
+    backwards = cursor is not None and cursor[0] == "p"
+    if cursor is not None:
+        sql += f" AND d.rid {'<' if backwards else '>'} {c.arg(cursor[-1])}"
+    sql += f" ORDER BY d.rid {'DESC' if backwards else 'ASC'} LIMIT {int(query.count) + 1}"
+    return sql, c.args
+
+
+def _by_sort(conn: sqlite3.Connection, query: SearchQuery, plan: _Plan,
+             cursor: list[Any] | None, snapshot: int | None) -> list[Any]:
+    """A page read in the order of the sort parameter's index, every clause checked per
+    resource; then, past the last value, the resources that have none (in rid order). The
+    order is exactly the general one (value, then rid; no value last), so pages of either kind
+    follow each other."""
+    table, column = _sort_table(query)  # type: ignore[misc]
+    key = query.sort[0]
+    pid = int(param_id(query.types[0], key.code))
+    want = int(query.count) + 1
+    rows: list[Any] = []
+    if cursor is None or cursor[2] is not None:
+        c = Compiler(query.base)
+        sql = (f"SELECT {_COLS}, d.{column} FROM {table} d CROSS JOIN resource r ON r.rid = "
+               f"d.rid JOIN version v ON v.seq = r.seq WHERE d.pid = {pid} AND "
+               f"{_where(query, c, plan=plan)}")
+        if snapshot is not None:
+            sql += f" AND r.updated <= {c.arg(snapshot)}"
+        if cursor is not None:
+            sql += " AND " + _after([(f"d.{column}", key.descending), ("r.rid", False)],
+                                    cursor[2:], c, nulls_last=False)
+        sql += (f" ORDER BY d.{column} {'DESC' if key.descending else 'ASC'}, r.rid ASC "
+                f"LIMIT {want}")
+        rows = conn.execute(sql, c.args).fetchall()
+    if len(rows) < want:
+        c = Compiler(query.base)
+        sql = (f"SELECT {_COLS}, NULL FROM resource r JOIN version v ON v.seq = r.seq WHERE "
+               f"NOT EXISTS (SELECT 1 FROM {table} x WHERE x.rid = r.rid AND +x.pid = {pid}) "
+               f"AND {_where(query, c, plan=plan)}")
+        if snapshot is not None:
+            sql += f" AND r.updated <= {c.arg(snapshot)}"
+        if cursor is not None and cursor[2] is None:
+            sql += f" AND r.rid > {c.arg(cursor[-1])}"
+        sql += f" ORDER BY r.rid LIMIT {want - len(rows)}"
+        rows += conn.execute(sql, c.args).fetchall()
+    return rows
 
 
 def run_search(conn: sqlite3.Connection, query: SearchQuery) -> SearchPage:
@@ -421,13 +689,18 @@ def run_search(conn: sqlite3.Connection, query: SearchQuery) -> SearchPage:
     to the page, so a page never repeats or skips a resource that stays unchanged, however
     others are created, updated or deleted meanwhile. Sort keys other than ``_id`` can change
     when a resource is updated (which could move it onto a later page again): such searches
-    also remember when their first page was read and leave out what changed after that."""
-    c = Compiler(query.base)
-    where = _where(query, c)
+    also remember when their first page was read and leave out what changed after that.
+
+    How the page is read is planned from the data (:func:`_plan`): the most selective clause
+    drives, or the sort key's index when nothing is selective."""
+    plan = _plan(conn, query)
     total = None
     if query.total != "none" or query.summary_count:
         cap = None if query.total == "accurate" or query.summary_count else AUTO_TOTAL_LIMIT
-        total = _count(conn, where, c.args, cap)
+        if cap is None or plan.estimate is None or plan.estimate <= cap:
+            c = Compiler(query.base)
+            counted = _Plan(plan.clauses, plan.driver)
+            total = _count(conn, _where(query, c, plan=counted), c.args, cap)
     if query.summary_count or query.count == 0:
         return SearchPage([], [], total)
     cursor = _decode_cursor(query.cursor, len(query.sort)) if query.cursor else None
@@ -437,11 +710,18 @@ def run_search(conn: sqlite3.Connection, query: SearchQuery) -> SearchPage:
         snapshot = conn.execute("SELECT max(updated) FROM version").fetchone()[0] or 0
     else:
         snapshot = None
-    sql, args = page_sql(query, cursor, snapshot if cursor is not None else None)
-    rows = conn.execute(sql, args).fetchall()
+    backwards = cursor is not None and cursor[0] == "p"
+    if plan.by_sort and not backwards:
+        rows = _by_sort(conn, query, plan, cursor, snapshot if cursor is not None else None)
+    else:
+        if plan.by_sort:  # backwards: the general reading, same order
+            plan = _Plan(plan.clauses, next((i for i, cl in enumerate(plan.clauses)
+                                             if Compiler().rids(cl) is not None), None))
+        sql, args = page_sql(query, cursor, snapshot if cursor is not None else None,
+                             plan=plan)
+        rows = conn.execute(sql, args).fetchall()
     more = len(rows) > query.count
     rows = rows[: query.count]
-    backwards = cursor is not None and cursor[0] == "p"
     if backwards:
         rows.reverse()
     n = len(query.sort)
