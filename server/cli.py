@@ -54,9 +54,11 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--port", "--http-port", dest="http_port", type=int,
                    help="HTTP port (default 8080; 0 disables HTTP; env CONSILIUM_HTTP_PORT)")
     p.add_argument("--dicom-port", type=int,
-                   help="DICOM DIMSE port (default 11112; 0 disables; env CONSILIUM_DICOM_PORT)")
+                   help="DICOM DIMSE port (default 11112; 0 disables; env CONSILIUM_DICOM_PORT). "
+                        "The DICOM face is not part of this build yet.")
     p.add_argument("--mllp-port", type=int,
-                   help="HL7 v2 MLLP port (default 2575; 0 disables; env CONSILIUM_MLLP_PORT)")
+                   help="HL7 v2 MLLP port (default 2575; 0 disables; env CONSILIUM_MLLP_PORT). "
+                        "The HL7 v2 face is not part of this build yet.")
     p.add_argument("--workers", type=int,
                    help="HTTP worker processes (default: the number of CPUs; "
                         "env CONSILIUM_WORKERS)")
@@ -154,6 +156,9 @@ def _token_parser(sub: Any) -> None:
                         "e.g. 'system/*.read', 'user/Patient.rs')")
     p.add_argument("--subject", default="admin", help="who the token is for (default admin)")
     p.add_argument("--lifetime", type=int, help="seconds until it expires (default 3600)")
+    p.add_argument("--fhir-user", metavar="REF",
+                   help="the user the token acts for, e.g. PractitionerRole/dr-li (the "
+                        "workflow rules use it to tell who accepts, signs, cancels …)")
     p.set_defaults(func=cmd_token)
 
 
@@ -171,7 +176,9 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     tokens = TokenService(KeyStore(settings.keys_dir))
-    print(tokens.issue(args.subject, args.scope, args.lifetime or settings.token_lifetime))
+    extra = {"fhirUser": args.fhir_user} if args.fhir_user else {}
+    print(tokens.issue(args.subject, args.scope, args.lifetime or settings.token_lifetime,
+                       **extra))
     return 0
 
 

@@ -71,6 +71,7 @@ EXT_APPROVED_BY_REGION = sd("pool-approved-by")  # PractitionerRole: valueRefere
 EXT_MALPRACTICE = sd("malpractice")  # Practitioner (0..*): complex: grade (valueInteger 1-4),
 #                                      date (valueDate)
 EXT_PREPAID_BALANCE = sd("prepaid-balance")  # Account: valueMoney
+EXT_REPLACES = sd("replaces")  # DiagnosticReport: valueReference(DiagnosticReport) it corrects
 
 # -- profiles (profiles/) -------------------------------------------------------------------------
 CONSULTATION_REQUEST = sd("consultation-request")  # ServiceRequest
