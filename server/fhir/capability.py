@@ -57,10 +57,18 @@ def _revincludes() -> dict[str, list[str]]:
     return out
 
 
+def _supported_profiles() -> dict[str, tuple[str, ...]]:
+    """The telemedicine profiles per resource type (server.workflow.profiles)."""
+    from server.workflow.profiles import supported_profiles
+
+    return supported_profiles()
+
+
 def _resource(type_: str) -> dict[str, Any]:
     res: dict[str, Any] = {
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
+        "supportedProfile": list(_supported_profiles().get(type_, ())),
         "interaction": _type_interactions(),
         "versioning": "versioned-update",
         "readHistory": True,
@@ -72,6 +80,8 @@ def _resource(type_: str) -> dict[str, Any]:
         "referencePolicy": ["literal", "logical"],
         "searchParam": _search_params(type_),
     }
+    if not res["supportedProfile"]:
+        del res["supportedProfile"]
     res["searchInclude"] = _includes(type_)
     res["searchRevInclude"] = _revincludes()[type_]
     ops = _operations("type", type_) + [o for o in _operations("instance", type_)

@@ -46,11 +46,19 @@ def validation_error(issues: list[Issue]) -> FhirError | None:
 def prepare(resource: Any, type: str, *, models: bool = True) -> IndexRows:
     """Validate ``resource`` as a ``type`` and return its search index rows; raise FhirError.
     ``models=False`` leaves out the fhir.resources (R4B) second opinion: the R4 validator alone
-    (see server.fhir.validation), for bulk loading."""
+    (see server.fhir.validation), for bulk loading. A resource that claims Consilium profiles
+    in ``meta.profile`` is also validated against them (server.workflow.profiles)."""
     check_type(resource, type)
     error = validation_error(validate_resource(resource, type, models=models))
     if error is not None:
         raise error
+    meta = resource.get("meta")
+    if isinstance(meta, dict) and meta.get("profile"):
+        # Profiles the resource claims: ours are checked (422 with every issue), an unknown
+        # Consilium profile is refused, other publishers' profiles are ignored.
+        from server.workflow.profiles import require_claimed_profiles
+
+        require_claimed_profiles(resource)
     return extract(resource)
 
 

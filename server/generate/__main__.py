@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-GENERATORS = ["structures", "valuesets", "search_params", "compartments"]
+GENERATORS = ["structures", "valuesets", "search_params", "compartments", "profiles"]
 
 
 def main(argv: list[str]) -> None:

@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -141,9 +142,32 @@ class Registry:
         return tuple(self._by_type)
 
 
+#: The server's own SearchParameters (``SearchParameter-*.json``), beside its profiles.
+CUSTOM = Path(__file__).resolve().parents[2] / "profiles"
+
+
 def load_definitions() -> list[dict[str, Any]]:
+    """Every R4 SearchParameter (the generated table) and the server's own ones."""
     with open(SPEC, encoding="utf-8") as fh:
-        return list(json.load(fh)["parameters"])
+        return list(json.load(fh)["parameters"]) + custom_definitions()
+
+
+def custom_definitions(directory: Path = CUSTOM) -> list[dict[str, Any]]:
+    """The SearchParameter resources under ``profiles/`` in the shape of the R4 table, so they
+    are compiled, listed in the CapabilityStatement and indexed on write like the R4 ones.
+    Resources stored before a parameter was added have no rows for it until rewritten."""
+    out = []
+    for path in sorted(directory.glob("SearchParameter-*.json")):
+        sp = json.loads(path.read_text(encoding="utf-8"))
+        out.append({
+            "url": sp["url"], "code": sp["code"], "base": sp["base"], "type": sp["type"],
+            "expression": sp.get("expression"), "target": sp.get("target") or [],
+            "modifier": sp.get("modifier") or [], "comparator": sp.get("comparator") or [],
+            "multipleOr": sp.get("multipleOr"), "multipleAnd": sp.get("multipleAnd"),
+            "component": sp.get("component") or [], "xpathUsage": sp.get("xpathUsage"),
+            "description": " ".join((sp.get("description") or "").split()),
+        })
+    return out
 
 
 class _Builder:
