@@ -85,6 +85,24 @@ CONSULTATION_REPORT = sd("consultation-report")  # DiagnosticReport
 SATISFACTION_RATING = sd("satisfaction-rating")  # QuestionnaireResponse
 SATISFACTION_QUESTIONNAIRE = f"{BASE}/Questionnaire/consultation-satisfaction"
 
+# -- signatures and referral records (reports.py, referrals.py) ----------------------------------
+#: Provenance.signature.type of an expert's signature on a report: ASTM E1762-95 author.
+SIGNATURE_TYPE_SYSTEM = "urn:iso-astm:E1762-95:2013"
+SIGNATURE_TYPE_AUTHOR = "1.2.840.10065.1.12.1.1"
+#: Rehabilitation guidance sent with a down-referral: a DocumentReference typed (type or
+#: category) with one of these LOINC document codes (from R4 c80-doc-typecodes) ...
+REHABILITATION_DOCUMENT_SYSTEM = "http://loinc.org"
+REHABILITATION_DOCUMENT_TYPES = frozenset({
+    "34823-5",  # Physical medicine and rehabilitation Note
+    "34822-7",  # Physical medicine and rehabilitation Consult note
+    "57831-0",  # Prescription for rehabilitation Document
+    "68854-9",  # Pediatric rehabilitation medicine Note
+})
+#: ... or a CarePlan with activities whose category is SNOMED CT 394602003 "Rehabilitation"
+#: (the R4 c80-practice-codes concept).
+REHABILITATION_CAREPLAN_SYSTEM = "http://snomed.info/sct"
+REHABILITATION_CAREPLAN_CATEGORY = "394602003"
+
 
 # -- accessors ------------------------------------------------------------------------------------
 
