@@ -51,6 +51,11 @@ QUALIFICATION = cs("qualification")
 DEADLINE_KIND = cs("deadline-kind")
 #: Kinds of Communication the workflow sends (clarification, notices).
 COMMUNICATION_KIND = cs("communication-kind")
+#: Quality control (quality.py): the statistics of the quarterly MeasureReport, the grade
+#: Observation's code and the rectification Flag's code; shipped by quality.builtin_resources().
+QUALITY_CONTROL = cs("quality-control")
+#: The built-in Measure the quarterly MeasureReports report on.
+QUALITY_MEASURE = f"{BASE}/Measure/telemedicine-quality"
 
 # -- extensions (profiles/) -----------------------------------------------------------------------
 EXT_CARE_LEVEL = sd("care-level")  # Organization: valueCoding care-level 1|2|3
