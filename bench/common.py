@@ -70,9 +70,10 @@ class Proc:
                 self.proc.wait()
 
 
-def start_consilium(data_dir: Path, port: int, *extra: str) -> Proc:
+def start_consilium(data_dir: Path, port: int, *extra: str, workers: int = 1) -> Proc:
     proc = Proc([PYTHON, "-m", "server", "serve", "--data-dir", str(data_dir), "--port",
-                 str(port), "--workers", "1", "--dicom-port", "0", "--mllp-port", "0", *extra])
+                 str(port), "--workers", str(workers), "--dicom-port", "0", "--mllp-port", "0",
+                 *extra])
     wait_http(f"http://127.0.0.1:{port}/healthz")
     return proc
 

@@ -15,6 +15,8 @@ versions, keyed by the resource's ``rid``.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -218,10 +220,15 @@ class _Writer(threading.Thread):
         self.queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self.ready = threading.Event()
         self.startup_error: BaseException | None = None
+        self.lock = -1
 
     def run(self) -> None:
         try:
             conn = connect(self.path)
+            # Writers of several processes take turns on this lock before SQLite's: a blocked
+            # flock wakes the moment the holder lets go, where SQLite's busy handler sleeps for
+            # up to 100 ms between tries, leaving the database idle.
+            self.lock = os.open(f"{self.path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
         except BaseException as exc:  # reported to the opener
             self.startup_error = exc
             self.ready.set()
@@ -245,8 +252,22 @@ class _Writer(threading.Thread):
                 self._commit(conn, batch)
         finally:
             conn.close()
+            os.close(self.lock)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        try:
+            outcomes = self._run(conn, batch)
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+        for future, result, problem in outcomes:
+            if problem is None:
+                future.set_result(result)
+            else:
+                future.set_exception(problem)
+
+    def _run(self, conn: sqlite3.Connection,
+             batch: list[_Op]) -> list[tuple[Future[Any], Any, BaseException | None]]:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -270,11 +291,7 @@ class _Writer(threading.Thread):
                 conn.execute("ROLLBACK")
             error = StoreError(f"write failed: {exc}")
             outcomes = [(op.future, None, error) for op in batch]
-        for future, result, problem in outcomes:
-            if problem is None:
-                future.set_result(result)
-            else:
-                future.set_exception(problem)
+        return outcomes
 
 
 class SqliteStore:
