@@ -198,16 +198,19 @@ def add_expert(net: Network, role_id: str, status: str = "active", **practitione
 
 
 def build_people(net: Network) -> None:
-    for org in ORGANIZATIONS:
-        net.put(copy.deepcopy(org))
+    """The organisations, staff, patients, consent and records, in one transaction."""
+    resources = [copy.deepcopy(org) for org in ORGANIZATIONS]
     for id_, org, code, specialty in STAFF:
-        net.put(practitioner(f"p-{id_}", id_.title(), title=None, training=False))
-        net.put(staff(id_, org, code, specialty))
-    for pid in ("patient-1", "patient-2"):
-        net.put({"resourceType": "Patient", "id": pid, "name": [{"family": pid}]})
-    net.put(CONSENT)
-    net.put(REFERRAL_CONSENT)
-    net.put(RECORDS)
+        resources.append(practitioner(f"p-{id_}", id_.title(), title=None, training=False))
+        resources.append(staff(id_, org, code, specialty))
+    resources += [{"resourceType": "Patient", "id": pid, "name": [{"family": pid}]}
+                  for pid in ("patient-1", "patient-2")]
+    resources += [CONSENT, REFERRAL_CONSENT, RECORDS]
+    entries = [{"resource": r, "request": {"method": "PUT",
+                                           "url": f"{r['resourceType']}/{r['id']}"}}
+               for r in resources]
+    r = net.admin.post("", {"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert r.status_code == 200, r.text
 
 
 #: patient-1's telemedicine consent, and the records the requests send.
@@ -318,8 +321,8 @@ def task(c: Consultation, report: str | None = None) -> dict[str, Any]:
         "authoredOn": instant(c.filed), "lastModified": instant(done),
         "requester": {"reference": f"PractitionerRole/{c.requester}"},
         "owner": _owner_ref(c.owner),
-        # what the deadline rules write (IM A1 二(二)2, A7 第二部分 一(一)1): accepted by the
-        # end of the filing day (filed before 15:00), the expert within 24 h; met when done
+        # deadlines as a client might send them (acceptance by the end of the filing day, the
+        # expert within 24 h, met when done): the consultation rules recompute them all
         "extension": [_deadline("acceptance", c.filed.replace(hour=0, minute=0)
                                 + timedelta(days=1), done)]
         + [_deadline("expert-assignment", c.filed + timedelta(hours=24),

@@ -5,6 +5,7 @@ listing and the annual review."""
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from server.workflow import model
+from tests.conftest import Fhir, issue_token
 from tests.pool_network import (
     DATA_OPERATION,
     NOW,
@@ -25,6 +27,7 @@ from tests.pool_network import (
     open_network,
     parameters,
     practitioner,
+    staff,
 )
 
 RULES = ("expert-title", "expert-specialty-years", "expert-malpractice",
@@ -35,6 +38,19 @@ RULES = ("expert-title", "expert-specialty-years", "expert-malpractice",
 def net(tmp_path: Path) -> Iterator[Network]:
     with open_network(tmp_path) as network:
         yield network
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """For the tests that only add roles of their own (ids made with ``x``)."""
+    with open_network(tmp_path_factory.mktemp("joining")) as network:
+        yield network
+
+
+@pytest.fixture
+def x(request: pytest.FixtureRequest) -> str:
+    """An id part of this test's own, for what it adds to the shared network."""
+    return "x" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +140,12 @@ ONE_RULE = [
 
 
 @pytest.mark.parametrize(("practitioner_kw", "role_kw", "rule"), ONE_RULE)
-def test_each_rule(net: Network, practitioner_kw: dict[str, Any], role_kw: dict[str, Any],
-                   rule: str | None) -> None:
-    net.put(practitioner("p-x", "X", **practitioner_kw))
-    r = net.as_user("hr-a").put("PractitionerRole/expert-x",
-                                expert_role("expert-x", "p-x", "nominated", **role_kw))
+def test_each_rule(shared: Network, x: str, practitioner_kw: dict[str, Any],
+                   role_kw: dict[str, Any], rule: str | None) -> None:
+    shared.put(practitioner(f"p-{x}", "X", **practitioner_kw))
+    r = shared.as_user("hr-a").put(
+        f"PractitionerRole/expert-{x}",
+        expert_role(f"expert-{x}", f"p-{x}", "nominated", **role_kw))
     if rule is None:
         assert r.status_code == 201, r.text
     else:
@@ -136,14 +153,14 @@ def test_each_rule(net: Network, practitioner_kw: dict[str, Any], role_kw: dict[
         assert rules_named(r.json()) == [rule]
 
 
-def test_expired_title_does_not_count(net: Network) -> None:
-    doctor = practitioner("p-x", "X", title=None)
+def test_expired_title_does_not_count(shared: Network, x: str) -> None:
+    doctor = practitioner(f"p-{x}", "X", title=None)
     doctor["qualification"].append({
         "code": {"coding": [{"system": model.PROFESSIONAL_TITLE, "code": "chief-physician"}]},
         "period": {"start": "2010-01-01", "end": "2025-12-31"}})
-    net.put(doctor)
-    r = net.as_user("hr-a").put("PractitionerRole/expert-x",
-                                expert_role("expert-x", "p-x", "nominated"))
+    shared.put(doctor)
+    r = shared.as_user("hr-a").put(f"PractitionerRole/expert-{x}",
+                                   expert_role(f"expert-{x}", f"p-{x}", "nominated"))
     assert r.status_code == 422
     assert rules_named(r.json()) == ["expert-title"]
 
@@ -173,12 +190,12 @@ def test_a_fact_change_of_a_member_is_checked(net: Network) -> None:
     assert rules_named(r.json()) == ["expert-specialty-years"]
 
 
-def test_a_pool_role_is_an_expert(net: Network) -> None:
-    net.put(practitioner("p-x", "X"))
-    role = expert_role("expert-x", "p-x", "nominated")
+def test_a_pool_role_is_an_expert(shared: Network, x: str) -> None:
+    shared.put(practitioner(f"p-{x}", "X"))
+    role = expert_role(f"expert-{x}", f"p-{x}", "nominated")
     role["code"] = [{"coding": [{"system": model.PRACTITIONER_ROLE,
                                  "code": "attending-physician"}]}]
-    r = net.as_user("hr-a").put("PractitionerRole/expert-x", role)
+    r = shared.as_user("hr-a").put(f"PractitionerRole/expert-{x}", role)
     assert r.status_code == 422
     assert rules_named(r.json()) == ["expert-code"]
 
@@ -215,38 +232,74 @@ def test_nominated_approved_active_by_the_right_parties(net: Network) -> None:
     ("hr-b", "approved"),  # another hospital's staff
     ("attending-b", "not-approved"),
 ])
-def test_only_the_region_approves(net: Network, who: str, status: str) -> None:
-    role = nominate(net, "expert-new").json()
-    r = net.as_user(who).put("PractitionerRole/expert-new", with_status(role, status))
+def test_only_the_region_approves(shared: Network, x: str, who: str, status: str) -> None:
+    role = nominate(shared, f"expert-{x}").json()
+    r = shared.as_user(who).put(f"PractitionerRole/expert-{x}", with_status(role, status))
     assert r.status_code == 403, r.text
     assert r.json()["resourceType"] == "OperationOutcome"
-    assert status_of(net.get("PractitionerRole/expert-new")) == "nominated"
+    assert status_of(shared.get(f"PractitionerRole/expert-{x}")) == "nominated"
+
+
+def test_another_regions_authority_does_not_approve(net: Network) -> None:
+    # hospital-ir (Tehran province, IR-07) nominates; the Inner Mongolia commission (CN-NM)
+    # does not answer for it, Iran's national committee (IR) does
+    net.put({"resourceType": "Organization", "id": "committee-ir", "name": "National committee",
+             "type": [{"coding": [{"system": model.ORGANIZATION_TYPE,
+                                   "code": "national-committee"}]}],
+             "extension": [{"url": model.EXT_REGION, "valueCode": "IR"}]})
+    net.put({**staff("officer-ir", "committee-ir", "telemedicine-centre-staff")})
+    net.put(staff("hr-ir", "hospital-ir", "telemedicine-centre-staff"))
+    net.put(practitioner("p-x", "X"))
+    role = expert_role("expert-x", "p-x", "nominated", org="hospital-ir")
+    r = net.as_user("hr-ir").put("PractitionerRole/expert-x", role)
+    assert r.status_code == 201, r.text
+    r = net.as_user("officer-region").put("PractitionerRole/expert-x",
+                                          with_status(r.json(), "approved"))
+    assert r.status_code == 403, r.text
+    r = net.as_user("officer-ir").put("PractitionerRole/expert-x",
+                                      with_status(net.get("PractitionerRole/expert-x"),
+                                                  "approved"))
+    assert r.status_code == 200, r.text
+    assert model.extension_value(r.json(), model.EXT_APPROVED_BY_REGION, "Reference") == {
+        "reference": "Organization/committee-ir"}
+    # the Inner Mongolia commission's review leaves Iran's members alone
+    r = review(net, year=2026, maxDeclineRatio=0)
+    assert r.status_code == 200, r.text
+    assert parameters(r.json())["reviewed"] == 0
+
+
+def test_a_practitioner_acts_through_its_roles(shared: Network, x: str) -> None:
+    shared.put(practitioner(f"p-{x}", "X"))
+    hr = Fhir(shared.http, issue_token(shared.settings, "user/*.cruds",
+                                       fhirUser="Practitioner/p-hr-a"))
+    r = hr.put(f"PractitionerRole/expert-{x}", expert_role(f"expert-{x}", f"p-{x}", "nominated"))
+    assert r.status_code == 201, r.text
 
 
 @pytest.mark.parametrize("who", ["officer-region", "hr-b"])
-def test_only_the_employer_nominates(net: Network, who: str) -> None:
-    r = nominate(net, "expert-new", client_role=who)
+def test_only_the_employer_nominates(shared: Network, x: str, who: str) -> None:
+    r = nominate(shared, f"expert-{x}", client_role=who)
     assert r.status_code == 403, r.text
     assert "[pool-authority]" in r.json()["issue"][0]["diagnostics"]
 
 
 @pytest.mark.parametrize(("who", "status"), [("officer-region", "approved"),
                                            ("officer-region", "active"), ("hr-a", "active")])
-def test_nobody_joins_without_nomination(net: Network, who: str, status: str) -> None:
-    net.put(practitioner("p-x", "X"))
-    role = expert_role("expert-x", "p-x", status, approved_by="region")
-    r = net.as_user(who).put("PractitionerRole/expert-x", role)
+def test_nobody_joins_without_nomination(shared: Network, x: str, who: str, status: str) -> None:
+    shared.put(practitioner(f"p-{x}", "X"))
+    role = expert_role(f"expert-{x}", f"p-{x}", status, approved_by="region")
+    r = shared.as_user(who).put(f"PractitionerRole/expert-{x}", role)
     assert r.status_code == 409, r.text
     assert "[pool-transition]" in r.json()["issue"][0]["diagnostics"]
 
 
-def test_nominated_by_must_be_the_employer(net: Network) -> None:
-    net.put(practitioner("p-x", "X"))
-    role = expert_role("expert-x", "p-x", "nominated")
+def test_nominated_by_must_be_the_employer(shared: Network, x: str) -> None:
+    shared.put(practitioner(f"p-{x}", "X"))
+    role = expert_role(f"expert-{x}", f"p-{x}", "nominated")
     for ext in role["extension"]:
         if ext["url"] == model.EXT_NOMINATED_BY:
             ext["valueReference"] = {"reference": "Organization/hospital-b"}
-    r = net.as_user("hr-a").put("PractitionerRole/expert-x", role)
+    r = shared.as_user("hr-a").put(f"PractitionerRole/expert-{x}", role)
     assert r.status_code == 422
     assert rules_named(r.json()) == ["pool-nominated-by"]
 

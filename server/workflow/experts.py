@@ -18,9 +18,9 @@ expert-pool-status (profile expert-role). Rules on every write of such a role:
   :data:`TRANSITIONS`. The employer is a principal whose organisation (from its fhirUser: a
   PractitionerRole's organization, a Practitioner's roles' organizations, or an Organization)
   is the role's organization; the region is a principal acting for an organisation of a type in
-  :data:`POOL_AUTHORITY_TYPES`. A system client (a system scope and no fhirUser) or a server
-  without authorization may make any listed change, and may create a role in any status (loading
-  an existing pool). A change the table does not list is a conflict (409) for everybody.
+  :data:`POOL_AUTHORITY_TYPES` whose region covers the employer's (:func:`covers`). A system
+  client (a system scope and no fhirUser) or a server without authorization may make any listed
+  change, and may create a role in any status (loading an existing pool). A change the table does not list is a conflict (409) for everybody.
   ``nominated-by`` is filled in with the employer when missing and must name it;
   ``pool-approved-by`` is filled in with the approving regional organisation when a region user
   approves (a system client names it itself). A pool member's role is not deleted (409) but
@@ -226,13 +226,31 @@ def authorities(tx: Transaction, org_ids: Iterable[str], types: frozenset[str]) 
     return sorted(o for o in org_ids if organization_types(read(tx, "Organization", o)) & types)
 
 
+def covers(authority: dict[str, Any] | None, employer: dict[str, Any] | None) -> bool:
+    """Whether a pool authority answers for an employer: same region (ISO 3166-2), or the
+    authority's region is the employer's country (IR covers IR-07). An authority without a
+    region answers for all; an employer without one, to any authority."""
+    mine = model.extension_value(authority, model.EXT_REGION, "Code")
+    theirs = model.extension_value(employer, model.EXT_REGION, "Code")
+    return not mine or not theirs or theirs == mine or theirs.startswith(f"{mine}-")
+
+
+def regional_authorities(tx: Transaction, principal: Principal,
+                         employer_id: str | None) -> list[str]:
+    """The pool authorities the principal acts for that answer for ``employer_id``."""
+    employer = read(tx, "Organization", employer_id)
+    return [o for o in authorities(tx, acting_organizations(tx, principal), POOL_AUTHORITY_TYPES)
+            if covers(read(tx, "Organization", o), employer)]
+
+
 def capacities(tx: Transaction, principal: Principal, role: dict[str, Any]) -> set[str]:
-    """What the principal is for this role: its employer, a regional authority, both or none."""
-    orgs = acting_organizations(tx, principal)
+    """What the principal is for this role: its employer, its region's authority, both or
+    none."""
+    employer = ref_id(role.get("organization"), "Organization")
     out = set()
-    if ref_id(role.get("organization"), "Organization") in orgs:
+    if employer in acting_organizations(tx, principal):
         out.add(EMPLOYER)
-    if authorities(tx, orgs, POOL_AUTHORITY_TYPES):
+    if regional_authorities(tx, principal, employer):
         out.add(REGION)
     return out
 
@@ -408,8 +426,8 @@ def _fill_parties(event: WriteEvent, role: dict[str, Any], new: str, mine: set[s
                               "PractitionerRole.extension")])
     if new not in ("approved", "active") or is_system(event.principal):
         return
-    regional = authorities(event.system, acting_organizations(event.system, event.principal),
-                           POOL_AUTHORITY_TYPES)
+    regional = regional_authorities(event.system, event.principal,
+                                    ref_id(employer, "Organization"))
     approved = ref_id(model.extension_value(role, model.EXT_APPROVED_BY_REGION, "Reference"),
                       "Organization")
     if approved is None and regional:
@@ -1003,20 +1021,24 @@ async def review(req: FhirRequest, store_: ResourceStore) -> FhirResponse:
     (applied to members invited at least ``minInvitations`` times, default 1) and
     ``minSatisfaction`` (applied to members with ratings). A threshold not given is not
     applied. Members who fail are removed (expert-pool-status removed, a Provenance with the
-    reasons), all in one transaction, unless ``dryRun``. Only a regional authority or a system
-    client may review. Returns Parameters: year, reviewed, removed, dryRun and per member its
-    outcome (removed | kept), figures and reasons."""
+    reasons), all in one transaction, unless ``dryRun``. Only a regional authority (its
+    region's members) or a system client (every member) may review. Returns Parameters: year,
+    reviewed, removed, dryRun and per member its outcome (removed | kept), figures and
+    reasons."""
     spec = Review.of(req)
 
     def run(tx: Transaction) -> dict[str, Any]:
         system = unguarded(tx)
-        if not is_system(req.principal) and not authorities(
+        everyone = is_system(req.principal)
+        if not everyone and not authorities(
                 system, acting_organizations(system, req.principal), POOL_AUTHORITY_TYPES):
             raise FhirError(403, "forbidden", "[pool-authority] only the regional authority "
                             "reviews the expert pool")
         today = req.context.clock.now().date()
         members = sorted((r for r in search(system, "PractitionerRole", [
-            ("role", f"{model.PRACTITIONER_ROLE}|{EXPERT}")]) if pool_status(r) in MEMBER_STATES),
+            ("role", f"{model.PRACTITIONER_ROLE}|{EXPERT}")]) if pool_status(r) in MEMBER_STATES
+            and (everyone or regional_authorities(
+                system, req.principal, ref_id(r.get("organization"), "Organization")))),
             key=lambda r: r["id"])
         parts, removed = [], 0
         for role in members:
