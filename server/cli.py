@@ -3,6 +3,7 @@
     consilium serve              start the server (FHIR at /fhir) on the embedded store
     consilium token --scope S    print a bearer token the server on the same data dir accepts
     consilium keys list|rotate   manage the signing keys in the data dir
+    consilium demo               load the demo telemedicine network into the data dir
 
 Every option can also be set by an environment variable ``CONSILIUM_<NAME>`` (see
 server/config.py); flags win over the environment.
@@ -288,8 +289,65 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if report.rejected else 0
 
 
+# -- demo ---------------------------------------------------------------------------------------
+
+def _demo_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo", help="load the demo telemedicine network",
+        description="Load a demo telemedicine network into the store of the data dir: a "
+                    "regional centre, county hospitals and township health centres in Inner "
+                    "Mongolia, a hospital and a health centre in Tehran (names in Chinese and "
+                    "Persian, with English aliases), experts in several specialties, patients "
+                    "with consent, and a week of consultations and referrals in every state, "
+                    "some overdue now, with signed reports. It goes through the server's own "
+                    "rules, with readable ids (Organization/regional-centre, "
+                    "Task/consult-requested …), and works while a server runs on the same data "
+                    "dir. Loading it again changes nothing.")
+    _common(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from server import logs
+    from server.demo import DemoError, load
+
+    settings = _settings(args)
+    logs.setup("warning" if not args.log_level else args.log_level)
+    bar = tqdm(total=None, unit=" requests", desc="demo", disable=args.quiet or None,
+               dynamic_ncols=True)
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        bar.set_postfix_str(what, refresh=False)
+
+    try:
+        summary = asyncio.run(load(settings, progress=progress))
+    except DemoError as exc:
+        bar.close()
+        print(f"consilium demo: {exc}", file=sys.stderr)
+        return 1
+    bar.close()
+    where = settings.data_dir
+    if summary.already_loaded:
+        print(f"the demo network is already loaded in {where} (List/consilium-demo); "
+              "nothing changed")
+    else:
+        print(f"loaded the demo network into {where} in {summary.seconds:.1f} s "
+              f"({summary.requests} requests)")
+    print("  " + ", ".join(f"{n} {t}" for t, n in summary.counts.items()))
+    print("  Tasks: " + ", ".join(f"{n} {s}" for s, n in summary.task_states.items())
+          + f"; overdue now: {len(summary.overdue)}")
+    print("  start with: Organization/regional-centre, Task/consult-requested, "
+          "List/consilium-demo")
+    return 0
+
+
 PARSERS: list[Callable[[Any], None]] = [_serve_parser, _token_parser, _keys_parser,
-                                        _import_parser]
+                                        _import_parser, _demo_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
