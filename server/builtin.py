@@ -2,7 +2,10 @@
 SearchParameters, Questionnaires …), installed into the store when the app starts.
 
 Installing is idempotent: each resource has a fixed id, and writing unchanged content makes no
-new version, so every worker process may do it at start.
+new version, so every worker process may do it at start. Definitions (a module's
+``builtin_resources()``) are the server's: a new release's content replaces the stored one.
+Starting data (a module's ``seed_resources()``, e.g. the fee schedule) belongs to the operator
+once written: it is written when missing and never again, so edits made through the API stay.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ log = logging.getLogger("consilium.builtin")
 
 
 def resources() -> list[dict[str, Any]]:
+    """The definitions the server ships."""
     from server import terminology, workflow
 
     out = list(terminology.builtin_resources())
@@ -25,21 +29,33 @@ def resources() -> list[dict[str, Any]]:
     return out
 
 
+def seeds() -> list[dict[str, Any]]:
+    """The starting data the server ships."""
+    from server import workflow
+
+    return [r for module in workflow.modules()
+            for r in getattr(module, "seed_resources", lambda: [])()]
+
+
+def _items(found: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any], Any]]:
+    return [(r["resourceType"], r["id"], r, prepare(r, r["resourceType"])) for r in found]
+
+
 async def install(store: ResourceStore) -> int:
-    """Write every built-in resource that is missing or different; returns how many changed."""
-    items = []
-    for resource in resources():
-        type_, id_ = resource["resourceType"], resource["id"]
-        items.append((type_, id_, resource, prepare(resource, type_)))
+    """Write every definition that is missing or different and every seed that is missing;
+    returns how many changed."""
+    definitions, starting = _items(resources()), _items(seeds())
 
     def apply(tx: Transaction) -> int:
-        before = {(t, i): tx.read(t, i) for t, i, _, _ in items}
-        written = tx.write_many(items, "PUT")
-        return sum(1 for v in written if (b := before[(v.type, v.id)]) is None
-                   or b.version != v.version)
+        missing = [item for item in starting if tx.read(item[0], item[1]) is None]
+        before = {(t, i): tx.read(t, i) for t, i, _, _ in definitions}
+        written = tx.write_many(definitions, "PUT")
+        tx.write_many(missing, "PUT")
+        return len(missing) + sum(1 for v in written if (b := before[(v.type, v.id)]) is None
+                                  or b.version != v.version)
 
     changed = await store.run(apply)
     log.info("built-in resources installed", extra={"event": "builtin.install",
-                                                      "resources": len(items),
+                                                      "resources": len(definitions) + len(starting),
                                                       "changed": changed})
     return changed

@@ -271,15 +271,28 @@ def test_a_definition_without_jurisdiction_prices_where_no_country_list_applies(
     assert balance_of(net, "county") == (Decimal(-40), "USD")
 
 
-def test_a_custom_definition_outlives_a_restart(tmp_path: Path) -> None:
-    """Built-in definitions are reinstalled when the server starts; a definition of one's own,
-    dated later, keeps pricing."""
+def test_edited_and_own_definitions_outlive_a_restart(tmp_path: Path) -> None:
+    """The built-in fee schedule is written once: a restart keeps the operator's edits (and a
+    definition of its own, dated later, keeps winning)."""
     with open_network(tmp_path) as net:
+        definition = net.read("ChargeItemDefinition", CN_TELECONSULTATION)
+        for c in definition["propertyGroup"][0]["priceComponent"]:
+            if model.codes(c.get("code"), PRIORITY) == ["routine"]:
+                c["amount"]["value"] = 260
+        r = net.admin.put(f"ChargeItemDefinition/{CN_TELECONSULTATION}", definition)
+        assert r.status_code == 200, r.text
+        edited = r.json()["meta"]["versionId"]
+    with open_network(tmp_path) as net:  # the same data directory, a new app
+        kept = net.read("ChargeItemDefinition", CN_TELECONSULTATION)
+        assert kept["meta"]["versionId"] == edited
+        task_id = scheduled(net)
+        [item] = charges(net, task_id)
+        assert price(item) == (Decimal(260), "CNY")
         deal = fee("county-deal", [component("base", 150)])
         assert net.admin.put("ChargeItemDefinition/county-deal", deal).status_code == 201
-    with open_network(tmp_path) as net:  # the same data directory, a new app
+    with open_network(tmp_path) as net:
         assert net.read("ChargeItemDefinition", "county-deal")["meta"]["versionId"] == "1"
-        task_id = scheduled(net)
+        task_id = scheduled(net, times=AFTERNOON)
         [item] = charges(net, task_id)
         assert price(item) == (Decimal(150), "CNY")
 

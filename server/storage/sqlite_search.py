@@ -112,10 +112,10 @@ class Compiler:
                     f"{int(param_id(c.type, c.code))} AND {cond})")
         if isinstance(c, Match) and c.kind not in _COLUMNS:
             table = INDEX_TABLES[c.kind][0]
-            terms = []
+            terms: list[str] = []
             for v in c.values:
-                cond = self.value(c, v)
-                terms += cond if isinstance(cond, list) else [cond]
+                alternatives = self.value(c, v)
+                terms += alternatives if isinstance(alternatives, list) else [alternatives]
             return (f"EXISTS (SELECT 1 FROM {table} WHERE rid = {res}.rid AND +pid = "
                     f"{int(param_id(c.type, c.code))} AND ({' OR '.join(terms)}))")
         return self.clause(c, res)
@@ -187,7 +187,8 @@ class Compiler:
         table = INDEX_TABLES[m.kind][0]
         pids = list(dict.fromkeys(param_id(x.type, x.code) for x in same or [m]))
         if m.kind == "date" and len(pids) == 1:
-            terms = [t for v in m.values for t in self.date_terms(int(pids[0]), [v])]
+            terms = [t for v in m.values if isinstance(v, RangeValue)
+                     for t in self.date_terms(int(pids[0]), [v])]
             return " UNION ".join(terms)
         # Parameter ids are our own integers, written inline. Alternatives (OR) become a UNION
         # of lookups: SQLite cannot split an OR over a WITHOUT ROWID table's primary key, and

@@ -50,6 +50,7 @@ from server.workflow.casefile import (
 )
 from server.workflow.deadlines import FINAL
 from server.workflow.intake import check_request, expert_problems, refusal, refuse
+from server.workflow.profiles import require_profile
 
 CLARIFICATION_REQUEST = "clarification-request"
 CLARIFICATION_RESPONSE = "clarification-response"
@@ -69,15 +70,6 @@ def client_write(event: WriteEvent) -> bool:
 def unchanged(event: WriteEvent) -> bool:
     return event.current is not None and event.version is not None \
         and event.version.version == event.current.version
-
-
-def require_profile(resource: dict[str, Any], url: str) -> None:
-    """Validate what the workflow writes against its profile (server.workflow.profiles)."""
-    try:
-        from server.workflow import profiles
-    except ImportError:  # the profiles are not part of this build
-        return
-    profiles.require_profile(resource, url)
 
 
 # -- the request ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ hospitals' prepaid balance, deduction and refund notices (Inner Mongolia rules A
   CNY, IR in IRR), with a ``base`` priceComponent per priority (``code`` from
   http://hl7.org/fhir/request-priority: routine, urgent; an uncoded base applies to any
   priority) and optional surcharge / tax (added) and discount / deduction (subtracted)
-  components, coded with a priority or not. The built-in ones (:func:`builtin_resources`) are
+  components, coded with a priority or not. The built-in ones (:func:`seed_resources`) are
   placeholder prices. They can be edited through the API, but the server reinstalls its
   built-in resources when it starts (server.builtin), so a lasting tariff is a definition of
   one's own dated later than 2025-07-01. A definition without jurisdiction applies where no
@@ -133,8 +133,9 @@ def fee_definition(country: str, consultation: str, currency: str, routine: int,
     }
 
 
-def builtin_resources() -> list[dict[str, Any]]:
-    """The default fee schedule: one ChargeItemDefinition per country and consultation type."""
+def seed_resources() -> list[dict[str, Any]]:
+    """The default fee schedule: one ChargeItemDefinition per country and consultation type,
+    written when missing (server.builtin), then the operator's to edit."""
     return [fee_definition(country, consultation, currency, routine, urgent)
             for country, (currency, prices) in PRICE_LISTS.items()
             for consultation, (routine, urgent) in prices.items()]

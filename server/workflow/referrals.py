@@ -63,6 +63,7 @@ from server.storage.base import ResourceStore, Transaction, Version, same_conten
 from server.terminology.library import library
 from server.terminology.params import Param, read_params
 from server.workflow import model, trail
+from server.workflow.profiles import require_profile
 from server.workflow.reports import (
     is_referral,
     is_system,
@@ -324,15 +325,6 @@ def check_request(tx: Transaction, sr: dict[str, Any], now: datetime) -> list[Is
     return issues
 
 
-def _require_profile(resource: dict[str, Any], url: str) -> None:
-    """Validate against our profile where the profile machinery is present."""
-    try:
-        from server.workflow.profiles import require_profile
-    except ImportError:  # pragma: no cover - profiles are optional for these rules
-        return
-    require_profile(resource, url)
-
-
 def _check_request(event: WriteEvent) -> None:
     previous = event.previous if event.current is not None and not event.current.deleted \
         else None
@@ -344,7 +336,7 @@ def _check_request(event: WriteEvent) -> None:
     if not is_referral_request(event.resource) or event.resource.get("status") != "active":
         return
     _refuse(check_request(event.system, event.resource, _now(event)))
-    _require_profile(event.resource, model.REFERRAL_REQUEST)
+    require_profile(event.resource, model.REFERRAL_REQUEST)
 
 
 def _tasks_of(tx: Transaction, request_id: str) -> list[Version]:
