@@ -217,6 +217,15 @@ def test_urgent_phone_request_may_send_its_records_later(net: Network) -> None:
             "missing-content", "missing-content")
 
 
+def test_the_profile_allows_the_late_records_of_an_urgent_phone_request(net: Network) -> None:
+    claimed = {"meta": {"profile": [model.CONSULTATION_REQUEST]}}
+    sr, task = net.file({**request(priority="urgent", channel="email", records=False), **claimed})
+    assert model.CONSULTATION_REQUEST in net.read("ServiceRequest", sr["id"])["meta"]["profile"]
+    r = net.requester.post("ServiceRequest", {**request(records=False), **claimed})
+    assert r.status_code == 422, r.text
+    assert any("ctr-4" in i["diagnostics"] for i in r.json()["issue"]), r.text
+
+
 def test_revoking_the_request_cancels_its_task(net: Network) -> None:
     sr, task = net.file(request())
     stored = net.read("ServiceRequest", sr["id"])

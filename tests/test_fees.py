@@ -172,6 +172,9 @@ def test_the_built_in_fee_schedule_is_searchable(shared: Network) -> None:
                        url=f"{model.BASE}/ChargeItemDefinition/consultation-fee-ir-remote-ecg")
     assert base_price(ecg, "routine") == (300000, "IRR")
     assert base_price(ecg, "urgent") == (500000, "IRR")
+    by_type = net.search("ChargeItemDefinition", code=f"{model.CONSULTATION_TYPE}|remote-ecg")
+    assert sorted(d["id"] for d in by_type) == ["consultation-fee-cn-remote-ecg",
+                                                 "consultation-fee-ir-remote-ecg"]
 
 
 @pytest.mark.parametrize(("components", "problem"), [

@@ -351,8 +351,11 @@ def test_consultation_request_snapshot_requires_the_request_form_contents() -> N
                     "performerType"]
     for name in required_one:
         assert _card(sd, f"ServiceRequest.{name}") == (1, "1"), name
-    for name in ("performer", "reasonCode", "supportingInfo"):
+    for name in ("performer", "reasonCode"):
         assert _card(sd, f"ServiceRequest.{name}") == (1, "*"), name
+    # the records: required by invariant ctr-4, except for an urgent phone or e-mail request
+    assert _card(sd, "ServiceRequest.supportingInfo") == (0, "*")
+    assert "ctr-4" in {c["key"] for c in _element(sd, "ServiceRequest")["constraint"]}
     for name in ("approvedBy", "requestedTitle"):
         assert _card(sd, f"ServiceRequest.extension:{name}") == (1, "1")
     assert _element(sd, "ServiceRequest.extension:approvedBy")["type"] == [
@@ -506,10 +509,11 @@ def test_min_cardinality_names_each_missing_element() -> None:
                  "requester"):
         del sr[name]
     issues = refused(sr, model.CONSULTATION_REQUEST)
-    for where in ("performerType", "reasonCode", "supportingInfo", "occurrence", "requester"):
+    for where in ("performerType", "reasonCode", "occurrence", "requester"):
         issue = one(issues, "required", f"ServiceRequest.{where}")
         assert "minimum cardinality 1" in issue.diagnostics
         assert "consultation-request" in issue.diagnostics
+    assert "ctr-4" in one(issues, "invariant", "ServiceRequest").diagnostics
 
 
 def test_max_cardinality() -> None:

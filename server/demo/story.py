@@ -111,11 +111,7 @@ def service_request(c: Consultation, status: str, suggested: datetime) -> dict[s
         "performer": [ref("Organization", c.invited)],
         "performerType": concept(model.SPECIALTY, c.specialty),
         "reasonCode": [concept(model.CONSULTATION_REASON, c.reason)]}
-    if c.papers_later:
-        # The records follow within 24 h (IM A1 二(一)); the profile asks for them at once, so
-        # the form does not claim it until they come.
-        del sr["meta"]
-    else:
+    if not c.papers_later:  # else the records follow within 24 h (IM A1 二(一))
         sr["supportingInfo"] = [ref("DocumentReference", f"records-{c.patient}")]
     return sr
 

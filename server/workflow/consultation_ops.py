@@ -221,14 +221,19 @@ async def accept(req: FhirRequest, store: ResourceStore) -> FhirResponse:
     return await run_step(req, store, taskstate.INVITED, "accept the consultation", _accept)
 
 
-def _decline(step: Step) -> None:
-    reason = step.params.concept("reason", model.DECLINE_REASON)
-    if not model.codes(reason, model.DECLINE_REASON):
-        raise unprocessable("$decline needs a reason: a code from decline-reason "
-                            f"({model.DECLINE_REASON})", "Parameters.reason")
-    step.task["status"] = "rejected"
+def _end_with_reason(step: Step, operation: str, system: str, status: str) -> None:
+    """End the Task in ``status`` with the reason given (a code of ``system``)."""
+    reason = step.params.concept("reason", system)
+    if not model.codes(reason, system):
+        raise unprocessable(f"${operation} needs a reason: a code from "
+                            f"{system.rsplit('/', 1)[-1]} ({system})", "Parameters.reason")
+    step.task["status"] = status
     step.task["statusReason"] = reason
     _set_note(step)
+
+
+def _decline(step: Step) -> None:
+    _end_with_reason(step, "decline", model.DECLINE_REASON, "rejected")
 
 
 async def decline(req: FhirRequest, store: ResourceStore) -> FhirResponse:
@@ -237,13 +242,7 @@ async def decline(req: FhirRequest, store: ResourceStore) -> FhirResponse:
 
 
 def _cancel(step: Step) -> None:
-    reason = step.params.concept("reason", model.CANCEL_REASON)
-    if not model.codes(reason, model.CANCEL_REASON):
-        raise unprocessable("$cancel needs a reason: a code from cancel-reason "
-                            f"({model.CANCEL_REASON})", "Parameters.reason")
-    step.task["status"] = "cancelled"
-    step.task["statusReason"] = reason
-    _set_note(step)
+    _end_with_reason(step, "cancel", model.CANCEL_REASON, "cancelled")
 
 
 async def cancel(req: FhirRequest, store: ResourceStore) -> FhirResponse:

@@ -65,6 +65,8 @@ from server.search.query import parse
 from server.storage.base import ResourceStore, Transaction, Version
 from server.terminology.library import library
 from server.workflow import model
+from server.workflow.casefile import read, search
+from server.workflow.profiles import require_profile
 
 # -- the pool's vocabulary ------------------------------------------------------------------------
 
@@ -120,22 +122,6 @@ _CHANGE_REASON: ContextVar[str | None] = ContextVar("pool_change_reason", defaul
 
 
 # -- reading ------------------------------------------------------------------------------------
-
-def read(tx: Transaction, type_: str, id_: str | None) -> dict[str, Any] | None:
-    """The current content of ``type_/id_``; None when unknown, deleted or not named."""
-    if not id_:
-        return None
-    v = tx.read(type_, id_)
-    if v is None or v.deleted or v.body is None:
-        return None
-    return codec.loads(v.body)
-
-
-def search(tx: Transaction, type_: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Every match (no paging: inside a transaction the store returns them all)."""
-    return [codec.loads(v.body) for v in tx.search(parse((type_,), params))
-            if v.body is not None]
-
 
 def search_in(tx: Transaction, type_: str, name: str, values: Iterable[str],
               extra: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
@@ -440,11 +426,7 @@ def _fill_parties(event: WriteEvent, role: dict[str, Any], new: str, mine: set[s
 
 
 def _require_profile(role: dict[str, Any]) -> None:
-    """The expert-role profile (server.workflow.profiles), when that part is in the build."""
-    try:
-        from server.workflow.profiles import require_profile
-    except ImportError:
-        return
+    """The expert-role profile (server.workflow.profiles)."""
     require_profile(role, model.EXPERT_ROLE)
 
 

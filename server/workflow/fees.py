@@ -62,15 +62,14 @@ from server.fhir.table import Operation
 from server.fhir.writes import new_id
 from server.storage.base import ResourceStore, Transaction, Version
 from server.workflow import model
+from server.workflow.casefile import read, search
 from server.workflow.experts import (
     consultation_type,
     data_operation,
     first,
     inputs,
     provenance,
-    read,
     ref_id,
-    search,
 )
 
 CHARGE_ID = f"{model.BASE}/sid/consultation-charge"

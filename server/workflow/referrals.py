@@ -63,12 +63,12 @@ from server.storage.base import ResourceStore, Transaction, Version, same_conten
 from server.terminology.library import library
 from server.terminology.params import Param, read_params
 from server.workflow import model, trail
+from server.workflow.casefile import read
 from server.workflow.profiles import require_profile
 from server.workflow.reports import (
     is_referral,
     is_system,
     organization_of_role,
-    read_json,
     relative,
     search_all,
 )
@@ -166,7 +166,7 @@ def _consent_problem(tx: Transaction, ref: str, consent: dict[str, Any] | None, 
         if who == subject:
             return None
         if who and who.startswith("RelatedPerson/"):
-            related = read_json(tx, "RelatedPerson", who.split("/")[1])
+            related = read(tx, "RelatedPerson", who.split("/")[1])
             if related and relative((related.get("patient") or {}).get("reference")) == subject:
                 return None
     return (f"{ref} is not given by the patient or by a guardian or relative of the patient "
@@ -196,7 +196,7 @@ def _supporting(tx: Transaction, sr: dict[str, Any], subject: str,
         if ref is None:
             continue
         type_, _, id_ = ref.partition("/")
-        resource = read_json(tx, type_, id_)
+        resource = read(tx, type_, id_)
         if resource is None:
             issues.append(_issue("referral-supporting-info", f"{ref} does not exist", where))
             continue
@@ -265,7 +265,7 @@ def _level_issues(tx: Transaction, sender: str | None, receiver: str | None,
     levels = {}
     issues = []
     for ref in (sender, receiver):
-        org = read_json(tx, "Organization", ref.split("/")[1])
+        org = read(tx, "Organization", ref.split("/")[1])
         levels[ref] = care_level(org)
         if org is None:
             issues.append(_issue("referral-care-level", f"{ref} does not exist",
@@ -314,7 +314,7 @@ def check_request(tx: Transaction, sr: dict[str, Any], now: datetime) -> list[Is
         issues.append(_issue("referral-consent", "a referral names the patient's referral consent "
                              "(a Consent in supportingInfo)", "ServiceRequest.supportingInfo"))
     else:
-        problems = [_consent_problem(tx, ref, found.get(ref) or read_json(
+        problems = [_consent_problem(tx, ref, found.get(ref) or read(
             tx, "Consent", ref.split("/")[1]), subject, now) for ref in consents]
         if all(problems):
             issues.append(_issue("referral-consent", "no valid referral consent: "
@@ -459,7 +459,7 @@ def _check_task(event: WriteEvent) -> None:
 def _check_new_task(event: WriteEvent, task: dict[str, Any]) -> None:
     issues = []
     focus = relative((task.get("focus") or {}).get("reference")) or ""
-    sr = read_json(event.system, "ServiceRequest", focus.split("/")[1]) \
+    sr = read(event.system, "ServiceRequest", focus.split("/")[1]) \
         if focus.startswith("ServiceRequest/") else None
     if not is_referral_request(sr) or (sr or {}).get("status") != "active":
         issues.append(_issue("referral-task", "a referral Task's focus is an active referral "
@@ -632,7 +632,7 @@ def _close_request(event: WriteEvent, previous: dict[str, Any], task: dict[str, 
     if status is None or previous.get("status") == task.get("status"):
         return
     request_id = model.reference_id(task.get("focus"), "ServiceRequest")
-    sr = read_json(event.system, "ServiceRequest", request_id)
+    sr = read(event.system, "ServiceRequest", request_id)
     if sr is not None and sr.get("status") == "active":
         sr["status"] = status
         event.write(sr)

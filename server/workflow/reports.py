@@ -40,6 +40,7 @@ from server.fhir.writes import current_or_error, new_id
 from server.search.query import parse
 from server.storage.base import ResourceStore, Transaction, Version
 from server.workflow import model, signing, trail
+from server.workflow.casefile import read
 
 JOSE = "application/jose"
 FHIR_JSON = "application/fhir+json"
@@ -59,15 +60,6 @@ def relative(reference: str | None) -> str | None:
     return "/".join(parts[-2:]) if len(parts) >= 2 else None
 
 
-def read_json(tx: Transaction, type_: str, id_: str | None) -> dict[str, Any] | None:
-    if not id_:
-        return None
-    v = tx.read(type_, id_)
-    if v is None or v.deleted or v.body is None:
-        return None
-    return codec.loads(v.body)
-
-
 def is_referral(task: dict[str, Any] | None) -> bool:
     return model.has_code(task.get("code") if task else None, model.CONSULTATION_TYPE,
                           "referral")
@@ -80,7 +72,7 @@ def organization_of_role(tx: Transaction, reference: dict[str, Any] | None) -> s
         return None
     if ref.startswith("Organization/"):
         return ref
-    role = read_json(tx, "PractitionerRole", model.reference_id({"reference": ref},
+    role = read(tx, "PractitionerRole", model.reference_id({"reference": ref},
                                                                  "PractitionerRole"))
     org = relative(((role or {}).get("organization") or {}).get("reference"))
     return org if org and org.startswith("Organization/") else None
@@ -212,7 +204,7 @@ def _after_signature_record(event: WriteEvent) -> None:
     found = _signed_target(event.resource)
     if found is None:
         return
-    report = read_json(event.system, "DiagnosticReport", found[0])
+    report = read(event.system, "DiagnosticReport", found[0])
     replaced = model.reference_id(model.extension_value(report, model.EXT_REPLACES,
                                                         "Reference"), "DiagnosticReport")
     if report is None or replaced is None:
@@ -270,7 +262,7 @@ def _check_replaces(event: WriteEvent) -> None:
                             "a DiagnosticReport", "extension")
     if old_id == event.id:
         raise unprocessable("[report-replaces] a report cannot replace itself", "extension")
-    old = read_json(event.system, "DiagnosticReport", old_id)
+    old = read(event.system, "DiagnosticReport", old_id)
     if old is None:
         raise unprocessable(f"[report-replaces] DiagnosticReport/{old_id} does not exist",
                             "extension")
@@ -315,7 +307,7 @@ def _notify_delivery(event: WriteEvent) -> None:
 def _deliver(event: WriteEvent, task: dict[str, Any], report_ref: str) -> None:
     """The Communication that tells the inviting organisation its report has arrived."""
     focus = relative((task.get("focus") or {}).get("reference"))
-    request = read_json(event.system, "ServiceRequest",
+    request = read(event.system, "ServiceRequest",
                         model.reference_id({"reference": focus}, "ServiceRequest"))
     recipient = organization_of_role(event.system, (request or {}).get("requester")) \
         or organization_of_role(event.system, task.get("requester"))
@@ -361,7 +353,7 @@ def _performers(tx: Transaction, report: dict[str, Any]) -> list[tuple[str, str]
         if ref.startswith("Practitioner/"):
             out.append((ref, ref.split("/")[1]))
         elif ref.startswith("PractitionerRole/"):
-            role = read_json(tx, "PractitionerRole", ref.split("/")[1])
+            role = read(tx, "PractitionerRole", ref.split("/")[1])
             pid = model.reference_id((role or {}).get("practitioner"), "Practitioner")
             if pid:
                 out.append((ref, pid))
