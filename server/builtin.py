@@ -19,14 +19,20 @@ from server.storage.base import ResourceStore, Transaction
 log = logging.getLogger("consilium.builtin")
 
 
+
 def resources() -> list[dict[str, Any]]:
-    """The definitions the server ships."""
+    """The definitions the server ships, with the OperationDefinitions of its own operations."""
     from server import terminology, workflow
+    from server.fhir.interactions import OPERATIONS
+    from server.fhir.table import operation_definition
+    from server.workflow.model import BASE
 
     out = list(terminology.builtin_resources())
     for module in workflow.modules():
         out += getattr(module, "builtin_resources", lambda: [])()
-    return out
+    # HL7's own operations ($validate, $expand …) are defined by HL7 at its URLs.
+    own = {op.definition: op for op in OPERATIONS if op.definition.startswith(f"{BASE}/")}
+    return out + [operation_definition(op) for op in own.values()]
 
 
 def seeds() -> list[dict[str, Any]]:

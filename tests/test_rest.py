@@ -65,6 +65,31 @@ def test_metadata_is_public_and_describes_what_is_served(fhir: Fhir) -> None:
     assert "application/json-patch+json" in cs["patchFormat"]
 
 
+def test_our_operations_have_their_definitions_at_their_urls(fhir: Fhir) -> None:
+    """Every operation /metadata names with a Consilium definition can be read there, and says
+    what the router serves: its code, resource types and levels."""
+    rest = fhir.get("metadata").json()["rest"][0]
+    declared: dict[str, set[str]] = {}
+    for res in rest["resource"]:
+        for op in res.get("operation", []):
+            declared.setdefault(op["definition"], set()).add(res["type"])
+    ours = {url: types for url, types in declared.items()
+            if url.startswith("https://fhir.consilium.health/")}
+    assert len(ours) >= 25
+    for url, types in ours.items():
+        found = fhir.get("OperationDefinition", params={"url": url}).json().get("entry", [])
+        assert len(found) == 1, url
+        definition = found[0]["resource"]
+        assert definition["url"] == url and definition["status"] == "active"
+        assert set(definition["resource"]) == types, url
+        assert url.endswith(f"/{types.pop()}-{definition['code']}")
+        assert definition["instance"] or definition["type"] or definition["system"]
+    quality = fhir.get("OperationDefinition/Organization-quality").json()
+    assert quality["instance"] and not quality["type"] and not quality["affectsState"]
+    assert {(p["name"], p["use"], p["min"], p["type"]) for p in quality["parameter"]} == {
+        ("period", "in", 1, "string"), ("return", "out", 1, "MeasureReport")}
+
+
 def test_every_declared_interaction_is_routed(fhir: Fhir) -> None:
     """What the CapabilityStatement declares, the router serves (never 404/405 for them)."""
     from server.fhir.interactions import INTERACTIONS

@@ -1,18 +1,15 @@
-"""The consultation operations declared once: the table the router serves
-(server.workflow.consultation.OPERATIONS) and the OperationDefinitions the server publishes at
-their canonical URLs (installed at start), so the two cannot drift."""
+"""The consultation operations, declared once with their parameters: the router serves them
+(server.workflow.consultation.OPERATIONS) and server.builtin publishes their OperationDefinitions
+(server.fhir.table.operation_definition)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from server.fhir.table import Operation
+from server.fhir.table import Operation, Param
 from server.workflow import consultation_ops as ops
 from server.workflow import model
-
-#: (name, use, min, max, type, documentation)
-Param = tuple[str, str, int, str, str, str]
 
 _NOTE: Param = ("note", "in", 0, "1", "string", "A note added to the Task")
 _TASK: Param = ("return", "out", 1, "1", "Task", "The Task as changed")
@@ -94,31 +91,5 @@ SPECS: tuple[Spec, ...] = (
 
 def operations() -> tuple[Operation, ...]:
     return tuple(Operation(s.name, s.url, frozenset({"instance" if s.instance else "type"}),
-                           s.handler, s.title, s.methods, ("Task",)) for s in SPECS)
-
-
-def definition(spec: Spec) -> dict[str, Any]:
-    return {
-        "resourceType": "OperationDefinition",
-        "id": f"Task-{spec.name}",
-        "url": spec.url,
-        "version": "0.1.0",
-        "name": "Task" + "".join(p.capitalize() for p in spec.name.split("-")),
-        "title": spec.title,
-        "status": "active",
-        "kind": "operation",
-        "publisher": "Consilium",
-        "description": spec.description,
-        "affectsState": spec.methods == ("POST",),
-        "code": spec.name,
-        "resource": ["Task"],
-        "system": False,
-        "type": not spec.instance,
-        "instance": spec.instance,
-        "parameter": [{"name": n, "use": use, "min": lo, "max": hi, "type": t,
-                       "documentation": doc} for n, use, lo, hi, t, doc in spec.parameters],
-    }
-
-
-def builtin_resources() -> list[dict[str, Any]]:
-    return [definition(s) for s in SPECS]
+                           s.handler, s.title, s.methods, ("Task",), parameters=s.parameters,
+                           description=s.description) for s in SPECS)

@@ -756,6 +756,10 @@ def _days(text: str) -> tuple[date, date]:
     return day, day + timedelta(days=1)
 
 
+PERIOD_DOC = ("A year (2026), a quarter (2026-Q3), a month (2026-07), a day (2026-07-15) or "
+              "start/end days, in the organisation's time zone")
+
+
 def period_bounds(text: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
     """[start, end) of ``2026``, ``2026-Q3``, ``2026-07``, ``2026-07-15`` or ``start/end``
     (days, both included), midnight to midnight in ``zone``."""
@@ -1050,11 +1054,27 @@ def _definition(name: str) -> str:
 OPERATIONS: tuple[Operation, ...] = (
     Operation("stats", _definition("PractitionerRole-stats"), frozenset({"instance"}), stats,
               "An expert's figures: served, invited, declined, decline ratio, mean "
-              "satisfaction, median turnaround", ("GET", "POST"), ("PractitionerRole",)),
+              "satisfaction, median turnaround", ("GET", "POST"), ("PractitionerRole",),
+              parameters=(("period", "in", 0, "1", "string", PERIOD_DOC + " (default: all time)"),
+                          ("return", "out", 1, "1", "Parameters", "The figures"))),
     Operation("pool", _definition("PractitionerRole-pool"), frozenset({"type"}), pool,
               "The public listing of the expert pool's active members, by specialty",
-              ("GET", "POST"), ("PractitionerRole",), public=True),
+              ("GET", "POST"), ("PractitionerRole",), public=True,
+              parameters=(("specialty", "in", 0, "*", "string", "Specialty codes (or system|code) "
+                           "to list; none: every discipline"),
+                          ("return", "out", 1, "1", "Bundle", "The members, without contact "
+                           "or private details"))),
     Operation("review", _definition("PractitionerRole-review"), frozenset({"type"}), review,
               "The annual review of the expert pool: members who fail it are removed",
-              ("POST",), ("PractitionerRole",)),
+              ("POST",), ("PractitionerRole",), parameters=(
+                  ("year", "in", 1, "1", "integer", "The year reviewed"),
+                  ("maxDeclineRatio", "in", 0, "1", "decimal", "Members who declined a larger "
+                   "share of their invitations fail (0 to 1)"),
+                  ("minSatisfaction", "in", 0, "1", "decimal", "Members rated lower on average "
+                   "fail (1 to 5)"),
+                  ("minInvitations", "in", 0, "1", "integer", "Figures count from this many "
+                   "invitations (default 1)"),
+                  ("dryRun", "in", 0, "1", "boolean", "Report without removing anyone"),
+                  ("return", "out", 1, "1", "Parameters", "Every member reviewed, with the "
+                   "reasons of those who fail"))),
 )

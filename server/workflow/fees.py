@@ -628,5 +628,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("deposit", f"{model.BASE}/OperationDefinition/Account-deposit",
               frozenset({"instance"}), deposit,
               "Top up a member organisation's prepaid balance for consultation fees",
-              ("POST",), ("Account",)),
+              ("POST",), ("Account",), parameters=(
+                  ("amount", "in", 1, "1", "Money", "What is paid in (positive)"),
+                  ("currency", "in", 0, "1", "code", "The currency, when the amount has none"),
+                  ("return", "out", 1, "1", "Account", "The Account with its new balance"))),
 )

@@ -579,8 +579,16 @@ def _definition(name: str) -> str:
 OPERATIONS: tuple[Operation, ...] = (
     Operation("quality", _definition("Organization-quality"), frozenset({"instance"}), quality,
               "The quarter's quality statistics of an organisation (MeasureReport)",
-              ("GET", "POST"), ("Organization",)),
+              ("GET", "POST"), ("Organization",), parameters=(
+                  ("period", "in", 1, "1", "string", "The quarter, e.g. 2026-Q3"),
+                  ("return", "out", 1, "1", "MeasureReport", "The quarter's statistics"))),
     Operation("grade", _definition("Organization-grade"), frozenset({"instance"}), grade,
               "Record the evaluation panel's quality grade of an organisation for a quarter",
-              ("POST",), ("Organization",)),
+              ("POST",), ("Organization",), parameters=(
+                  ("period", "in", 1, "1", "string", "The quarter graded, e.g. 2026-Q3"),
+                  ("grade", "in", 1, "1", "code", "excellent, qualified or unqualified"),
+                  ("note", "in", 0, "1", "string", "The panel's remarks"),
+                  ("evaluator", "in", 0, "1", "Reference", "Who graded (default: the caller's "
+                   "organisation)"),
+                  ("return", "out", 1, "1", "Observation", "The grade recorded"))),
 )

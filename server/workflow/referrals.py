@@ -44,10 +44,8 @@ and into the organisation in a period (a searchset of the Tasks, their requests 
 from __future__ import annotations
 
 import calendar
-import re
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
-from zoneinfo import ZoneInfo
 
 from server.auth.guard import unguarded
 from server.fhir import codec
@@ -64,6 +62,7 @@ from server.terminology.library import library
 from server.terminology.params import Param, read_params
 from server.workflow import model, trail
 from server.workflow.casefile import read
+from server.workflow.experts import PERIOD_DOC, period_bounds
 from server.workflow.profiles import require_profile
 from server.workflow.reports import (
     is_referral,
@@ -716,35 +715,6 @@ async def transfer_in(req: FhirRequest, store_: ResourceStore) -> FhirResponse:
 
 # -- the register ---------------------------------------------------------------------------------
 
-_QUARTER = re.compile(r"^(\d{4})-Q([1-4])$")
-
-
-def period_bounds(text: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
-    """[start, end) of a period: ``2026``, ``2026-Q3``, ``2026-07``, ``2026-07-15`` or
-    ``start/end`` (dates, both days included), in the time zone ``tz``."""
-    try:
-        if "/" in text:
-            a, b = text.split("/", 1)
-            return period_bounds(a, tz)[0], period_bounds(b, tz)[1]
-        m = _QUARTER.match(text)
-        if m:
-            year, q = int(m.group(1)), int(m.group(2))
-            first = date(year, 3 * q - 2, 1)
-            last = date(year + 1, 1, 1) if q == 4 else date(year, 3 * q + 1, 1)
-        elif re.fullmatch(r"\d{4}", text):
-            first, last = date(int(text), 1, 1), date(int(text) + 1, 1, 1)
-        elif re.fullmatch(r"\d{4}-\d{2}", text):
-            y, mo = int(text[:4]), int(text[5:])
-            first = date(y, mo, 1)
-            last = date(y + 1, 1, 1) if mo == 12 else date(y, mo + 1, 1)
-        else:
-            first = date.fromisoformat(text)
-            last = first + timedelta(days=1)
-    except ValueError:
-        raise invalid(f"period {text!r}: give a year (2026), a quarter (2026-Q3), a month "
-                      "(2026-07), a day (2026-07-15) or start/end days", "period") from None
-    return (datetime.combine(first, datetime.min.time(), tz),
-            datetime.combine(last, datetime.min.time(), tz))
 
 
 _REGISTER_PARAMS = {"period": Param("string"), "direction": Param("code")}
@@ -807,15 +777,27 @@ def _definition(name: str) -> str:
 OPERATIONS: tuple[Operation, ...] = (
     Operation("confirm", _definition("Task-confirm"), frozenset({"instance"}), confirm,
               "The caller's side (sending or receiving) confirms a referral",
-              ("POST",), ("Task",)),
+              ("POST",), ("Task",), parameters=(
+                  ("side", "in", 0, "1", "code", "sender or receiver (needed when the caller "
+                   "acts for both)"),
+                  ("date", "in", 0, "1", "dateTime", "When it happened (default: now)"),
+                  ("note", "in", 0, "1", "string", "A note added to the Task"),
+                  ("return", "out", 1, "1", "Task", "The Task as changed"))),
     Operation("transfer-out", _definition("Task-transfer-out"), frozenset({"instance"}),
               transfer_out, "The sending side registers the referred patient's transfer out",
-              ("POST",), ("Task",)),
+              ("POST",), ("Task",), parameters=(("date", "in", 0, "1", "dateTime", "When it happened (default: now)"),
+                  ("note", "in", 0, "1", "string", "A note added to the Task"),
+                  ("return", "out", 1, "1", "Task", "The Task as changed"))),
     Operation("transfer-in", _definition("Task-transfer-in"), frozenset({"instance"}),
               transfer_in, "The receiving side registers the referred patient's arrival",
-              ("POST",), ("Task",)),
+              ("POST",), ("Task",), parameters=(("date", "in", 0, "1", "dateTime", "When it happened (default: now)"),
+                  ("note", "in", 0, "1", "string", "A note added to the Task"),
+                  ("return", "out", 1, "1", "Task", "The Task as changed"))),
     Operation("referral-register", _definition("Organization-referral-register"),
               frozenset({"instance"}), referral_register,
               "The organisation's register of referral transfers out and in for a period",
-              ("GET", "POST"), ("Organization",)),
+              ("GET", "POST"), ("Organization",), parameters=(
+                  ("period", "in", 0, "1", "string", PERIOD_DOC + " (default: all time)"),
+                  ("direction", "in", 0, "1", "code", "in or out (default: both)"),
+                  ("return", "out", 1, "1", "Bundle", "The referral Tasks and their requests"))),
 )

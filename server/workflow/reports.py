@@ -550,11 +550,15 @@ def _definition(name: str) -> str:
 OPERATIONS: tuple[Operation, ...] = (
     Operation("sign", _definition("DiagnosticReport-sign"), frozenset({"instance"}), sign,
               "The report's performer signs its current version (a Provenance with a JWS)",
-              ("POST",), ("DiagnosticReport",)),
+              ("POST",), ("DiagnosticReport",), parameters=(
+                  ("return", "out", 1, "1", "Provenance", "The signature record"),)),
     Operation("verify", _definition("DiagnosticReport-verify"), frozenset({"instance"}), verify,
               "Whether the report's signatures are valid, by whom and of which version",
-              ("GET", "POST"), ("DiagnosticReport",), public=True),
+              ("GET", "POST"), ("DiagnosticReport",), public=True, parameters=(
+                  ("return", "out", 1, "1", "Parameters", "valid, and per signature: who "
+                   "signed, which version, whether it verifies"),)),
     Operation("keys", _definition("Practitioner-keys"), frozenset({"instance"}), keys,
               "The practitioner's public signing keys (JWKS)", ("GET",), ("Practitioner",),
-              public=True),
+              public=True, description="The practitioner's public signing keys, as a JSON Web "
+              "Key Set (application/jwk-set+json), to check signatures without the server."),
 )

@@ -152,5 +152,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("recognized-results", f"{model.BASE}/OperationDefinition/Patient-recognized-results",
               frozenset({"instance"}), recognized_results,
               "The patient's results from organisations of the requester's care level, which "
-              "need not be repeated", ("GET", "POST"), ("Patient",)),
+              "need not be repeated", ("GET", "POST"), ("Patient",), parameters=(
+                  ("organization", "in", 0, "1", "string", "The requesting organisation "
+                   "(default: the caller's)"),
+                  ("return", "out", 1, "1", "Bundle", "The results (Observation, "
+                   "DiagnosticReport, ImagingStudy …)"))),
 )
