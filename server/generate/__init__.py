@@ -8,6 +8,7 @@ them by hand. Run ``python -m server.generate all`` (or ``make tables``) to rebu
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
@@ -24,6 +25,14 @@ def definitions_dir(arg: str | None = None) -> Path:
         raise SystemExit(f"FHIR R4 definitions not found at {path} "
                          "(set --definitions or CONSILIUM_FHIR_DEFINITIONS)")
     return path
+
+
+def definitions_from_args(doc: str, argv: list[str] | None) -> Path:
+    """The definitions directory a generator's command line names (``--definitions``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--definitions", help="the FHIR R4 definitions (default: "
+                        f"{DEFAULT_DEFINITIONS}, or CONSILIUM_FHIR_DEFINITIONS)")
+    return definitions_dir(parser.parse_args(argv).definitions)
 
 
 def load_bundle(directory: Path, name: str) -> list[dict[str, Any]]:

@@ -8,11 +8,10 @@ compartment owner itself (a Patient is in its own compartment).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from server.generate import REPO, definitions_dir, header, load_bundle, write_json
+from server.generate import REPO, definitions_from_args, header, load_bundle, write_json
 
 OUTPUT = REPO / "server" / "search" / "spec" / "compartments.json"
 
@@ -32,10 +31,8 @@ def generate(directory: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--definitions")
-    args = parser.parse_args(argv)
-    write_json(OUTPUT, generate(definitions_dir(args.definitions)))
+    directory = definitions_from_args(__doc__, argv)
+    write_json(OUTPUT, generate(directory))
 
 
 if __name__ == "__main__":

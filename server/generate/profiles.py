@@ -31,13 +31,12 @@ them by hand (tests compare them with a fresh build).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
 from typing import Any
 
-from server.generate import REPO, definitions_dir, load_bundle
+from server.generate import REPO, definitions_from_args, load_bundle
 
 SOURCES = REPO / "profiles" / "src"
 OUTPUT = REPO / "profiles"
@@ -326,10 +325,8 @@ def render(sd: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--definitions")
-    args = parser.parse_args(argv)
-    profiles = generate(definitions_dir(args.definitions))
+    directory = definitions_from_args(__doc__, argv)
+    profiles = generate(directory)
     wanted = {OUTPUT / f"StructureDefinition-{id_}.json" for id_ in profiles}
     for stale in set(OUTPUT.glob("StructureDefinition-*.json")) - wanted:
         stale.unlink()

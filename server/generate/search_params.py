@@ -22,12 +22,11 @@ compile and reports the rest.
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 from typing import Any
 
-from server.generate import REPO, definitions_dir, header, load_bundle, write_json
+from server.generate import REPO, definitions_from_args, header, load_bundle, write_json
 
 OUTPUT = REPO / "server" / "search" / "spec" / "search_parameters.json"
 _BULLET = re.compile(r"^\*\s*\[(?P<type>[A-Za-z]+)\]\([^)]*\):\s*(?P<text>.*)$")
@@ -121,10 +120,8 @@ def generate(directory: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--definitions")
-    args = parser.parse_args(argv)
-    write_json(OUTPUT, generate(definitions_dir(args.definitions)))
+    directory = definitions_from_args(__doc__, argv)
+    write_json(OUTPUT, generate(directory))
 
 
 if __name__ == "__main__":

@@ -19,11 +19,10 @@ are listed once per allowed type (``valueQuantity``, ``valueString`` …) and on
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from server.generate import REPO, definitions_dir, header, load_bundle, write_json
+from server.generate import REPO, definitions_from_args, header, load_bundle, write_json
 
 OUTPUT = REPO / "server" / "fhir" / "spec" / "structures.json.gz"
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
@@ -154,10 +153,8 @@ def generate(directory: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--definitions")
-    args = parser.parse_args(argv)
-    write_json(OUTPUT, generate(definitions_dir(args.definitions)), compress=True)
+    directory = definitions_from_args(__doc__, argv)
+    write_json(OUTPUT, generate(directory), compress=True)
 
 
 if __name__ == "__main__":

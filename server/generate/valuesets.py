@@ -28,7 +28,6 @@ out of expansions of whole code systems and filters; explicitly listed concepts 
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from server.fhir.structures import Element, structures
-from server.generate import REPO, definitions_dir, header, load_bundle, write_json
+from server.generate import REPO, definitions_from_args, header, load_bundle, write_json
 
 OUTPUT = REPO / "terminology" / "r4" / "required-valuesets.json"
 SOURCES = ["valuesets.json.gz", "v3-codesystems.json.gz", "v2-tables.json.gz"]
@@ -317,10 +316,8 @@ def generate(directory: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--definitions")
-    args = parser.parse_args(argv)
-    write_json(OUTPUT, generate(definitions_dir(args.definitions)))
+    directory = definitions_from_args(__doc__, argv)
+    write_json(OUTPUT, generate(directory))
 
 
 if __name__ == "__main__":

@@ -56,26 +56,8 @@ _MAX_CHAIN = 4
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
-def split_values(text: str) -> list[str]:
-    """Comma-separated OR values, honouring the ``\\,`` escape."""
-    out, cur, i = [], [], 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            cur.append(text[i:i + 2])
-            i += 2
-            continue
-        if c == ",":
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    out.append("".join(cur))
-    return out
-
-
-def _split_unescaped(text: str, sep: str) -> list[str]:
+def split_unescaped(text: str, sep: str) -> list[str]:
+    """``text`` split at each ``sep`` not escaped by a backslash (escapes kept for unescape)."""
     parts, cur, i = [], [], 0
     while i < len(text):
         c = text[i]
@@ -91,6 +73,11 @@ def _split_unescaped(text: str, sep: str) -> list[str]:
         i += 1
     parts.append("".join(cur))
     return parts
+
+
+def split_values(text: str) -> list[str]:
+    """Comma-separated OR values, honouring the ``\\,`` escape."""
+    return split_unescaped(text, ",")
 
 
 def unescape(text: str) -> str:
@@ -119,7 +106,7 @@ class Parser:
         return "eq", raw
 
     def token(self, name: str, raw: str) -> TokenValue:
-        parts = _split_unescaped(raw, "|")
+        parts = split_unescaped(raw, "|")
         if len(parts) == 1:
             return TokenValue(None, unescape(parts[0]) or None)
         if len(parts) != 2:
@@ -148,7 +135,7 @@ class Parser:
         return RangeValue(prefix, lo, hi)
 
     def quantity(self, name: str, raw: str) -> RangeValue:
-        parts = _split_unescaped(raw, "|")
+        parts = split_unescaped(raw, "|")
         if len(parts) not in (1, 3):
             raise self._bad(name, raw, "is not a quantity ([prefix]number|system|code)")
         number = self.number(name, parts[0])
@@ -266,7 +253,7 @@ class Parser:
     def _of_type(self, name: str, raw: str) -> tuple[Value, ...]:
         out: list[Value] = []
         for item in split_values(raw):
-            parts = _split_unescaped(item, "|")
+            parts = split_unescaped(item, "|")
             if len(parts) != 3 or not all(parts):
                 raise self._bad(name, item, "must be [type system]|[type code]|[value]")
             out.append(TokenValue(unescape(parts[0]), f"{unescape(parts[1])}|{unescape(parts[2])}"))
