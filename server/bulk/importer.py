@@ -276,14 +276,19 @@ class Importer:
         self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
         return self.report
 
-    async def _sort(self, name: str, prepared: list[Prepared]) -> list[Any]:
-        """The resources of a prepared chunk; rejected lines noted; Bundles processed."""
+    async def _sort(self, name: str, prepared: list[Prepared], atomic: bool = False) -> list[Any]:
+        """The resources of a prepared chunk; rejected lines noted; Bundles processed (refused
+        in an ``atomic`` import, which is one transaction and cannot hold theirs)."""
         batch = []
         for kind, number, payload in prepared:
             if kind == "ok":
                 batch.append(payload)
             elif kind == "err":
                 self.report.rejected.append(Rejected(name, number, payload))
+            elif atomic:
+                self.report.rejected.append(Rejected(
+                    name, number, "transaction and batch Bundles cannot be part of an "
+                                  "--atomic import; import them without it"))
             else:
                 await self._bundle(name, number, payload)
         return batch
@@ -343,16 +348,7 @@ class Importer:
         try:
             for prepared in results:
                 name, counting = meta.popleft()
-                batch = []
-                for kind, number, payload in prepared:
-                    if kind == "ok":
-                        batch.append(payload)
-                    elif kind == "err":
-                        self.report.rejected.append(Rejected(name, number, payload))
-                    else:
-                        self.report.rejected.append(Rejected(
-                            name, number, "transaction and batch Bundles cannot be part of an "
-                                          "--atomic import; import them without it"))
+                batch = await self._sort(name, prepared, atomic=True)
                 if not self.report.rejected:
                     await asyncio.to_thread(feed.put, batch)
                 consumed(counting)
