@@ -79,6 +79,13 @@ class Principal:
     def can(self, type: str, action: str) -> bool:
         return self.unrestricted or _allows(self.scopes, type, action)
 
+    @property
+    def backend(self) -> bool:
+        """A backend client (system scopes and no user), or authorization turned off: the
+        workflow lets it act for any party."""
+        return self.unrestricted or (not self.fhir_user and any(
+            s.context == "system" for s in self.scopes))
+
 
 @functools.lru_cache(maxsize=4096)
 def _allows(scopes: tuple[Scope, ...], type: str, action: str) -> bool:

@@ -179,12 +179,6 @@ def years_before(today: date, years: int) -> date:
 
 # -- who acts -----------------------------------------------------------------------------------
 
-def is_system(principal: Principal) -> bool:
-    """A backend client (a system scope and no fhirUser) or a server without authorization."""
-    return principal.unrestricted or (not principal.fhir_user and any(
-        s.context == "system" for s in principal.scopes))
-
-
 def acting_organizations(tx: Transaction, principal: Principal) -> set[str]:
     """Ids of the organisations the principal acts for, from its fhirUser."""
     kind, _, id_ = (principal.fhir_user or "").rpartition("/")
@@ -380,7 +374,7 @@ def _facts_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
 def _check_who(event: WriteEvent, role: dict[str, Any], old: str | None, new: str) -> set[str]:
     """The capacities the principal acts in for this change; 403/409 when it may not."""
     allowed = TRANSITIONS.get(old, {}).get(new)
-    system = is_system(event.principal)
+    system = event.principal.backend
     if allowed is None and not (system and old is None):
         options = ", ".join(sorted(TRANSITIONS.get(old, {}))) or "none"
         raise conflict(f"[pool-transition] the pool status cannot go from {old or 'none'} to "
@@ -410,7 +404,7 @@ def _fill_parties(event: WriteEvent, role: dict[str, Any], new: str, mine: set[s
         raise refusal([_issue("pool-nominated-by", "the nominating organisation (nominated-by) "
                               "is the employer, the role's organization",
                               "PractitionerRole.extension")])
-    if new not in ("approved", "active") or is_system(event.principal):
+    if new not in ("approved", "active") or event.principal.backend:
         return
     regional = regional_authorities(event.system, event.principal,
                                     ref_id(employer, "Organization"))
@@ -437,7 +431,7 @@ def role_before(event: WriteEvent) -> None:
     if not is_pool_role(role) and not is_pool_role(before):
         return
     if role is None:
-        if not is_system(event.principal):
+        if not event.principal.backend:
             raise conflict(f"PractitionerRole/{event.id} is in the expert pool: it is removed "
                            "(expert-pool-status removed), not deleted")
         return
@@ -1015,7 +1009,7 @@ async def review(req: FhirRequest, store_: ResourceStore) -> FhirResponse:
 
     def run(tx: Transaction) -> dict[str, Any]:
         system = unguarded(tx)
-        everyone = is_system(req.principal)
+        everyone = req.principal.backend
         if not everyone and not authorities(
                 system, acting_organizations(system, req.principal), POOL_AUTHORITY_TYPES):
             raise FhirError(403, "forbidden", "[pool-authority] only the regional authority "

@@ -67,7 +67,6 @@ from server.workflow.experts import (
     first,
     in_period,
     inputs,
-    is_system,
     latest_ratings,
     organization_types,
     provenance,
@@ -448,7 +447,7 @@ def _evaluator(tx: Transaction, req: FhirRequest, given: dict[str, Any] | None) 
     """Who graded: the evaluator given, else the grading organisation the caller acts for,
     else the caller itself."""
     principal = req.principal
-    if not is_system(principal):
+    if not principal.backend:
         grading = authorities(tx, acting_organizations(tx, principal), GRADING_TYPES)
         if not grading:
             raise FhirError(403, "forbidden", "[quality-grade] only the quality-control centre "

@@ -66,7 +66,6 @@ from server.workflow.experts import PERIOD_DOC, period_bounds
 from server.workflow.profiles import require_profile
 from server.workflow.reports import (
     is_referral,
-    is_system,
     organization_of_role,
     relative,
     search_all,
@@ -410,7 +409,7 @@ def expected_status(steps: dict[str, str]) -> str:
 
 def sides(tx: Transaction, principal: Any, task: dict[str, Any]) -> set[str]:
     """Which side(s) of the referral the caller acts for, as far as the token says."""
-    if is_system(principal):
+    if principal.backend:
         return {SENDER, RECEIVER}
     user = relative(principal.fhir_user)
     if user is None:

@@ -78,12 +78,6 @@ def organization_of_role(tx: Transaction, reference: dict[str, Any] | None) -> s
     return org if org and org.startswith("Organization/") else None
 
 
-def is_system(principal: Principal) -> bool:
-    """A backend client (system scopes, no user) or authorization turned off."""
-    return principal.unrestricted or (not principal.fhir_user and any(
-        s.context == "system" for s in principal.scopes))
-
-
 # -- signatures ----------------------------------------------------------------------------------
 
 def report_signatures(provenance: dict[str, Any]) -> list[dict[str, Any]]:
@@ -369,7 +363,7 @@ def _signer(tx: Transaction, report: dict[str, Any], principal: Principal) -> tu
     for ref, pid in performers:
         if user in (ref, f"Practitioner/{pid}"):
             return ref, pid
-    if is_system(principal):
+    if principal.backend:
         return performers[0]
     raise FhirError(403, "forbidden", "[report-signer] only the report's performer may sign it "
                     f"(the token's fhirUser is {principal.fhir_user or 'not set'})")
