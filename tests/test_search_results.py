@@ -306,7 +306,6 @@ def test_malformed_values_are_refused_naming_the_parameter(fhir: Fhir, type_: st
     ("Patient", "name:text"), ("Patient", "gender:below"), ("Patient", "gender:in"),
     ("Patient", "birthdate:exact"), ("Patient", "name:nonsense"), ("Patient", "gender:contains"),
     ("Patient", "name:not"), ("Patient", "general-practitioner:exact"),
-    ("Observation", "code-value-quantity"), ("Observation", "code-value-quantity:missing"),
     ("Patient", "_text"), ("Patient", "_filter"), ("Patient", "_content"), ("Patient", "_query"),
 ])
 def test_unsupported_modifiers_and_parameters_are_refused(fhir: Fhir, type_: str,

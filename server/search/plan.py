@@ -50,7 +50,17 @@ class UriValue:
     uri: str
 
 
-Value = TokenValue | StringValue | RangeValue | ReferenceValue | UriValue
+@dataclass(frozen=True, slots=True)
+class CompositeValue:
+    """A composite value (``part$part…``, search.html#composite): one value per component,
+    each of its component parameter's ``kinds`` entry. The parts must all hold for one element
+    (one ``Observation.component``), not each for some element."""
+
+    kinds: tuple[str, ...]
+    parts: tuple[TokenValue | StringValue | RangeValue, ...]
+
+
+Value = TokenValue | StringValue | RangeValue | ReferenceValue | UriValue | CompositeValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +71,7 @@ class Match:
 
     type: str
     code: str
-    kind: str  # string token reference date number quantity uri, or column: id lastUpdated
+    kind: str  # string token reference date number quantity uri composite, or id lastUpdated
     values: tuple[Value, ...]
     modifier: str | None = None
 

@@ -18,6 +18,7 @@ from server.search.plan import (
     AnyOf,
     Chain,
     Clause,
+    CompositeValue,
     Has,
     Include,
     Match,
@@ -172,28 +173,49 @@ class Parser:
         for item in split_values(raw):
             if item == "":
                 raise self._bad(name, raw, "has an empty value")
-            if kind == "string" or modifier == "text":
-                text = unescape(item)
-                out.append(StringValue(index.normalize(text),
-                                       text if modifier == "exact" else None))
-            elif kind == "token":
-                out.append(self.token(name, item))
-            elif kind in ("date", "lastUpdated"):
-                out.append(self.date(name, item))
-            elif kind == "number":
-                out.append(self.number(name, item))
-            elif kind == "quantity":
-                out.append(self.quantity(name, item))
-            elif kind == "reference":
-                out.append(self.reference(name, item, None, getattr(param, "targets", ()) or ()))
-            elif kind == "uri":
-                out.append(UriValue(unescape(item)))
-            elif kind == "id":
-                out.append(TokenValue(None, unescape(item)))
+            if kind == "composite":
+                out.append(self.composite(name, item, param))
             else:
-                raise FhirError(400, "not-supported",
-                                f"search parameter {name}: {kind} parameters are not supported")
+                out.append(self.value(name, kind, item, modifier, param))
         return tuple(out)
+
+    def value(self, name: str, kind: str, item: str, modifier: str | None,
+              param: Any) -> Value:
+        if kind == "string" or modifier == "text":
+            text = unescape(item)
+            return StringValue(index.normalize(text), text if modifier == "exact" else None)
+        if kind == "token":
+            return self.token(name, item)
+        if kind in ("date", "lastUpdated"):
+            return self.date(name, item)
+        if kind == "number":
+            return self.number(name, item)
+        if kind == "quantity":
+            return self.quantity(name, item)
+        if kind == "reference":
+            return self.reference(name, item, None, getattr(param, "targets", ()) or ())
+        if kind == "uri":
+            return UriValue(unescape(item))
+        if kind == "id":
+            return TokenValue(None, unescape(item))
+        raise FhirError(400, "not-supported",
+                        f"search parameter {name}: {kind} parameters are not supported")
+
+    def composite(self, name: str, item: str, param: Any) -> CompositeValue:
+        """``part$part…`` (search.html#composite): each part in its component's syntax."""
+        kinds = tuple(c.param.type for c in param.components)
+        parts = split_unescaped(item, "$")
+        if len(parts) != len(kinds):
+            codes = "$".join(f"[{c.param.code}]" for c in param.components)
+            raise self._bad(name, item, f"is not a composite value {codes}")
+        values = []
+        for kind, part in zip(kinds, parts, strict=True):
+            if part == "":
+                raise self._bad(name, item, "has an empty part")
+            value = self.value(name, kind, part, None, None)
+            assert isinstance(value, TokenValue | StringValue | RangeValue)
+            values.append(value)
+        return CompositeValue(kinds, tuple(values))
 
     # -- parameters -----------------------------------------------------------------------------
 
@@ -213,10 +235,6 @@ class Parser:
         kind = param.column or param.type
         if dot:
             return self._chain(type_, name, code, modifier or None, param, rest, raw, depth)
-        if kind == "composite":
-            raise FhirError(400, "not-supported",
-                            f"search parameter {name}: composite parameters are not supported yet",
-                            expression=self.top or name)
         if modifier == "missing":
             if raw not in ("true", "false"):
                 raise self._bad(name, raw, "must be true or false")

@@ -170,6 +170,21 @@ def custom_definitions(directory: Path = CUSTOM) -> list[dict[str, Any]]:
     return out
 
 
+def composite_shape_problem(kinds: tuple[str, ...]) -> str | None:
+    """Why composites of these component types cannot be indexed, or None. The index stores a
+    composite as a token, then at most one coded or text part (token, string, or a quantity's
+    unit) and at most two ranges (date, number, or a quantity's value): every R4 composite."""
+    if len(kinds) < 2 or kinds[0] != "token":
+        return f"a composite of {' and '.join(kinds)} does not start with a token"
+    if any(k not in ("token", "string", "quantity", "date", "number") for k in kinds[1:]):
+        return f"a composite of {' and '.join(kinds)} has a part that cannot be indexed"
+    coded = sum(k in ("token", "string", "quantity") for k in kinds[1:])
+    ranged = sum(k in ("quantity", "date", "number") for k in kinds[1:])
+    if coded > 1 or ranged > 2:
+        return f"a composite of {' and '.join(kinds)} has more parts than the index holds"
+    return None
+
+
 class _Builder:
     """Compiles the raw definitions; collects what cannot be supported and why."""
 
@@ -263,6 +278,9 @@ class _Builder:
                                     f"its {target['type']} parameter {target['code']!r} "
                                     f"cannot index")
             out.append((self.component_param(target), comp["expression"], path))
+        problem = composite_shape_problem(tuple(param.type for param, _, _ in out))
+        if problem:
+            raise FhirPathError(problem)
         return out
 
     def component_param(self, raw: dict[str, Any]) -> SearchParam:

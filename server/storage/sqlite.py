@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
@@ -40,6 +41,7 @@ from server.storage.base import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _READ_CURRENT = (
     "SELECT r.version, r.updated, r.deleted, v.body, v.method FROM resource r "
@@ -301,7 +303,7 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with connect(self.path) as conn:
-            sqlite_schema.migrate(conn)
+            sqlite_schema.migrate(conn, _index_composites)
         self._reader = connect(self.path, readonly=True)
         self._reader_lock = threading.Lock()
         from server.storage import sqlite_search
@@ -404,6 +406,29 @@ class SqliteStore:
             self._writer.queue.put(None)
             self._writer.join()
         self._reader.close()
+
+
+def _index_composites(conn: sqlite3.Connection) -> None:
+    """Write the composite index rows of the current resources (schema 3 adds them)."""
+    from server.search.index import extract
+    from server.search.registry import registry
+
+    reg = registry()
+    types = [t for t in reg.resource_types
+             if any(p.type == "composite" for p in reg.params_for(t).values())]
+    done = 0
+    for type in types:
+        rows = conn.execute("SELECT r.rid, v.body FROM resource r JOIN version v ON v.seq = "
+                            "r.seq WHERE r.type = ? AND r.deleted = 0", (type,)).fetchall()
+        for start in range(0, len(rows), 1000):
+            index_rows: dict[str, list[tuple[Any, ...]]] = {}
+            for rid, body in rows[start:start + 1000]:
+                composite = extract(codec.loads(body))["composite"]
+                sqlite_schema.collect_index_rows(index_rows, rid, type, {"composite": composite})
+            sqlite_schema.insert_index_rows(conn, index_rows)
+        done += len(rows)
+    if done:
+        log.info("composite search index written", extra={"resources": done})
 
 
 def _decode_cursor(cursor: str) -> int:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from server.search.plan import NEG_INF, POS_INF
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource (
@@ -82,6 +83,14 @@ CREATE TABLE IF NOT EXISTS idx_quantity (
     PRIMARY KEY (pid, code, system, lo, hi, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity (rid);
 
+-- Composite parameters (search.html#composite): the leading token, then the other parts in
+-- the columns composite_columns() gives them (a, b: a code or text; lo, hi and lo2, hi2: ranges).
+CREATE TABLE IF NOT EXISTS idx_composite (
+    pid INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, a NOT NULL, b NOT NULL,
+    lo NOT NULL, hi NOT NULL, lo2 NOT NULL, hi2 NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, code, system, a, b, lo, hi, lo2, hi2, rid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_composite_rid ON idx_composite (rid);
+
 CREATE TABLE IF NOT EXISTS idx_uri (
     pid INTEGER NOT NULL, uri TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (pid, uri, rid)) WITHOUT ROWID;
@@ -97,6 +106,7 @@ INDEX_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "number": ("idx_number", ("lo", "hi")),
     "quantity": ("idx_quantity", ("system", "code", "lo", "hi")),
     "uri": ("idx_uri", ("uri",)),
+    "composite": ("idx_composite", ("code", "system", "a", "b", "lo", "hi", "lo2", "hi2")),
 }
 
 _INSERT = {
@@ -107,19 +117,75 @@ _INSERT = {
 _DELETE = [f"DELETE FROM {table} WHERE rid = ?" for table, _ in INDEX_TABLES.values()]
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+@functools.lru_cache(maxsize=64)
+def composite_columns(kinds: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The idx_composite columns of each part of a composite of these component types, in the
+    order its index tail lists them: the leading token's (system, code), a token's (system,
+    code) or a string's (value, exact) in (a, b), a quantity's (system, code, lo, hi) in
+    (a, b, lo, hi), a date's or number's (lo, hi) in the first free range."""
+    out: list[tuple[str, ...]] = [("system", "code")]
+    ranges = [("lo", "hi"), ("lo2", "hi2")]
+    for kind in kinds[1:]:
+        if kind == "quantity":
+            out.append(("a", "b", *ranges.pop(0)))
+        elif kind in ("date", "number"):
+            out.append(ranges.pop(0))
+        else:
+            out.append(("a", "b"))
+    return tuple(out)
+
+
+_COMPOSITE_AT = {c: i for i, c in enumerate(INDEX_TABLES["composite"][1])}
+
+
+@functools.lru_cache(maxsize=1024)
+def _composite_kinds(type: str, code: str) -> tuple[str, ...]:
+    from server.search.registry import registry  # the registry itself uses param_id
+
+    param = registry().get(type, code)
+    assert param is not None and param.type == "composite", (type, code)
+    return tuple(c.param.type for c in param.components)
+
+
+def composite_row(type: str, code: str, parts: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]:
+    """A composite index row (one tail per component) as idx_composite's value columns."""
+    row: list[Any] = ["", "", "", "", 0, 0, 0, 0]
+    for columns, tail in zip(composite_columns(_composite_kinds(type, code)), parts, strict=True):
+        for column, value in zip(columns, tail, strict=True):
+            row[_COMPOSITE_AT[column]] = "" if value is None else value
+    return tuple(row)
+
+
+def migrate(conn: sqlite3.Connection,
+            composites: Callable[[sqlite3.Connection], None]) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION`. ``composites`` writes the composite index
+    rows (new in 3) of the resources an older database holds."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    _check_version(conn)
+    conn.executescript(_SCHEMA)
+    conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then find it done
+    try:
+        current = _check_version(conn)
+        if current == 1:  # date_span is new in 2: compute it from the rows already there
+            conn.execute("INSERT OR REPLACE INTO date_span SELECT pid, max(hi - lo) FROM "
+                         "idx_date WHERE lo > ? AND hi < ? GROUP BY pid", (NEG_INF, POS_INF))
+        if 0 < current < 3:
+            composites(conn)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _check_version(conn: sqlite3.Connection) -> int:
+    current: int = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > SCHEMA_VERSION:
         raise sqlite3.OperationalError(
             f"database schema {current} is newer than this server understands ({SCHEMA_VERSION})")
-    conn.executescript(_SCHEMA)
-    if current == 1:  # date_span is new in 2: compute it from the rows already there
-        conn.execute("INSERT OR REPLACE INTO date_span SELECT pid, max(hi - lo) FROM idx_date "
-                     "WHERE lo > ? AND hi < ? GROUP BY pid", (NEG_INF, POS_INF))
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return current
 
 
 @functools.lru_cache(maxsize=8192)
@@ -141,11 +207,16 @@ def collect_index_rows(into: dict[str, list[tuple[Any, ...]]], rid: int, type: s
                        indexes: Any) -> None:
     """Add a resource's index rows, as table rows, to ``into`` (kind -> rows)."""
     for kind, rows in indexes.items():
-        if rows and kind in _INSERT:
-            target = into.setdefault(kind, [])
-            for row in rows:
-                target.append((param_id(type, row[0]),
-                               *(("" if v is None else v) for v in row[1:]), rid))
+        if not rows:
+            continue
+        target = into.setdefault(kind, [])
+        if kind == "composite":
+            for code, parts in rows:
+                target.append((param_id(type, code), *composite_row(type, code, parts), rid))
+            continue
+        for row in rows:
+            target.append((param_id(type, row[0]), *(("" if v is None else v) for v in row[1:]),
+                           rid))
 
 
 def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[tuple[Any, ...]]]) -> None:

@@ -23,6 +23,7 @@ from server.search.plan import (
     AnyOf,
     Chain,
     Clause,
+    CompositeValue,
     Has,
     Include,
     Match,
@@ -37,7 +38,7 @@ from server.search.plan import (
     UriValue,
 )
 from server.storage.base import SearchPage, Version
-from server.storage.sqlite_schema import INDEX_TABLES, param_id
+from server.storage.sqlite_schema import INDEX_TABLES, composite_columns, param_id
 
 _TOP = "\U0010ffff"
 
@@ -254,15 +255,14 @@ class Compiler:
             if m.modifier == "contains":
                 pattern = v.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                 return f"value LIKE {self.arg('%' + pattern + '%')} ESCAPE '\\'"
-            return f"(value >= {self.arg(v.text)} AND value < {self.arg(v.text + _TOP)})"
+            return self.part("string", v, ("value", "exact"))
         if kind == "token":
-            assert isinstance(v, TokenValue)
-            parts = []
-            if v.code is not None:
-                parts.append(f"code = {self.arg(v.code)}")
-            if v.system is not None:
-                parts.append(f"system = {self.arg(v.system)}")
-            return "(" + " AND ".join(parts) + ")"
+            return self.part("token", v, ("system", "code"))
+        if kind == "composite":
+            assert isinstance(v, CompositeValue)
+            return "(" + " AND ".join(
+                self.part(k, p, columns)
+                for k, p, columns in zip(v.kinds, v.parts, composite_columns(v.kinds), strict=True)) + ")"
         if kind == "reference":
             assert isinstance(v, ReferenceValue)
             if v.url is not None:
@@ -292,16 +292,39 @@ class Compiler:
                 prefixes = _uri_prefixes(v.uri)
                 return f"uri IN ({', '.join(self.arg(p) for p in prefixes)})"
             return f"uri = {self.arg(v.uri)}"
-        if kind in ("date", "number", "quantity"):
-            assert isinstance(v, RangeValue)
-            cond = self.range(v, "lo", "hi", kind)
-            if kind == "quantity":
-                if v.code is not None:
-                    cond += f" AND code = {self.arg(v.code)}"
-                if v.system is not None:
-                    cond += f" AND system = {self.arg(v.system)}"
-            return f"({cond})"
+        if kind == "quantity":
+            return self.part(kind, v, ("system", "code", "lo", "hi"))
+        if kind in ("date", "number"):
+            return self.part(kind, v, ("lo", "hi"))
         raise ValueError(f"cannot search {kind} values")
+
+    def part(self, kind: str, v: Any, columns: tuple[str, ...]) -> str:
+        """The condition on a token, string (prefix), quantity, date or number value stored in
+        ``columns`` (the order of its index tail): a parameter's own, or a composite's part."""
+        if kind == "string":
+            assert isinstance(v, StringValue)
+            value = columns[0]
+            return f"({value} >= {self.arg(v.text)} AND {value} < {self.arg(v.text + _TOP)})"
+        if kind == "token":
+            assert isinstance(v, TokenValue)
+            system, code = columns
+            parts = []
+            if v.code is not None:
+                parts.append(f"{code} = {self.arg(v.code)}")
+            if v.system is not None:
+                parts.append(f"{system} = {self.arg(v.system)}")
+            return "(" + " AND ".join(parts) + ")"
+        assert isinstance(v, RangeValue)
+        if kind == "quantity":
+            system, code, lo, hi = columns
+            cond = self.range(v, lo, hi, kind)
+            if v.code is not None:
+                cond += f" AND {code} = {self.arg(v.code)}"
+            if v.system is not None:
+                cond += f" AND {system} = {self.arg(v.system)}"
+            return f"({cond})"
+        lo, hi = columns
+        return f"({self.range(v, lo, hi, kind)})"
 
     def range(self, v: RangeValue, lo: str, hi: str, kind: str) -> str:
         """Prefix semantics of search.html#prefix. Dates compare ranges; numbers and quantities

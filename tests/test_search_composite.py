@@ -1,0 +1,187 @@
+"""Composite search parameters (http://hl7.org/fhir/R4/search.html#composite): ``a$b`` matches
+a resource when one element (one ``Observation.component``, one ``variant``) has values matching
+every part, each part written as its component parameter's type is; a match of each part on
+different elements is no match."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+
+from server.config import Settings
+from server.storage.sqlite import SqliteStore
+from tests.conftest import Fhir
+from tests.test_search import LOINC, UCUM, found, observation, put_all, refused
+from tests.test_search_sql import assert_indexed, explain
+
+SNOMED = "http://snomed.info/sct"
+SYSTOLIC, DIASTOLIC = "8480-6", "8462-4"
+
+
+def mmhg(value: float) -> dict[str, Any]:
+    return {"value": value, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]"}
+
+
+def loinc(code: str) -> dict[str, Any]:
+    return {"coding": [{"system": LOINC, "code": code}]}
+
+
+def pressure(id_: str, systolic: float, diastolic: float) -> dict[str, Any]:
+    return observation(id_, code=loinc("85354-9"), component=[
+        {"code": loinc(SYSTOLIC), "valueQuantity": mmhg(systolic)},
+        {"code": loinc(DIASTOLIC), "valueQuantity": mmhg(diastolic)}])
+
+
+@pytest.fixture
+def vitals(fhir: Fhir) -> Fhir:
+    put_all(
+        fhir,
+        pressure("high", 160, 100),
+        pressure("normal", 120, 80),
+        observation("weight", code=loinc("29463-7"), valueQuantity={
+            "value": 72.5, "unit": "kg", "system": UCUM, "code": "kg"}),
+        observation("heavy", code=loinc("29463-7"), valueQuantity={
+            "value": 120, "unit": "kg", "system": UCUM, "code": "kg"}),
+        observation("smoker", code=loinc("72166-2"), valueCodeableConcept={
+            "coding": [{"system": SNOMED, "code": "77176002"}]}),
+        observation("never", code=loinc("72166-2"), valueCodeableConcept={
+            "coding": [{"system": SNOMED, "code": "266919005"}]}),
+        observation("note", code=loinc("8251-1"), valueString="Pain in the LEFT knee"),
+        observation("dollar", code=loinc("8251-1"), valueString="a$b"),
+        observation("onset", code=loinc("11368-8"), valueDateTime="2024-03-05"),
+        observation("plain", code=loinc("29463-7")),
+    )
+    return fhir
+
+
+def test_each_part_must_hold_for_the_same_component(vitals: Fhir) -> None:
+    # normal: systolic 120, diastolic 80. "Systolic under 100" must not pair the systolic code
+    # with the diastolic value.
+    params = "component-code-value-quantity"
+    assert found(vitals, "Observation", {params: f"{LOINC}|{SYSTOLIC}$lt100"}) == set()
+    assert found(vitals, "Observation", {params: f"{LOINC}|{DIASTOLIC}$lt100"}) == {"normal"}
+    assert found(vitals, "Observation", {params: f"{SYSTOLIC}$gt140"}) == {"high"}
+    assert found(vitals, "Observation", {params: f"{SYSTOLIC}$ge120"}) == {"high", "normal"}
+    assert found(vitals, "Observation", {params: f"{SYSTOLIC}$120|{UCUM}|mm[Hg]"}) == {"normal"}
+    assert found(vitals, "Observation", {params: f"{SYSTOLIC}$120|{UCUM}|kg"}) == set()
+
+
+def test_code_and_value_of_the_observation_itself(vitals: Fhir) -> None:
+    weight = f"{LOINC}|29463-7"
+    assert found(vitals, "Observation", {"code-value-quantity": f"{weight}$gt100"}) == {"heavy"}
+    assert found(vitals, "Observation", {"code-value-quantity": f"{weight}$le72.5"}) == {"weight"}
+    assert found(vitals, "Observation", {"code-value-quantity": f"{weight}$72.5"}) == {"weight"}
+    # The component values are not the Observation's own.
+    assert found(vitals, "Observation", {"code-value-quantity": f"{SYSTOLIC}$gt0"}) == set()
+
+
+def test_combo_pairs_code_with_value_and_each_component_with_its_value(vitals: Fhir) -> None:
+    combo = "combo-code-value-quantity"
+    assert found(vitals, "Observation", {combo: "29463-7$gt100"}) == {"heavy"}
+    assert found(vitals, "Observation", {combo: f"{SYSTOLIC}$gt140"}) == {"high"}
+    assert found(vitals, "Observation", {combo: f"{SYSTOLIC}$lt100"}) == set()
+
+
+def test_token_string_and_date_parts(vitals: Fhir) -> None:
+    assert found(vitals, "Observation",
+                 {"code-value-concept": f"72166-2${SNOMED}|77176002"}) == {"smoker"}
+    assert found(vitals, "Observation", {"code-value-concept": "72166-2$266919005"}) == {"never"}
+    assert found(vitals, "Observation", {"code-value-concept": "29463-7$77176002"}) == set()
+    # Strings match as string search does: case-insensitive, from the start.
+    assert found(vitals, "Observation", {"code-value-string": "8251-1$pain in the left"}) == {
+        "note"}
+    assert found(vitals, "Observation", {"code-value-string": "8251-1$knee"}) == set()
+    assert found(vitals, "Observation", {"code-value-string": "8251-1$a\\$b"}) == {"dollar"}
+    assert found(vitals, "Observation", {"code-value-date": "11368-8$2024-03"}) == {"onset"}
+    assert found(vitals, "Observation", {"code-value-date": "11368-8$gt2024-03-05"}) == set()
+    assert found(vitals, "Observation", {"code-value-date": "11368-8$ge2024-03-05"}) == {"onset"}
+
+
+def test_or_and_and_missing(vitals: Fhir) -> None:
+    combo = "combo-code-value-quantity"
+    assert found(vitals, "Observation", {combo: f"29463-7$gt100,{SYSTOLIC}$gt140"}) == {
+        "heavy", "high"}
+    assert found(vitals, "Observation", [(combo, f"{SYSTOLIC}$gt100"),
+                                         (combo, f"{DIASTOLIC}$lt90")]) == {"normal"}
+    assert found(vitals, "Observation", {"code-value-quantity:missing": "false"}) == {
+        "weight", "heavy"}
+    assert "plain" in found(vitals, "Observation", {"code-value-quantity:missing": "true"})
+    assert "weight" not in found(vitals, "Observation",
+                                 {"code-value-quantity:missing": "true"})
+
+
+def test_three_part_composites_keep_both_ranges_apart(fhir: Fhir) -> None:
+    chromosome = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/chromosome-human",
+                              "code": "1"}]}
+    put_all(fhir, {"resourceType": "MolecularSequence", "id": "seq", "coordinateSystem": 0,
+                   "referenceSeq": {"chromosome": chromosome},
+                   "variant": [{"start": 120, "end": 130}]})
+    name = "chromosome-variant-coordinate"
+    assert found(fhir, "MolecularSequence", {name: "1$gt100$lt200"}) == {"seq"}
+    assert found(fhir, "MolecularSequence", {name: "1$120$130"}) == {"seq"}
+    assert found(fhir, "MolecularSequence", {name: "1$gt125$lt200"}) == set()
+    assert found(fhir, "MolecularSequence", {name: "1$gt100$lt130"}) == set()
+    assert found(fhir, "MolecularSequence", {name: "2$gt100$lt200"}) == set()
+
+
+@pytest.mark.parametrize("value", [
+    f"{SYSTOLIC}", f"{SYSTOLIC}$", f"$gt100", f"{SYSTOLIC}$abc", f"{SYSTOLIC}$1$2",
+    f"{SYSTOLIC}$1|a|b|c", "a|b|c$1",
+])
+def test_malformed_composites_are_refused_naming_the_parameter(vitals: Fhir, value: str) -> None:
+    refused(vitals, "Observation", {"component-code-value-quantity": value},
+            "component-code-value-quantity")
+
+
+@pytest.mark.parametrize("modifier", ["exact", "not", "contains", "text"])
+def test_modifiers_other_than_missing_are_refused(vitals: Fhir, modifier: str) -> None:
+    name = f"code-value-quantity:{modifier}"
+    body = refused(vitals, "Observation", {name: "29463-7$1"}, name)
+    assert body["issue"][0]["code"] == "not-supported"
+
+
+def test_a_composite_search_reads_its_index_by_the_leading_token(
+        vitals: Fhir, settings: Settings) -> None:
+    conn = sqlite3.connect(f"file:{settings.sqlite_path}?mode=ro", uri=True)
+    try:
+        lines = explain(conn, ("Observation",),
+                        [("component-code-value-quantity", f"{LOINC}|{SYSTOLIC}$gt140")])
+    finally:
+        conn.close()
+    assert_indexed(lines, "idx_composite USING PRIMARY KEY (pid=? AND code=? AND system=?")
+
+
+def test_a_database_from_before_composites_gets_their_rows_on_opening(tmp_path: Any) -> None:
+    import asyncio
+
+    from server.search.index import extract
+
+    path = tmp_path / "consilium.db"
+    store = SqliteStore(path)
+    body = pressure("old", 150, 95)
+
+    def write(tx: Any) -> None:
+        tx.write("Observation", "old", dict(body), extract(body), "PUT")
+
+    store.run_sync(write)
+    store.close_sync()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM idx_composite").fetchone()[0] > 0
+    conn.execute("DELETE FROM idx_composite")  # as a schema-2 database has them: none
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+
+    store = SqliteStore(path)
+    try:
+        from server.search.query import parse
+        query = parse(("Observation",), [("component-code-value-quantity", f"{SYSTOLIC}$gt140")])
+        page = asyncio.run(store.search(query))
+        assert [v.id for v in page.matches] == ["old"]
+    finally:
+        store.close_sync()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    conn.close()
