@@ -475,6 +475,10 @@ class _Compiled:
     types: tuple[TypeInfo, ...]
     identity: bool = False  # returns its focus unchanged
     empty: bool = False  # statically known to be empty
+    #: The resource's own JSON keys the result comes from: empty when the resource has none of
+    #: them. None when unknown (or when the result can be non-empty without them: booleans).
+    keys: frozenset[str] | None = None
+    at_root: bool = False  # the result is the resource itself (or nothing)
 
 
 def _identity(focus: list[Node], root: Node) -> list[Node]:
@@ -501,6 +505,7 @@ class _Compiler:
         self.text = text
         self.root = root
         self.boolean = model.named("boolean")
+        self.top: tuple[TypeInfo, ...] | None = None  # the focus of the whole expression
 
     def fail(self, message: str) -> FhirPathError:
         return FhirPathError(f"{message} in {self.text!r}")
@@ -537,17 +542,19 @@ class _Compiler:
     def identifier(self, name: str, focus: tuple[TypeInfo, ...]) -> _Compiled:
         """A leading name is an element of the focus, or else a type name that filters the
         focus (``Patient.name`` evaluated on a Patient)."""
+        at_root = focus is self.top
         if any(self.model.members(t, name) for t in focus):
-            return self.member(_Compiled(_identity, focus, identity=True), name)
+            return self.member(_Compiled(_identity, focus, identity=True, at_root=at_root), name)
         if not (name[:1].isupper() and self.model.is_type(name)):
             raise self.fail(f"{name!r} is neither an element of {self._names(focus)} nor a type")
         matching = tuple(t for t in focus if self.model.is_a(t.name, name))
         if not matching:
             return _EMPTY  # another resource type's part of a shared expression
         if len(matching) == len(focus):
-            return _Compiled(_identity, focus, identity=True)
+            return _Compiled(_identity, focus, identity=True, at_root=at_root)
         keep = {id(t) for t in matching}
-        return _Compiled(lambda f, r: [n for n in f if id(n[1]) in keep], matching)
+        return _Compiled(lambda f, r: [n for n in f if id(n[1]) in keep], matching,
+                         at_root=at_root)
 
     @staticmethod
     def _names(types: Sequence[TypeInfo]) -> str:
@@ -564,17 +571,20 @@ class _Compiler:
         if not table:
             raise self.fail(f"{name!r} is not an element of {self._names(target.types)}")
         out_types = _unique(ct for found in table.values() for _, ct in found)
+        keys = (frozenset(key for found in table.values() for key, _ in found) if target.at_root
+                else target.keys)
         source = None if target.identity else target.fn
         if len(target.types) == 1 and len(table) == 1:
             only = next(iter(table.values()))
             if len(only) == 1:
-                return _Compiled(_single_member(source, *only[0]), out_types)
-            return _Compiled(_choice_member(source, only), out_types)
-        return _Compiled(_typed_member(source, table), out_types)
+                return _Compiled(_single_member(source, *only[0]), out_types, keys=keys)
+            return _Compiled(_choice_member(source, only), out_types, keys=keys)
+        return _Compiled(_typed_member(source, table), out_types, keys=keys)
 
     def index(self, target: _Compiled, n: int) -> _Compiled:
         fn = target.fn
-        return _Compiled(lambda f, r: fn(f, r)[n:n + 1], target.types, empty=target.empty)
+        return _Compiled(lambda f, r: fn(f, r)[n:n + 1], target.types, empty=target.empty,
+                         keys=target.keys)
 
     # ---- functions
 
@@ -600,7 +610,7 @@ class _Compiler:
 
         def where(focus: list[Node], root: Node) -> list[Node]:
             return [n for n in source(focus, root) if _truth(criteria([n], root)) is True]
-        return _Compiled(where, target.types)
+        return _Compiled(where, target.types, keys=target.keys)
 
     def fn_exists(self, target: _Compiled, args: list[Ast]) -> _Compiled:
         self._arity("exists", args, 0, 1)
@@ -658,7 +668,8 @@ class _Compiler:
         def extension(focus: list[Node], root: Node) -> list[Node]:
             return [n for n in source(focus, root)
                     if type(n[0]) is dict and n[0].get("url") == url]
-        return _Compiled(extension, extensions.types, empty=extensions.empty)
+        return _Compiled(extension, extensions.types, empty=extensions.empty,
+                         keys=extensions.keys)
 
     def fn_resolve(self, target: _Compiled, args: list[Ast]) -> _Compiled:
         raise self.fail("resolve() is only supported as 'resolve() is Type'")
@@ -732,7 +743,7 @@ class _Compiler:
                                                        fhir_type):
                     out.append((n[0], exact))
             return out
-        return _Compiled(filtered, out_types)
+        return _Compiled(filtered, out_types, keys=target.keys)
 
     def type_test(self, target: _Compiled, fhir_type: str) -> _Compiled:
         boolean = self.boolean
@@ -804,7 +815,10 @@ class _Compiler:
         if right.empty:
             return left
         lf, rf = left.fn, right.fn
-        return _Compiled(lambda f, r: lf(f, r) + rf(f, r), _unique(left.types + right.types))
+        keys = (left.keys | right.keys
+                if left.keys is not None and right.keys is not None else None)
+        return _Compiled(lambda f, r: lf(f, r) + rf(f, r), _unique(left.types + right.types),
+                         keys=keys)
 
 
 def _single_member(source: Evaluator | None, key: str, child: TypeInfo) -> Evaluator:
@@ -867,13 +881,17 @@ def _typed_member(source: Evaluator | None,
 class FhirPath:
     """A compiled expression. ``types`` lists the FHIR types its result can have."""
 
-    __slots__ = ("expression", "resource_type", "types", "_fn", "_root")
+    __slots__ = ("expression", "resource_type", "types", "keys", "_fn", "_root")
 
     def __init__(self, expression: str, resource_type: str, fn: Evaluator,
-                 types: tuple[TypeInfo, ...], root: TypeInfo):
+                 types: tuple[TypeInfo, ...], root: TypeInfo,
+                 keys: frozenset[str] | None = None):
         self.expression = expression
         self.resource_type = resource_type
         self.types = types
+        #: The resource's JSON keys the result comes from (None: unknown): a resource with
+        #: none of them gives nothing, without evaluating.
+        self.keys = keys
         self._fn = fn
         self._root = root
 
@@ -904,6 +922,8 @@ def compile_path(expression: str, resource_type: str,
     """
     model = type_model()
     root = model.named(resource_type)
-    compiled = _Compiler(model, expression, root).compile(
-        parse(expression), tuple(focus) if focus is not None else (root,))
-    return FhirPath(expression, resource_type, compiled.fn, compiled.types, root)
+    compiler = _Compiler(model, expression, root)
+    compiler.top = tuple(focus) if focus is not None else (root,)
+    compiled = compiler.compile(parse(expression), compiler.top)
+    keys = compiled.keys if focus is None and not compiled.at_root else None
+    return FhirPath(expression, resource_type, compiled.fn, compiled.types, root, keys)

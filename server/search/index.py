@@ -522,13 +522,18 @@ def _converters(kind: str, path: FhirPath) -> Converters:
     return table
 
 
-Step = tuple[str, str, FhirPath, Converters, Any]
+Step = tuple[str, str, FhirPath, Converters, Any, frozenset[str]]
+
+
+#: Keys of every resource: an expression whose keys are unknown is always evaluated.
+_ANY = frozenset(("resourceType",))
 
 
 @functools.cache
 def plan(resource_type: str) -> tuple[Step, ...]:
     """What to evaluate for a resource type, prepared once: (code, kind, expression,
-    converters, extras or composite components)."""
+    converters, extras or composite components, the JSON keys without which the expression
+    gives nothing: empty when unknown)."""
     steps: list[Step] = []
     for param in registry().params_for(resource_type).values():
         path = param.extractor(resource_type)
@@ -537,10 +542,10 @@ def plan(resource_type: str) -> tuple[Step, ...]:
         if param.type == "composite":
             parts = _composite_parts(param, resource_type)
             if parts is not None:
-                steps.append((param.code, "composite", path, {}, parts))
+                steps.append((param.code, "composite", path, {}, parts, path.keys or _ANY))
             continue
         steps.append((param.code, param.type, path, _converters(param.type, path),
-                      EXTRAS.get(param.type)))
+                      EXTRAS.get(param.type), path.keys or _ANY))
     return tuple(steps)
 
 
@@ -579,7 +584,9 @@ def extract(resource: dict[str, Any]) -> dict[str, list[Row]]:
     """Index rows of every supported search parameter of the resource's type, deduplicated,
     per kind (every kind present, possibly empty)."""
     out: Out = {kind: {} for kind in KINDS}
-    for code, kind, path, converters, extra in plan(resource["resourceType"]):
+    for code, kind, path, converters, extra, keys in plan(resource["resourceType"]):
+        if keys.isdisjoint(resource):
+            continue
         nodes = path(resource)
         if not nodes:
             continue
