@@ -418,15 +418,18 @@ def _index_composites(conn: sqlite3.Connection) -> None:
              if any(p.type == "composite" for p in reg.params_for(t).values())]
     done = 0
     for type in types:
-        rows = conn.execute("SELECT r.rid, v.body FROM resource r JOIN version v ON v.seq = "
-                            "r.seq WHERE r.type = ? AND r.deleted = 0", (type,)).fetchall()
-        for start in range(0, len(rows), 1000):
+        after = 0
+        while rows := conn.execute(
+                "SELECT r.rid, v.body FROM resource r JOIN version v ON v.seq = r.seq WHERE "
+                "r.type = ? AND r.rid > ? AND r.deleted = 0 ORDER BY r.rid LIMIT 1000",
+                (type, after)).fetchall():
             index_rows: dict[str, list[tuple[Any, ...]]] = {}
-            for rid, body in rows[start:start + 1000]:
+            for rid, body in rows:
                 composite = extract(codec.loads(body))["composite"]
                 sqlite_schema.collect_index_rows(index_rows, rid, type, {"composite": composite})
             sqlite_schema.insert_index_rows(conn, index_rows)
-        done += len(rows)
+            after = rows[-1][0]
+            done += len(rows)
     if done:
         log.info("composite search index written", extra={"resources": done})
 
