@@ -185,3 +185,28 @@ def test_a_database_from_before_composites_gets_their_rows_on_opening(tmp_path: 
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
+
+
+def test_many_matches_are_walked_in_rid_order_with_the_same_pages(
+        vitals: Fhir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search whose clause selects many resources (here: any) reads the resources in order
+    and checks each; the pages are those of listing the matches first."""
+    from server.storage import sqlite_search
+
+    def pages(params: dict[str, str]) -> list[str]:
+        got, url, query = [], "Observation", {**params, "_count": "2"}
+        while url:
+            r = vitals.get(url, params=query)
+            assert r.status_code == 200, r.text
+            got += [e["resource"]["id"] for e in r.json().get("entry", [])]
+            url = next((link["url"] for link in r.json()["link"] if link["relation"] == "next"),
+                       "")
+            query = None
+        return got
+
+    search = {"combo-code-value-quantity": f"{SYSTOLIC}$gt100,29463-7$gt1"}
+    listed = pages(search)
+    monkeypatch.setattr(sqlite_search, "ESTIMATE_CAP", 1)
+    monkeypatch.setattr(sqlite_search, "WALK_MIN", 1)
+    assert pages(search) == listed
+    assert sorted(listed) == ["heavy", "high", "normal", "weight"]

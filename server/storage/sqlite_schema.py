@@ -85,10 +85,12 @@ CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity (rid);
 
 -- Composite parameters (search.html#composite): the leading token, then the other parts in
 -- the columns composite_columns() gives them (a, b: a code or text; lo, hi and lo2, hi2: ranges).
+-- The first range comes before a and b in the key, so a quantity's value is looked up whatever
+-- its unit; composites without a range have lo = hi = 0, which their searches state.
 CREATE TABLE IF NOT EXISTS idx_composite (
     pid INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, a NOT NULL, b NOT NULL,
     lo NOT NULL, hi NOT NULL, lo2 NOT NULL, hi2 NOT NULL, rid INTEGER NOT NULL,
-    PRIMARY KEY (pid, code, system, a, b, lo, hi, lo2, hi2, rid)) WITHOUT ROWID;
+    PRIMARY KEY (pid, code, system, lo, hi, a, b, lo2, hi2, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idx_composite_rid ON idx_composite (rid);
 
 CREATE TABLE IF NOT EXISTS idx_uri (

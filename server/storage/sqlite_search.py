@@ -260,7 +260,9 @@ class Compiler:
             return self.part("token", v, ("system", "code"))
         if kind == "composite":
             assert isinstance(v, CompositeValue)
-            return "(" + " AND ".join(
+            unranged = "lo = 0 AND hi = 0 AND " if all(
+                k in ("token", "string") for k in v.kinds) else ""
+            return "(" + unranged + " AND ".join(
                 self.part(k, p, columns)
                 for k, p, columns in zip(v.kinds, v.parts, composite_columns(v.kinds), strict=True)) + ")"
         if kind == "reference":
@@ -493,6 +495,10 @@ ESTIMATE_CAP = 2000
 #: With a sort, when even the most selective clause selects at least this many resources, the
 #: page is read in the sort key's index order instead of sorting every match.
 SORT_DRIVE_MIN = 1000
+#: When even the most selective clause selects at least this many resources and its index
+#: rows do not come in rid order, the resources are walked in rid order, each checked, until
+#: the page is full: many matches make that quick, where listing them all first is not.
+WALK_MIN = 20_000
 _SORT_COLUMNS = {"string": "value", "number": "lo", "uri": "uri"}
 
 
@@ -500,12 +506,14 @@ _SORT_COLUMNS = {"string": "value", "number": "lo", "uri": "uri"}
 class _Plan:
     """How a page is read. ``driver``: the clause whose index list starts the search (the others
     are checked per resource); ``stream``: read the driver's index in rid order and stop at the
-    page's end; ``by_sort``: read the sort parameter's index in order and check every clause."""
+    page's end; ``by_sort``: read the sort parameter's index in order and check every clause;
+    ``walk``: read the resources of the type in rid order and check every clause."""
 
     clauses: list[Any]
     driver: int | None = None
     stream: bool = False
     by_sort: bool = False
+    walk: bool = False
     estimate: int | None = None  # of the driver, up to ESTIMATE_CAP
 
 
@@ -570,6 +578,12 @@ def _plan(conn: sqlite3.Connection | None, query: SearchQuery) -> _Plan:
     if best is None:
         return _Plan(clauses)
     stream = not query.sort and best[0] >= ESTIMATE_CAP and _streamable(clauses[best[1]])
+    if conn is not None and not query.sort and best[0] >= ESTIMATE_CAP and not stream:
+        comp = Compiler(query.base)
+        sql = comp.rids(clauses[best[1]])
+        n = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT {WALK_MIN})", comp.args).fetchone()[0]
+        if n >= WALK_MIN:
+            return _Plan(clauses, walk=True, estimate=best[0])
     return _Plan(clauses, best[1], stream, estimate=best[0])
 
 
@@ -590,7 +604,7 @@ def _where(query: SearchQuery, c: Compiler, res: str = "r", plan: _Plan | None =
             continue
         if len(types) > 1:  # a clause from one type's parameter holds for that type only
             conds.append(c.typed(cl, res))
-        elif i == plan.driver or plan.driver is None and not plan.by_sort:
+        elif i == plan.driver or plan.driver is None and not (plan.by_sort or plan.walk):
             conds.append(c.clause(cl, res))
         else:
             conds.append(c.probe(cl, res))
@@ -631,7 +645,7 @@ def page_sql(query: SearchQuery, cursor: list[Any] | None = None,
     sorter = Compiler(query.base)
     keys = [(sorter.sort_expr(k, query.types, "r"), k.descending) for k in query.sort]
     c = Compiler(query.base)
-    where = _where(query, c, plan=_Plan(plan.clauses, plan.driver))
+    where = _where(query, c, plan=_Plan(plan.clauses, plan.driver, walk=plan.walk))
     if snapshot is not None:
         where += f" AND r.updated <= {c.arg(snapshot)}"
     sort_cols = "".join(f", {e} AS s{i}" for i, (e, _) in enumerate(keys))
