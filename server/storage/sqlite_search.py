@@ -260,11 +260,11 @@ class Compiler:
             return self.part("token", v, ("system", "code"))
         if kind == "composite":
             assert isinstance(v, CompositeValue)
-            unranged = "lo = 0 AND hi = 0 AND " if all(
-                k in ("token", "string") for k in v.kinds) else ""
-            return "(" + unranged + " AND ".join(
-                self.part(k, p, columns)
-                for k, p, columns in zip(v.kinds, v.parts, composite_columns(v.kinds), strict=True)) + ")"
+            columns = composite_columns(v.kinds)
+            conds = [self.part(k, p, c) for k, p, c in zip(v.kinds, v.parts, columns, strict=True)]
+            if all(k in ("token", "string") for k in v.kinds):  # no range: lo = hi = 0
+                conds.insert(0, "lo = 0 AND hi = 0")
+            return "(" + " AND ".join(conds) + ")"
         if kind == "reference":
             assert isinstance(v, ReferenceValue)
             if v.url is not None:
@@ -560,31 +560,32 @@ def _plan(conn: sqlite3.Connection | None, query: SearchQuery) -> _Plan:
     clauses = _clauses(query)
     if len(query.types) != 1:
         return _Plan(clauses)
-    estimates = []
-    for i, c in enumerate(clauses):
-        comp = Compiler(query.base)
-        sql = comp.rids(c)
-        if sql is None:
-            continue
-        if conn is None:  # no data to estimate with: the first clause that can drive
-            return _Plan(clauses, i)
-        n = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT {ESTIMATE_CAP})",
-                         comp.args).fetchone()[0]
-        estimates.append((n, i))
-    best = min(estimates) if estimates else None
-    if conn is not None and _sort_table(query) is not None \
-            and (best is None or best[0] >= SORT_DRIVE_MIN):
+    if conn is None:  # no data to estimate with: the first clause that can drive
+        return _Plan(clauses, next(
+            (i for i, c in enumerate(clauses) if Compiler().rids(c) is not None), None))
+    counted = [(_estimate(conn, query, c, ESTIMATE_CAP), i) for i, c in enumerate(clauses)]
+    best = min(((n, i) for n, i in counted if n is not None), default=None)
+    if _sort_table(query) is not None and (best is None or best[0] >= SORT_DRIVE_MIN):
         return _Plan(clauses, by_sort=True, estimate=best[0] if best else None)
     if best is None:
         return _Plan(clauses)
     stream = not query.sort and best[0] >= ESTIMATE_CAP and _streamable(clauses[best[1]])
-    if conn is not None and not query.sort and best[0] >= ESTIMATE_CAP and not stream:
-        comp = Compiler(query.base)
-        sql = comp.rids(clauses[best[1]])
-        n = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT {WALK_MIN})", comp.args).fetchone()[0]
-        if n >= WALK_MIN:
-            return _Plan(clauses, walk=True, estimate=best[0])
+    if not query.sort and best[0] >= ESTIMATE_CAP and not stream \
+            and (_estimate(conn, query, clauses[best[1]], WALK_MIN) or 0) >= WALK_MIN:
+        return _Plan(clauses, walk=True, estimate=best[0])
     return _Plan(clauses, best[1], stream, estimate=best[0])
+
+
+def _estimate(conn: sqlite3.Connection, query: SearchQuery, clause: Any,
+              cap: int) -> int | None:
+    """How many resources ``clause`` selects, counting up to ``cap`` index rows; None for a
+    clause that cannot list them from an index."""
+    comp = Compiler(query.base)
+    sql = comp.rids(clause)
+    if sql is None:
+        return None
+    n: int = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT {cap})", comp.args).fetchone()[0]
+    return n
 
 
 def _where(query: SearchQuery, c: Compiler, res: str = "r", plan: _Plan | None = None) -> str:
