@@ -496,6 +496,7 @@ def measured(fhir: Fhir) -> Fhir:
             quantity("grams", value=5.4, unit="g", system=UCUM, code="g"),
             quantity("big", value=120, unit="mg", system=UCUM, code="mg"),
             quantity("less", value=3, comparator="<", unit="mg", system=UCUM, code="mg"),
+            quantity("more", value=2, comparator=">", unit="mg", system=UCUM, code="mg"),
             observation("no-value"))
     return fhir
 
@@ -507,11 +508,11 @@ def measured(fhir: Fhir) -> Fhir:
     (f"5.4|{UCUM}|g", {"grams"}),
     ("5.40||mg", {"mg", "mg-named", "unit-only"}),
     ("5.41||mg", set()),
-    (f"gt5|{UCUM}|mg", {"mg", "mg-named", "big"}),
+    (f"gt5|{UCUM}|mg", {"mg", "mg-named", "big", "more"}),  # "more than 2" may be above 5
     (f"lt5.4|{UCUM}|mg", {"less"}),
     (f"le5.4|{UCUM}|mg", {"mg", "mg-named", "less"}),
-    (f"ge120|{UCUM}|mg", {"big"}),
-    (f"ne5.4|{UCUM}|mg", {"big", "less"}),
+    (f"ge120|{UCUM}|mg", {"big", "more"}),
+    (f"ne5.4|{UCUM}|mg", {"big", "less", "more"}),
     (f"ap120|{UCUM}|mg", {"big"}),
     (f"5.4|{UCUM}|mg,120|{UCUM}|mg", {"mg", "mg-named", "big"}),
 ])

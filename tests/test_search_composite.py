@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from server.config import Settings
+from server.storage import sqlite_schema
 from server.storage.sqlite import SqliteStore
 from tests.conftest import Fhir
 from tests.test_search import LOINC, UCUM, found, observation, put_all, refused
@@ -150,10 +151,13 @@ def test_a_composite_search_reads_its_index_by_the_leading_token(
                         [("component-code-value-quantity", f"{LOINC}|{SYSTOLIC}$gt140")])
     finally:
         conn.close()
-    assert_indexed(lines, "idx_composite USING PRIMARY KEY (pid=? AND code=? AND system=?")
+    # "above 140": the values from 140 less the widest row's span on, not all systolic rows
+    assert_indexed(lines, "idx_composite USING PRIMARY KEY (pid=? AND code=? AND system=? "
+                          "AND lo>?)")
 
 
-def test_a_database_from_before_composites_gets_their_rows_on_opening(tmp_path: Any) -> None:
+def test_a_database_from_before_composites_gets_their_rows_and_spans_on_opening(
+        tmp_path: Any) -> None:
     import asyncio
 
     from server.search.index import extract
@@ -169,7 +173,9 @@ def test_a_database_from_before_composites_gets_their_rows_on_opening(tmp_path: 
     store.close_sync()
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT count(*) FROM idx_composite").fetchone()[0] > 0
-    conn.execute("DELETE FROM idx_composite")  # as a schema-2 database has them: none
+    conn.execute("DELETE FROM idx_composite")  # as a schema-2 database has them: none,
+    conn.execute("DELETE FROM span")  # and the spans of dates only, in a table of that name
+    conn.execute("ALTER TABLE span RENAME TO date_span")
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
@@ -183,7 +189,11 @@ def test_a_database_from_before_composites_gets_their_rows_on_opening(tmp_path: 
     finally:
         store.close_sync()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
+    pid = sqlite_schema.param_id("Observation", "component-code-value-quantity")
+    assert conn.execute("SELECT span FROM span WHERE pid = ?", (pid,)).fetchone() == (1.0,)
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'date_span'"
+                        ).fetchone() == (0,)
     conn.close()
 
 

@@ -100,3 +100,25 @@ def test_merged_date_ranges_and_open_periods(observations: Fhir) -> None:
     expected = {f"o{i:02d}" for i in range(30) if i % 7 != 3 and
                 ["05", "01", "09", "01", "20", "14", "01", "30", "11", "03"][i % 10] == "11"}
     assert found == expected | {"period"}
+
+
+def test_a_chain_is_checked_per_resource_when_a_token_is_streamed(  # type: ignore[no-untyped-def]
+        observations: Fhir, monkeypatch) -> None:
+    """Both clauses select many: the code's index is read in order and each observation's
+    subject is followed to check its name (a deleted patient no longer matches)."""
+    for i, family in enumerate(["Chalmers", "Chen", "Chalk"]):
+        assert observations.put(f"Patient/p{i}", {"resourceType": "Patient", "id": f"p{i}",
+                                                  "name": [{"family": family}]}).status_code == 201
+    params = {"subject:Patient.name": "chal", "code": "http://loinc.org|8867-4"}
+    expected = {f"o{i:02d}" for i in range(30) if i % 4 and i % 3 != 1} | {"period"}
+    general = walk(observations, params)
+    assert set(general) == expected
+    monkeypatch.setattr(sqlite_search, "ESTIMATE_CAP", 1)
+    used: list[bool] = []
+    real = sqlite_search._stream_sql
+    monkeypatch.setattr(sqlite_search, "_stream_sql", lambda *a: used.append(True) or real(*a))
+    assert walk(observations, params) == general
+    assert used, "the code's index was not streamed"
+    assert observations.delete("Patient/p2").status_code == 200
+    assert set(walk(observations, params)) == {i for i in expected if i == "period" or
+                                               int(i[1:]) % 3 == 0}

@@ -119,10 +119,15 @@ def test_reference_searches_use_the_reference_indexes(db: sqlite3.Connection) ->
 
 
 def test_quantity_and_number_searches_are_narrowed(db: sqlite3.Connection) -> None:
-    lines = explain(db, ("Observation",), [("value-quantity", "5.4|http://unitsofmeasure.org|mg")])
-    assert_indexed(lines, "idx_quantity USING PRIMARY KEY (pid=? AND code=? AND system=? AND lo<?)")
-    lines = explain(db, ("RiskAssessment",), [("probability", "0.8")])
-    assert_indexed(lines, "idx_number USING PRIMARY KEY (pid=? AND lo<?)")
+    # Bounded on both sides: a value at least X has lo >= X - the widest row's span.
+    for prefix in ("", "gt", "ge", "ap"):
+        lines = explain(db, ("Observation",),
+                        [("value-quantity", f"{prefix}5.4|http://unitsofmeasure.org|mg")])
+        assert_indexed(lines, "idx_quantity USING PRIMARY KEY (pid=? AND code=? AND system=? "
+                              f"AND lo>?{' AND lo<?' if prefix in ('', 'ap') else ''})")
+        lines = explain(db, ("RiskAssessment",), [("probability", f"{prefix}0.8")])
+        assert_indexed(lines, "idx_number USING PRIMARY KEY (pid=? AND lo>?"
+                              f"{' AND lo<?' if prefix in ('', 'ap') else ''})")
 
 
 def test_chains_read_indexes_at_every_link(db: sqlite3.Connection) -> None:

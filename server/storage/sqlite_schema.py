@@ -16,7 +16,7 @@ from typing import Any
 
 from server.search.plan import NEG_INF, POS_INF
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource (
@@ -68,9 +68,10 @@ CREATE TABLE IF NOT EXISTS idx_date (
 CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date (rid);
 CREATE INDEX IF NOT EXISTS idx_date_hi ON idx_date (pid, hi);
 
--- The widest finite range (hi - lo) of each date parameter's rows: a row with hi >= X has
+-- The widest range (hi - lo) of each date, number and quantity parameter's rows (of a
+-- composite's, its first range; of dates, the finite ones): a row with hi >= X has
 -- lo >= X - span, which turns "after X" into a bounded range of the (pid, lo) key.
-CREATE TABLE IF NOT EXISTS date_span (pid INTEGER PRIMARY KEY, span INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS span (pid INTEGER PRIMARY KEY, span NOT NULL);
 
 CREATE TABLE IF NOT EXISTS idx_number (
     pid INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, rid INTEGER NOT NULL,
@@ -116,6 +117,9 @@ _INSERT = {
           f"VALUES (?, {', '.join('?' for _ in cols)}, ?)"
     for kind, (table, cols) in INDEX_TABLES.items()
 }
+#: Where lo (then hi) sits in the table rows of the kinds whose spans are kept.
+_RANGE_AT = {kind: 1 + INDEX_TABLES[kind][1].index("lo")
+             for kind in ("date", "number", "quantity", "composite")}
 _DELETE = [f"DELETE FROM {table} WHERE rid = ?" for table, _ in INDEX_TABLES.values()]
 
 
@@ -161,7 +165,8 @@ def composite_row(type: str, code: str, parts: tuple[tuple[Any, ...], ...]) -> t
 def migrate(conn: sqlite3.Connection,
             composites: Callable[[sqlite3.Connection], None]) -> None:
     """Bring the database to :data:`SCHEMA_VERSION`. ``composites`` writes the composite index
-    rows (new in 3) of the resources an older database holds."""
+    rows (new in 3) of the resources an older database holds; the spans of numbers, quantities
+    and composites are new in 4 (those of dates in 2, in a table then named date_span)."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
@@ -170,11 +175,15 @@ def migrate(conn: sqlite3.Connection,
     conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then find it done
     try:
         current = _check_version(conn)
-        if current == 1:  # date_span is new in 2: compute it from the rows already there
-            conn.execute("INSERT OR REPLACE INTO date_span SELECT pid, max(hi - lo) FROM "
-                         "idx_date WHERE lo > ? AND hi < ? GROUP BY pid", (NEG_INF, POS_INF))
         if 0 < current < 3:
             composites(conn)
+        if 0 < current < 4:
+            conn.execute("DROP TABLE IF EXISTS date_span")
+            conn.execute("INSERT OR REPLACE INTO span SELECT pid, max(hi - lo) FROM idx_date "
+                         "WHERE lo > ? AND hi < ? GROUP BY pid", (NEG_INF, POS_INF))
+            for kind in ("number", "quantity", "composite"):
+                conn.execute(f"INSERT OR REPLACE INTO span SELECT pid, max(hi - lo) FROM "
+                             f"{INDEX_TABLES[kind][0]} GROUP BY pid")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -225,10 +234,13 @@ def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[tuple[Any, 
     for kind, table_rows in rows.items():
         if table_rows:
             conn.executemany(_INSERT[kind], table_rows)
-    spans: dict[int, int] = {}
-    for pid, lo, hi, _ in rows.get("date", ()):
-        if lo > NEG_INF and hi < POS_INF and hi - lo > spans.get(pid, -1):
-            spans[pid] = hi - lo
+    spans: dict[int, float] = {}
+    for kind, at in _RANGE_AT.items():
+        finite = kind == "date"  # open date rows are looked up on their own; others count
+        for row in rows.get(kind, ()):
+            lo, hi = row[at], row[at + 1]
+            if (not finite or lo > NEG_INF and hi < POS_INF) and hi - lo > spans.get(row[0], -1):
+                spans[row[0]] = hi - lo
     if spans:
-        conn.executemany("INSERT INTO date_span (pid, span) VALUES (?, ?) ON CONFLICT (pid) "
+        conn.executemany("INSERT INTO span (pid, span) VALUES (?, ?) ON CONFLICT (pid) "
                          "DO UPDATE SET span = max(span, excluded.span)", spans.items())

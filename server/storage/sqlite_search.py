@@ -119,6 +119,16 @@ class Compiler:
                 terms += alternatives if isinstance(alternatives, list) else [alternatives]
             return (f"EXISTS (SELECT 1 FROM {table} WHERE rid = {res}.rid AND +pid = "
                     f"{int(param_id(c.type, c.code))} AND ({' OR '.join(terms)}))")
+        if isinstance(c, Chain):  # follow this resource's references, check their targets
+            t = self.alias()
+            pid = self.arg(param_id(c.type, c.code))
+            ttype = self.arg(c.target_type)
+            local = self.local("ref")
+            inner = self.probe(c.inner, t)
+            return (f"EXISTS (SELECT 1 FROM idx_reference ref JOIN resource {t} ON "
+                    f"{t}.type = ref.target_type AND {t}.id = ref.target_id WHERE ref.rid = "
+                    f"{res}.rid AND +ref.pid = {pid} AND ref.target_type = {ttype} AND {local} "
+                    f"AND {t}.deleted = 0 AND {inner})")
         return self.clause(c, res)
 
     def clause(self, c: Clause | Ranges, res: str) -> str:
@@ -198,7 +208,7 @@ class Compiler:
                f"pid IN ({', '.join(str(int(p)) for p in pids)})")
         terms = []
         for v in m.values:
-            cond = self.value(m, v)
+            cond = self.value(m, v, pids)
             terms += [f"SELECT rid FROM {table} WHERE {pid} AND {c}"
                       for c in (cond if isinstance(cond, list) else [cond])]
         return " UNION ".join(terms)
@@ -235,7 +245,7 @@ class Compiler:
             if upper is not None:
                 bounds += f" AND lo <= {self.arg(upper)}"
             return [f"{head}{bounds} AND {conds()}"]
-        bounded = (f"{head} AND lo >= {self.arg(via_hi)} - coalesce((SELECT span FROM date_span "
+        bounded = (f"{head} AND lo >= {self.arg(via_hi)} - coalesce((SELECT span FROM span "
                    f"WHERE pid = {pid}), 0)")
         if upper is not None:
             bounded += f" AND lo <= {self.arg(upper)}"
@@ -245,9 +255,13 @@ class Compiler:
         open_start = f"{head} AND lo = {NEG_INF} AND {conds(lo='+lo')}"
         return [bounded, open_end, open_start]
 
-    def value(self, m: Match, v: Any) -> str | list[str]:
-        """The condition on an index row for one value (a list: alternatives)."""
+    def value(self, m: Match, v: Any, pids: list[int] | None = None) -> str | list[str]:
+        """The condition on an index row of ``pids`` (by default ``m``'s parameter) for one
+        value (a list: alternatives)."""
         kind = m.kind
+        pids = pids or [param_id(m.type, m.code)]
+        span = (f"(SELECT max(span) FROM span WHERE pid IN "
+                f"({', '.join(str(int(p)) for p in pids)}))")
         if kind == "string":
             assert isinstance(v, StringValue)
             if v.exact is not None:
@@ -261,7 +275,8 @@ class Compiler:
         if kind == "composite":
             assert isinstance(v, CompositeValue)
             columns = composite_columns(v.kinds)
-            conds = [self.part(k, p, c) for k, p, c in zip(v.kinds, v.parts, columns, strict=True)]
+            conds = [self.part(k, p, c, span if c[-2:] == ("lo", "hi") else None)
+                     for k, p, c in zip(v.kinds, v.parts, columns, strict=True)]
             if all(k in ("token", "string") for k in v.kinds):  # no range: lo = hi = 0
                 conds.insert(0, "lo = 0 AND hi = 0")
             return "(" + " AND ".join(conds) + ")"
@@ -295,14 +310,15 @@ class Compiler:
                 return f"uri IN ({', '.join(self.arg(p) for p in prefixes)})"
             return f"uri = {self.arg(v.uri)}"
         if kind == "quantity":
-            return self.part(kind, v, ("system", "code", "lo", "hi"))
+            return self.part(kind, v, ("system", "code", "lo", "hi"), span)
         if kind in ("date", "number"):
-            return self.part(kind, v, ("lo", "hi"))
+            return self.part(kind, v, ("lo", "hi"), span)
         raise ValueError(f"cannot search {kind} values")
 
-    def part(self, kind: str, v: Any, columns: tuple[str, ...]) -> str:
+    def part(self, kind: str, v: Any, columns: tuple[str, ...], span: str | None = None) -> str:
         """The condition on a token, string (prefix), quantity, date or number value stored in
-        ``columns`` (the order of its index tail): a parameter's own, or a composite's part."""
+        ``columns`` (the order of its index tail): a parameter's own, or a composite's part.
+        ``span``: the widest range (hi - lo) of the rows searched, as SQL."""
         if kind == "string":
             assert isinstance(v, StringValue)
             value = columns[0]
@@ -319,21 +335,22 @@ class Compiler:
         assert isinstance(v, RangeValue)
         if kind == "quantity":
             system, code, lo, hi = columns
-            cond = self.range(v, lo, hi, kind)
+            cond = self.range(v, lo, hi, kind, span)
             if v.code is not None:
                 cond += f" AND {code} = {self.arg(v.code)}"
             if v.system is not None:
                 cond += f" AND {system} = {self.arg(v.system)}"
             return f"({cond})"
         lo, hi = columns
-        return f"({self.range(v, lo, hi, kind)})"
+        return f"({self.range(v, lo, hi, kind, span)})"
 
-    def range(self, v: RangeValue, lo: str, hi: str, kind: str) -> str:
+    def range(self, v: RangeValue, lo: str, hi: str, kind: str, span: str | None = None) -> str:
         """Prefix semantics of search.html#prefix. Dates compare ranges; numbers and quantities
         compare the stored value (the middle of its precision range) with the search range.
 
         Some conditions carry a redundant bound (``lo <= ?`` where ``hi <= ?`` already implies
-        it) so that SQLite can read a range of the (pid, lo) or (pid, hi) index."""
+        it, or ``lo >= ? - span`` where the middle is at least ?) so that SQLite can read a
+        range of the (pid, lo) or (pid, hi) index."""
         a = self.arg
         p = v.prefix
         if kind == "date":
@@ -356,22 +373,26 @@ class Compiler:
             return f"({lo} <= {a(v.hi + gap)} AND {hi} >= {a(v.lo - gap)})"
         x = f"(({lo} + {hi}) / 2.0)"
         value = (v.lo + v.hi) / 2
+
+        def floor(bound: float) -> str:  # x >= bound: lo >= bound - span
+            return f"{lo} >= {a(bound)} - {span} AND " if span else ""
+
         # lo <= x: every bound "x < b" also holds for lo, which the index can range over.
         if p == "eq":
-            return f"({lo} < {a(v.hi)} AND {x} >= {a(v.lo)} AND {x} < {a(v.hi)})"
+            return f"({floor(v.lo)}{lo} < {a(v.hi)} AND {x} >= {a(v.lo)} AND {x} < {a(v.hi)})"
         if p == "ne":
             return f"({x} < {a(v.lo)} OR {x} >= {a(v.hi)})"
         if p in ("gt", "sa"):
-            return f"{x} > {a(value)}"
+            return f"({floor(value)}{x} > {a(value)})"
         if p in ("lt", "eb"):
             return f"({lo} < {a(value)} AND {x} < {a(value)})"
         if p == "ge":
-            return f"{x} >= {a(v.lo)}"
+            return f"({floor(v.lo)}{x} >= {a(v.lo)})"
         if p == "le":
             return f"({lo} < {a(v.hi)} AND {x} < {a(v.hi)})"
         gap = abs(value) * 0.1
-        return (f"({lo} <= {a(value + gap)} AND {x} >= {a(value - gap)} AND "
-                f"{x} <= {a(value + gap)})")
+        return (f"({floor(value - gap)}{lo} <= {a(value + gap)} AND {x} >= {a(value - gap)} "
+                f"AND {x} <= {a(value + gap)})")
 
     def chain(self, c: Chain, res: str) -> str:
         return f"{res}.rid IN ({self.chain_rids(c)})"
@@ -569,8 +590,14 @@ def _plan(conn: sqlite3.Connection | None, query: SearchQuery) -> _Plan:
         return _Plan(clauses, by_sort=True, estimate=best[0] if best else None)
     if best is None:
         return _Plan(clauses)
+    if not query.sort and best[0] >= ESTIMATE_CAP:  # every clause selects many: stream one
+        best = next(((n, i) for n, i in counted if n is not None and _streamable(clauses[i])),
+                    best)
     stream = not query.sort and best[0] >= ESTIMATE_CAP and _streamable(clauses[best[1]])
+    # A chain or _has is not worth counting further: listing its rids is a join, and so is
+    # checking it for each resource of a walk.
     if not query.sort and best[0] >= ESTIMATE_CAP and not stream \
+            and not isinstance(clauses[best[1]], Chain | Has) \
             and (_estimate(conn, query, clauses[best[1]], WALK_MIN) or 0) >= WALK_MIN:
         return _Plan(clauses, walk=True, estimate=best[0])
     return _Plan(clauses, best[1], stream, estimate=best[0])
