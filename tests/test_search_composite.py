@@ -176,6 +176,8 @@ def test_a_database_from_before_composites_gets_their_rows_and_spans_on_opening(
     conn.execute("DELETE FROM idx_composite")  # as a schema-2 database has them: none,
     conn.execute("DELETE FROM span")  # and the spans of dates only, in a table of that name
     conn.execute("ALTER TABLE span RENAME TO date_span")
+    combo = sqlite_schema.param_id("Observation", "combo-code")  # and rows of the unions
+    conn.execute("INSERT INTO idx_token SELECT ?, code, system, rid FROM idx_token", (combo,))
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
@@ -194,6 +196,7 @@ def test_a_database_from_before_composites_gets_their_rows_and_spans_on_opening(
     assert conn.execute("SELECT span FROM span WHERE pid = ?", (pid,)).fetchone() == (1.0,)
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'date_span'"
                         ).fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM idx_token WHERE pid = ?", (combo,)).fetchone() == (0,)
     conn.close()
 
 

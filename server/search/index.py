@@ -535,9 +535,10 @@ def plan(resource_type: str) -> tuple[Step, ...]:
     converters, extras or composite components, the JSON keys without which the expression
     gives nothing: empty when unknown)."""
     steps: list[Step] = []
-    for param in registry().params_for(resource_type).values():
+    reg = registry()
+    for param in reg.params_for(resource_type).values():
         path = param.extractor(resource_type)
-        if param.column or path is None:
+        if param.column or path is None or reg.is_union(resource_type, param.code):
             continue
         if param.type == "composite":
             parts = _composite_parts(param, resource_type)

@@ -7,7 +7,10 @@ once (event ``search.param.skipped``), left out, and listed in :attr:`Registry.s
 CapabilityStatement, never half-supported.
 
 ``_id`` and ``_lastUpdated`` are answered by the store from its own columns
-(:attr:`SearchParam.column`); no index rows are extracted for them.
+(:attr:`SearchParam.column`); no index rows are extracted for them. Nor for a parameter whose
+expression is the union of other parameters' (Observation's ``combo-code`` is ``code`` |
+``component-code``, Patient's ``phonetic`` is ``name``): it is searched through their rows
+(:meth:`Registry.stored_codes`).
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ class Registry:
     def __init__(self, by_type: dict[str, dict[str, SearchParam]],
                  params: list[SearchParam], skipped: list[tuple[str, str]]):
         self._by_type = {t: MappingProxyType(p) for t, p in by_type.items()}
+        self._unions = {t: _unions(t, p) for t, p in by_type.items()}
         self.params = tuple(params)
         self.by_url = MappingProxyType({p.url: p for p in params})
         #: (url, reason) of every R4 parameter (or part of one) that is not supported.
@@ -140,6 +144,17 @@ class Registry:
     @property
     def resource_types(self) -> tuple[str, ...]:
         return tuple(self._by_type)
+
+    def is_union(self, resource_type: str, code: str) -> bool:
+        """Whether the parameter's rows are those of other parameters (none of its own)."""
+        return code in self._unions.get(resource_type, {})
+
+    def stored_codes(self, resource_type: str, code: str) -> tuple[str, ...]:
+        """The codes whose index rows a search on ``code`` (or on one of its modifier codes,
+        ``combo-code:text``) reads: its own, or those of the parameters it is the union of."""
+        base, colon, suffix = code.partition(":")
+        found = self._unions.get(resource_type, {}).get(base)
+        return (code,) if found is None else tuple(c + colon + suffix for c in found)
 
 
 #: The server's own SearchParameters (``SearchParameter-*.json``), beside its profiles.
@@ -301,6 +316,44 @@ class _Builder:
             comparators=tuple(raw.get("comparator") or ()),
             multiple_or=raw.get("multipleOr"), multiple_and=raw.get("multipleAnd"),
             extractors=MappingProxyType(extractors), components=components, column=column)
+
+
+def _expression_parts(expression: str, resource_type: str) -> frozenset[str]:
+    """The alternatives (``a | b``, outside parentheses) of an expression that start at
+    ``resource_type``."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(expression):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "|" and depth == 0:
+            parts.append(expression[start:i])
+            start = i + 1
+    parts.append(expression[start:])
+    return frozenset(p for p in map(str.strip, parts)
+                     if re.match(rf"\(*{resource_type}\b(?![-\w])", p))
+
+
+def _unions(resource_type: str, params: Mapping[str, SearchParam]) -> dict[str, tuple[str, ...]]:
+    """Code -> codes of the parameters of the same kind whose expressions for the type (and
+    components, for composites) together are exactly the parameter's: its index rows would be
+    theirs, so it keeps none. Of two parameters with the same expression, the code that sorts
+    first keeps the rows."""
+    shapes: dict[str, tuple[frozenset[str], str, tuple[tuple[str, str], ...]]] = {}
+    for code, p in params.items():
+        if p.column is None and p.expression and p.extractor(resource_type) is not None:
+            parts = _expression_parts(p.expression, resource_type)
+            if parts:
+                shapes[code] = (parts, p.type, tuple((c.param.type, c.expression)
+                                                     for c in p.components))
+    out: dict[str, tuple[str, ...]] = {}
+    # Fewest parts first: a parameter's candidate sources are decided before it.
+    for code, (parts, *kind) in sorted(shapes.items(), key=lambda s: (len(s[1][0]), s[0])):
+        subsets = [c for c, (other, *k) in shapes.items() if c != code and c not in out
+                   and k == kind and other <= parts and (other < parts or c < code)]
+        # The largest subsets: a part of another is not needed.
+        sources = [c for c in subsets if not any(shapes[c][0] < shapes[d][0] for d in subsets)]
+        if sources and frozenset().union(*(shapes[c][0] for c in sources)) == parts:
+            out[code] = tuple(sorted(sources))
+    return out
 
 
 def check_param_ids(by_type: Mapping[str, Mapping[str, SearchParam]]) -> None:

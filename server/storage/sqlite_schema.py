@@ -165,8 +165,9 @@ def composite_row(type: str, code: str, parts: tuple[tuple[Any, ...], ...]) -> t
 def migrate(conn: sqlite3.Connection,
             composites: Callable[[sqlite3.Connection], None]) -> None:
     """Bring the database to :data:`SCHEMA_VERSION`. ``composites`` writes the composite index
-    rows (new in 3) of the resources an older database holds; the spans of numbers, quantities
-    and composites are new in 4 (those of dates in 2, in a table then named date_span)."""
+    rows (new in 3) of the resources an older database holds. New in 4: the spans of numbers,
+    quantities and composites (those of dates are from 2, in a table then named date_span), and
+    no rows for the parameters that are unions of others."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
@@ -178,6 +179,8 @@ def migrate(conn: sqlite3.Connection,
         if 0 < current < 3:
             composites(conn)
         if 0 < current < 4:
+            for table, _ in INDEX_TABLES.values():  # searched through their sources' rows now
+                conn.executemany(f"DELETE FROM {table} WHERE pid = ?", _union_pids())
             conn.execute("DROP TABLE IF EXISTS date_span")
             conn.execute("INSERT OR REPLACE INTO span SELECT pid, max(hi - lo) FROM idx_date "
                          "WHERE lo > ? AND hi < ? GROUP BY pid", (NEG_INF, POS_INF))
@@ -189,6 +192,15 @@ def migrate(conn: sqlite3.Connection,
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _union_pids() -> list[tuple[int]]:
+    from server.search.registry import registry
+
+    reg = registry()
+    return [(param_id(t, code),) for t in reg.resource_types
+            for name, param in reg.params_for(t).items() if reg.is_union(t, name)
+            for code in param.index_codes()]
 
 
 def _check_version(conn: sqlite3.Connection) -> int:

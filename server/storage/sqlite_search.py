@@ -8,9 +8,10 @@ pid = ? AND …)``, which SQLite answers from the clustered (pid, value, rid) in
 from __future__ import annotations
 
 import base64
+import functools
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,27 @@ from server.storage.base import SearchPage, Version
 from server.storage.sqlite_schema import INDEX_TABLES, composite_columns, param_id
 
 _TOP = "\U0010ffff"
+
+
+@functools.lru_cache(maxsize=8192)
+def pids_of(type: str, code: str) -> tuple[int, ...]:
+    """The parameter ids of the index rows a search on ``code`` of ``type`` reads: its own, or
+    those of the parameters it is the union of (registry.Registry.stored_codes)."""
+    from server.search.registry import registry
+
+    return tuple(param_id(type, c) for c in registry().stored_codes(type, code))
+
+
+def pid_sql(pids: Sequence[int], column: str = "pid") -> str:
+    """``column`` among ``pids`` (our own integers, written inline)."""
+    if len(pids) == 1:
+        return f"{column} = {int(pids[0])}"
+    return f"{column} IN ({', '.join(str(int(p)) for p in pids)})"
+
+
+def span_sql(pids: Sequence[int]) -> str:
+    """The widest range (hi - lo) of the rows of ``pids``, as SQL (NULL without rows)."""
+    return f"(SELECT max(span) FROM span WHERE {pid_sql(pids)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +113,7 @@ class Compiler:
         """``SELECT rid …`` of the resources a clause selects, for the clauses that can give
         such a list from an index (and so drive a search); None for the others."""
         if isinstance(c, Ranges):
-            pid = int(param_id(c.type, c.code))
-            return " UNION ".join(self.date_terms(pid, list(c.values)))
+            return " UNION ".join(self.date_terms(pids_of(c.type, c.code), list(c.values)))
         if isinstance(c, Match) and c.kind != "lastUpdated":
             return self.match_rids(c)
         if isinstance(c, Chain):
@@ -109,25 +130,25 @@ class Compiler:
         a search checks for the few resources its driving clause found."""
         if isinstance(c, Ranges):
             cond = " AND ".join(self.range(v, "x.lo", "x.hi", "date") for v in c.values)
-            return (f"EXISTS (SELECT 1 FROM idx_date x WHERE x.rid = {res}.rid AND +x.pid = "
-                    f"{int(param_id(c.type, c.code))} AND {cond})")
+            return (f"EXISTS (SELECT 1 FROM idx_date x WHERE x.rid = {res}.rid AND "
+                    f"{pid_sql(pids_of(c.type, c.code), '+x.pid')} AND {cond})")
         if isinstance(c, Match) and c.kind not in _COLUMNS:
             table = INDEX_TABLES[c.kind][0]
             terms: list[str] = []
             for v in c.values:
                 alternatives = self.value(c, v)
                 terms += alternatives if isinstance(alternatives, list) else [alternatives]
-            return (f"EXISTS (SELECT 1 FROM {table} WHERE rid = {res}.rid AND +pid = "
-                    f"{int(param_id(c.type, c.code))} AND ({' OR '.join(terms)}))")
+            return (f"EXISTS (SELECT 1 FROM {table} WHERE rid = {res}.rid AND "
+                    f"{pid_sql(pids_of(c.type, c.code), '+pid')} AND ({' OR '.join(terms)}))")
         if isinstance(c, Chain):  # follow this resource's references, check their targets
             t = self.alias()
-            pid = self.arg(param_id(c.type, c.code))
+            pid = pid_sql(pids_of(c.type, c.code), "+ref.pid")
             ttype = self.arg(c.target_type)
             local = self.local("ref")
             inner = self.probe(c.inner, t)
             return (f"EXISTS (SELECT 1 FROM idx_reference ref JOIN resource {t} ON "
                     f"{t}.type = ref.target_type AND {t}.id = ref.target_id WHERE ref.rid = "
-                    f"{res}.rid AND +ref.pid = {pid} AND ref.target_type = {ttype} AND {local} "
+                    f"{res}.rid AND {pid} AND ref.target_type = {ttype} AND {local} "
                     f"AND {t}.deleted = 0 AND {inner})")
         return self.clause(c, res)
 
@@ -178,7 +199,7 @@ class Compiler:
         if c.kind == "lastUpdated":
             return "0" if c.missing else "1"
         table = INDEX_TABLES[c.kind][0]
-        sub = f"SELECT rid FROM {table} WHERE pid = {self.arg(param_id(c.type, c.code))}"
+        sub = f"SELECT rid FROM {table} WHERE {pid_sql(pids_of(c.type, c.code))}"
         return f"{res}.rid {'NOT IN' if c.missing else 'IN'} ({sub})"
 
     def match(self, m: Match, res: str, same: list[Match] | None = None) -> str:
@@ -196,16 +217,15 @@ class Compiler:
             return (f"SELECT rid FROM resource WHERE type = {type_} AND id IN "
                     f"({', '.join(self.arg(i) for i in ids)})")
         table = INDEX_TABLES[m.kind][0]
-        pids = list(dict.fromkeys(param_id(x.type, x.code) for x in same or [m]))
-        if m.kind == "date" and len(pids) == 1:
+        pids = list(dict.fromkeys(p for x in same or [m] for p in pids_of(x.type, x.code)))
+        if m.kind == "date":
             terms = [t for v in m.values if isinstance(v, RangeValue)
-                     for t in self.date_terms(int(pids[0]), [v])]
+                     for t in self.date_terms(pids, [v])]
             return " UNION ".join(terms)
         # Parameter ids are our own integers, written inline. Alternatives (OR) become a UNION
         # of lookups: SQLite cannot split an OR over a WITHOUT ROWID table's primary key, and
         # would read every row of the parameter instead.
-        pid = (f"pid = {int(pids[0])}" if len(pids) == 1 else
-               f"pid IN ({', '.join(str(int(p)) for p in pids)})")
+        pid = pid_sql(pids)
         terms = []
         for v in m.values:
             cond = self.value(m, v, pids)
@@ -213,7 +233,7 @@ class Compiler:
                       for c in (cond if isinstance(cond, list) else [cond])]
         return " UNION ".join(terms)
 
-    def date_terms(self, pid: int, values: list[RangeValue]) -> list[str]:
+    def date_terms(self, pids: Sequence[int], values: list[RangeValue]) -> list[str]:
         """``SELECT rid`` terms (to be UNIONed) for date rows meeting every condition of
         ``values``. A condition that only bounds ``hi`` from below ("on or after X") bounds
         ``lo`` too, for rows with both ends (lo >= X - the widest such row's span): a bounded
@@ -232,7 +252,7 @@ class Compiler:
                 via_hi = low_hi if via_hi is None else max(via_hi, low_hi)
             if high_lo is not None:
                 upper = high_lo if upper is None else min(upper, high_lo)
-        head = f"SELECT rid FROM idx_date WHERE pid = {pid}"
+        head = f"SELECT rid FROM idx_date WHERE {pid_sql(pids)}"
 
         def conds(lo: str = "lo", hi: str = "hi") -> str:
             # Called where its placeholders go: arguments are positional.
@@ -245,8 +265,7 @@ class Compiler:
             if upper is not None:
                 bounds += f" AND lo <= {self.arg(upper)}"
             return [f"{head}{bounds} AND {conds()}"]
-        bounded = (f"{head} AND lo >= {self.arg(via_hi)} - coalesce((SELECT span FROM span "
-                   f"WHERE pid = {pid}), 0)")
+        bounded = (f"{head} AND lo >= {self.arg(via_hi)} - coalesce({span_sql(pids)}, 0)")
         if upper is not None:
             bounded += f" AND lo <= {self.arg(upper)}"
         bounded += f" AND {conds()}"
@@ -259,9 +278,7 @@ class Compiler:
         """The condition on an index row of ``pids`` (by default ``m``'s parameter) for one
         value (a list: alternatives)."""
         kind = m.kind
-        pids = pids or [param_id(m.type, m.code)]
-        span = (f"(SELECT max(span) FROM span WHERE pid IN "
-                f"({', '.join(str(int(p)) for p in pids)}))")
+        span = span_sql(pids or pids_of(m.type, m.code))
         if kind == "string":
             assert isinstance(v, StringValue)
             if v.exact is not None:
@@ -399,12 +416,12 @@ class Compiler:
 
     def chain_rids(self, c: Chain) -> str:
         t = self.alias()
-        pid = self.arg(param_id(c.type, c.code))
+        pid = pid_sql(pids_of(c.type, c.code), "ref.pid")
         ttype = self.arg(c.target_type)
         ttype2 = self.arg(c.target_type)
         inner = self.clause(c.inner, t)
         local = self.local("ref")
-        return (f"SELECT ref.rid FROM idx_reference ref WHERE ref.pid = {pid} "
+        return (f"SELECT ref.rid FROM idx_reference ref WHERE {pid} "
                 f"AND ref.target_type = {ttype} AND ref.target_id IN (SELECT {t}.id FROM "
                 f"resource {t} WHERE +{t}.type = {ttype2} AND {t}.deleted = 0 AND {inner}) "
                 f"AND {local}")
@@ -416,14 +433,14 @@ class Compiler:
         t = self.alias()
         # As a list of rids (the targets looked up by type and id), so that it can drive.
         owner = self.arg(c.type)
-        pid = self.arg(param_id(c.source_type, c.code))
+        pid = pid_sql(pids_of(c.source_type, c.code), "ref.pid")
         ttype = self.arg(c.type)
         local = self.local("ref")
         stype = self.arg(c.source_type)
         inner = self.clause(c.inner, t)
         return (f"SELECT o.rid FROM resource o WHERE o.type = {owner} AND o.id IN "
                 f"(SELECT ref.target_id FROM idx_reference ref JOIN resource {t} "
-                f"ON {t}.rid = ref.rid WHERE ref.pid = {pid} AND ref.target_type = {ttype} "
+                f"ON {t}.rid = ref.rid WHERE {pid} AND ref.target_type = {ttype} "
                 f"AND {local} AND +{t}.type = {stype} AND {t}.deleted = 0 AND {inner})")
 
     def any_of_rids(self, c: AnyOf) -> str:
@@ -445,13 +462,12 @@ class Compiler:
                   "target_id", "date": "hi" if key.descending else "lo",
                   "number": "lo", "quantity": "lo", "uri": "uri"}[key.kind]
         agg = "max" if key.descending else "min"
-        pids = [param_id(t, key.code) for t in types]
+        pids = [p for t in types for p in pids_of(t, key.code)]
         # "+pid": read the few rows of this resource through the rid index. Left indexable,
         # pid tempts SQLite to answer min()/max() by walking the (pid, hi) index in order,
         # which reads the whole parameter for every match.
-        pid_cond = (f"+pid = {self.arg(pids[0])}" if len(pids) == 1 else
-                    f"+pid IN ({', '.join(self.arg(p) for p in pids)})")
-        return f"(SELECT {agg}({column}) FROM {table} WHERE rid = {res}.rid AND {pid_cond})"
+        return (f"(SELECT {agg}({column}) FROM {table} WHERE rid = {res}.rid AND "
+                f"{pid_sql(pids, '+pid')})")
 
 
 def _ap_gap(v: RangeValue) -> float:
@@ -564,7 +580,8 @@ def _sort_table(query: SearchQuery) -> tuple[str, str] | None:
     if len(query.types) != 1 or len(query.sort) != 1:
         return None
     key = query.sort[0]
-    if key.kind not in ("date", *_SORT_COLUMNS) or not one_row(query.types[0], key.code):
+    if key.kind not in ("date", *_SORT_COLUMNS) or not one_row(query.types[0], key.code) \
+            or len(pids_of(query.types[0], key.code)) != 1:
         return None
     column = ("hi" if key.descending else "lo") if key.kind == "date" else _SORT_COLUMNS[key.kind]
     return INDEX_TABLES[key.kind][0], column
@@ -574,7 +591,7 @@ def _streamable(c: Any) -> bool:
     """Whether the clause's index rows come in rid order (the key's other columns all fixed)."""
     return isinstance(c, Match) and c.kind == "token" and len(c.values) == 1 \
         and isinstance(c.values[0], TokenValue) and c.values[0].code is not None \
-        and c.values[0].system is not None
+        and c.values[0].system is not None and len(pids_of(c.type, c.code)) == 1
 
 
 def _plan(conn: sqlite3.Connection | None, query: SearchQuery) -> _Plan:
@@ -701,7 +718,7 @@ def _stream_sql(query: SearchQuery, plan: _Plan, cursor: list[Any] | None,
     table = INDEX_TABLES[driver.kind][0]
     cond = c.value(driver, driver.values[0])
     sql = (f"SELECT {_COLS} FROM {table} d CROSS JOIN resource r ON r.rid = d.rid JOIN version "
-           f"v ON v.seq = r.seq WHERE d.pid = {int(param_id(driver.type, driver.code))} AND "
+           f"v ON v.seq = r.seq WHERE {pid_sql(pids_of(driver.type, driver.code), 'd.pid')} AND "
            f"{cond} AND {_where(query, c, plan=plan)}")
     if snapshot is not None:
         sql += f" AND r.updated <= {c.arg(snapshot)}"
@@ -720,13 +737,13 @@ def _by_sort(conn: sqlite3.Connection, query: SearchQuery, plan: _Plan,
     follow each other."""
     table, column = _sort_table(query)  # type: ignore[misc]
     key = query.sort[0]
-    pid = int(param_id(query.types[0], key.code))
+    pids = pids_of(query.types[0], key.code)
     want = int(query.count) + 1
     rows: list[Any] = []
     if cursor is None or cursor[2] is not None:
         c = Compiler(query.base)
         sql = (f"SELECT {_COLS}, d.{column} FROM {table} d CROSS JOIN resource r ON r.rid = "
-               f"d.rid JOIN version v ON v.seq = r.seq WHERE d.pid = {pid} AND "
+               f"d.rid JOIN version v ON v.seq = r.seq WHERE {pid_sql(pids, 'd.pid')} AND "
                f"{_where(query, c, plan=plan)}")
         if snapshot is not None:
             sql += f" AND r.updated <= {c.arg(snapshot)}"
@@ -739,7 +756,7 @@ def _by_sort(conn: sqlite3.Connection, query: SearchQuery, plan: _Plan,
     if len(rows) < want:
         c = Compiler(query.base)
         sql = (f"SELECT {_COLS}, NULL FROM resource r JOIN version v ON v.seq = r.seq WHERE "
-               f"NOT EXISTS (SELECT 1 FROM {table} x WHERE x.rid = r.rid AND +x.pid = {pid}) "
+               f"NOT EXISTS (SELECT 1 FROM {table} x WHERE x.rid = r.rid AND {pid_sql(pids, '+x.pid')}) "
                f"AND {_where(query, c, plan=plan)}")
         if snapshot is not None:
             sql += f" AND r.updated <= {c.arg(snapshot)}"
@@ -868,7 +885,7 @@ def _forward(conn: sqlite3.Connection, inc: Include, sources: list[Version],
             continue
         codes = ([p.code for p in registry().params_for(v.type).values()
                   if p.type == "reference"] if inc.code == "*" else [inc.code])
-        pids = [param_id(v.type, code) for code in codes]
+        pids = list(dict.fromkeys(p for code in codes for p in pids_of(v.type, code)))
         if not pids:
             continue
         c = Compiler(base)
@@ -887,13 +904,14 @@ def _reverse(conn: sqlite3.Connection, inc: Include, targets: list[Version],
 
     if inc.source_type == "*":
         return []
-    codes = ([p.code for p in registry().params_for(inc.source_type).values()
-              if p.type == "reference"] if inc.code == "*" else [inc.code])
+    pids = list(dict.fromkeys(
+        pid for p in registry().params_for(inc.source_type).values() if p.type == "reference"
+        for pid in pids_of(inc.source_type, p.code)) if inc.code == "*"
+        else pids_of(inc.source_type, inc.code))
     out: list[Version] = []
     c = Compiler(base)
     local = c.local("x")
-    for code in codes:
-        pid = param_id(inc.source_type, code)
+    for pid in pids:
         for v in targets:
             if inc.target_type not in (None, v.type):
                 continue
