@@ -156,3 +156,39 @@ def test_import_while_a_server_runs(start_server, tmp_path: Path) -> None:  # ty
                   headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200
     assert r.json()["name"][0]["family"] == "Family299"
+
+
+def test_imported_bodies_are_those_an_update_stores(tmp_path: Path) -> None:
+    """An import writes the JSON its workers produced as it is; the stored body is the one the
+    store writes for the same resource given as a dict: server meta first, the rest unchanged."""
+    from server.search.index import extract
+    from server.storage.sqlite import SqliteStore
+
+    tagged = patient(1, meta={"versionId": "7", "source": "#hohhot",
+                              "tag": [{"system": "urn:t", "code": "x"}]})
+    bare = {"resourceType": "Basic", "id": "imp-2", "code": {"text": "c"}}
+    data = tmp_path / "data"
+    out = consilium(str(write_ndjson(tmp_path / "in.ndjson", [tagged, bare])), data_dir=data)
+    assert out.returncode == 0, out.stderr
+    store = SqliteStore(data / "consilium.db")
+    try:
+        for resource in (tagged, bare):
+            imported = store.read_sync(resource["resourceType"], resource["id"])
+            assert imported is not None and imported.version == 1
+            body = imported.body or b""
+            assert body.startswith(b'{"resourceType":"%s","id":"%s","meta":{' % (
+                resource["resourceType"].encode(), resource["id"].encode()))
+            stored = json.loads(body)
+            assert stored["meta"]["versionId"] == "1"
+            assert stored["meta"].get("tag") == resource.get("meta", {}).get("tag")
+            # the same resource under another id, through the store's dict path
+            again = json.loads(json.dumps({**resource, "id": "copy"}))
+            copy = store.run_sync(lambda tx, r=again: tx.write(
+                r["resourceType"], "copy", r, extract(r), "PUT"))
+            written = json.loads(copy.body or b"")
+            written["id"] = resource["id"]
+            written["meta"]["lastUpdated"] = stored["meta"]["lastUpdated"]
+            assert written == stored
+            assert list(written) == list(stored) and list(written["meta"]) == list(stored["meta"])
+    finally:
+        store.close_sync()

@@ -18,6 +18,7 @@ from server.storage.base import (
     IndexRows,
     ResourceStore,
     SearchPage,
+    Serialized,
     Transaction,
     Version,
 )
@@ -102,7 +103,8 @@ class GuardedTransaction:
         require(self.principal, type, "u" if current is not None and not current.deleted else "c")
         return self.tx.write(type, id, resource, indexes, method)
 
-    def write_many(self, items: Sequence[tuple[str, str, dict[str, Any], IndexRows]],
+    def write_many(self, items: Sequence[tuple[str, str, dict[str, Any] | Serialized,
+                                               IndexRows]],
                    method: str) -> list[Version]:
         for type, id, _, _ in items:
             current = self.tx.read(type, id)

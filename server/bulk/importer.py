@@ -35,6 +35,7 @@ import orjson
 
 from server.fhir import codec
 from server.fhir.errors import FhirError
+from server.storage.base import Serialized
 
 CHUNK = 250  # lines per unit of work handed to a worker process
 #: Resources per store transaction: a commit writes every page it touched, and the index
@@ -161,8 +162,11 @@ def _prepare_one(number: int, raw: bytes | dict[str, Any], models: bool) -> Prep
         return "err", number, "; ".join(
             f"{i.diagnostics}" + (f" ({', '.join(i.expression)})" if i.expression else "")
             for i in exc.issues if i.severity in ("error", "fatal"))[:2000]
-    # Bytes cross the process boundary far cheaper than pickled dicts of small strings.
-    return "ok", number, (type_, id_, codec.dumps(resource),
+    # Bytes cross the process boundary far cheaper than pickled dicts of small strings; the
+    # store writes them as they are (Serialized), without parsing them again.
+    meta = resource.get("meta")
+    rest = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
+    return "ok", number, (type_, id_, codec.dumps(meta) if meta else b"", codec.dumps(rest),
                           orjson.dumps({k: v for k, v in indexes.items() if v}))
 
 
@@ -179,9 +183,9 @@ def _warm_up() -> None:
 
 # -- writing ----------------------------------------------------------------------------------
 
-def _write_all(tx: Any, items: list[tuple[str, str, bytes, bytes]]) -> int:
-    tx.write_many([(type_, id_, codec.loads(resource), orjson.loads(indexes))
-                   for type_, id_, resource, indexes in items], "PUT")
+def _write_all(tx: Any, items: list[tuple[str, str, bytes, bytes, bytes]]) -> int:
+    tx.write_many([(type_, id_, Serialized(orjson.loads(meta) if meta else None, rest),
+                    orjson.loads(indexes)) for type_, id_, meta, rest, indexes in items], "PUT")
     return len(items)
 
 

@@ -27,6 +27,16 @@ T = TypeVar("T")
 IndexRows = Mapping[str, Sequence[tuple[Any, ...]]]
 
 
+@dataclass(frozen=True, slots=True)
+class Serialized:
+    """A resource given as JSON already, to a bulk write: its ``meta`` and the JSON object of
+    its other elements (without ``resourceType``, ``id`` and ``meta``). Stored as the dict would
+    be, ``{"resourceType", "id", "meta", …}``, without being parsed again."""
+
+    meta: dict[str, Any] | None
+    rest: bytes
+
+
 def instant(us: int) -> str:
     """FHIR ``instant`` text of a timestamp in microseconds since the epoch (UTC)."""
     dt = datetime.fromtimestamp(us / 1_000_000, UTC)
@@ -128,7 +138,8 @@ class Transaction(Protocol):
         equals the current version's (see :func:`same_content`), nothing is written and the
         current version is returned."""
 
-    def write_many(self, items: Sequence[tuple[str, str, dict[str, Any], IndexRows]],
+    def write_many(self, items: Sequence[tuple[str, str, dict[str, Any] | Serialized,
+                                               IndexRows]],
                    method: str) -> list[Version]:
         """:meth:`write` for many resources at once (bulk loading), in order."""
 

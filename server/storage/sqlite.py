@@ -34,6 +34,7 @@ from server.storage.base import (
     HistoryQuery,
     IndexRows,
     SearchPage,
+    Serialized,
     StoreError,
     Version,
     instant,
@@ -75,6 +76,16 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+Item = tuple[str, str, dict[str, Any] | Serialized, IndexRows]
+
+
+def _as_dict(type: str, resource: dict[str, Any] | Serialized) -> dict[str, Any]:
+    if not isinstance(resource, Serialized):
+        return resource
+    meta = {"meta": resource.meta} if resource.meta else {}
+    return {"resourceType": type, **meta, **codec.loads(resource.rest)}
+
+
 class SqliteTransaction:
     """The :class:`~server.storage.base.Transaction` of the SQLite backend (writer thread only)."""
 
@@ -93,8 +104,7 @@ class SqliteTransaction:
               method: str) -> Version:
         return self.write_many([(type, id, resource, indexes)], method)[0]
 
-    def write_many(self, items: Sequence[tuple[str, str, dict[str, Any], IndexRows]],
-                   method: str) -> list[Version]:
+    def write_many(self, items: Sequence[Item], method: str) -> list[Version]:
         """Write many resources with one statement per table (bulk loading); same rules as
         :meth:`write` for each. A resource given twice is written twice, in order."""
         out: list[Version] = []
@@ -122,8 +132,7 @@ class SqliteTransaction:
                     found[(type, row[0])] = row[1:]
         return found
 
-    def _write_batch(self, items: Sequence[tuple[str, str, dict[str, Any], IndexRows]],
-                     method: str) -> list[Version]:
+    def _write_batch(self, items: Sequence[Item], method: str) -> list[Version]:
         if not items:
             return []
         conn = self.conn
@@ -142,19 +151,25 @@ class SqliteTransaction:
             if row is not None and not row[2]:
                 body, updated, how = conn.execute(
                     "SELECT body, updated, method FROM version WHERE seq = ?", (row[3],)).fetchone()
-                if same_content(codec.loads(body), resource):
+                if same_content(codec.loads(body), _as_dict(type, resource)):
                     out.append(Version(type, id, row[1], updated, False, body, how))
                     continue
             version = row[1] + 1 if row else 1
-            meta = dict(resource.get("meta") or {})
+            meta = dict((resource.meta if isinstance(resource, Serialized)
+                         else resource.get("meta")) or {})
             meta["versionId"] = str(version)
             meta["lastUpdated"] = stamp
-            resource.pop("id", None)
-            resource.pop("meta", None)
-            body_dict = {"resourceType": type, "id": id, "meta": meta, **resource}
-            resource.clear()
-            resource.update(body_dict)
-            body = codec.dumps(body_dict)
+            if isinstance(resource, Serialized):  # the same bytes, spliced
+                head = codec.dumps({"resourceType": type, "id": id, "meta": meta})
+                rest = resource.rest
+                body = head[:-1] + (b"," + rest[1:] if len(rest) > 2 else b"}")
+            else:
+                resource.pop("id", None)
+                resource.pop("meta", None)
+                body_dict = {"resourceType": type, "id": id, "meta": meta, **resource}
+                resource.clear()
+                resource.update(body_dict)
+                body = codec.dumps(body_dict)
             seq = next_seq
             next_seq += 1
             if row is None:
