@@ -86,13 +86,53 @@ def _as_dict(type: str, resource: dict[str, Any] | Serialized) -> dict[str, Any]
     return {"resourceType": type, **meta, **codec.loads(resource.rest)}
 
 
+class _IndexRows:
+    """The index rows of a commit's writes, inserted together (one statement per table for the
+    whole group, not per write) before anything reads the index tables and before the commit.
+
+    A write that fails is rolled back to its savepoint; rows inserted during it, its own and
+    those of the writes before it, go with it. :meth:`undo` drops its own rows and marks the
+    others to be inserted again."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.rows: dict[str, list[tuple[Any, ...]]] = {}
+        self.written: dict[str, int] = {}  # how many of each kind's rows are in the tables
+        self._start: tuple[dict[str, int], dict[str, int]] = ({}, {})
+
+    def begin(self) -> None:
+        """A write starts (its savepoint is open)."""
+        self._start = ({k: len(v) for k, v in self.rows.items()}, dict(self.written))
+
+    def undo(self) -> None:
+        """The write begun last was rolled back to its savepoint."""
+        lengths, written = self._start
+        for kind, rows in self.rows.items():
+            del rows[lengths.get(kind, 0):]
+        self.written = {k: min(n, written.get(k, 0)) for k, n in self.written.items()}
+
+    def add(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+        for kind, new in rows.items():
+            self.rows.setdefault(kind, []).extend(new)
+
+    def flush(self) -> None:
+        new = {k: v[self.written.get(k, 0):] for k, v in self.rows.items()}
+        sqlite_schema.insert_index_rows(self.conn, new)
+        self.written = {k: len(v) for k, v in self.rows.items()}
+
+    def clear(self) -> None:
+        self.rows, self.written = {}, {}
+
+
 class SqliteTransaction:
     """The :class:`~server.storage.base.Transaction` of the SQLite backend (writer thread only)."""
 
-    def __init__(self, conn: sqlite3.Connection, now: int, search: Callable[..., list[Version]]):
+    def __init__(self, conn: sqlite3.Connection, now: int, search: Callable[..., list[Version]],
+                 index: _IndexRows | None = None):
         self.conn = conn
         self.now = now
         self._search = search
+        self.index = index or _IndexRows(conn)
 
     def read(self, type: str, id: str) -> Version | None:
         row = self.conn.execute(_READ_CURRENT, (type, id)).fetchone()
@@ -183,8 +223,10 @@ class SqliteTransaction:
             versions.append((seq, rid, type, version, self.now, method, body))
             sqlite_schema.collect_index_rows(index_rows, rid, type, indexes)
             out.append(Version(type, id, version, self.now, False, body, method))
-        if stale:
+        if stale:  # the rows of the versions replaced (and of earlier writes, first) go
+            self.index.flush()
             sqlite_schema.delete_index_rows(conn, stale)
+        self.index.add(index_rows)
         if inserts:
             conn.executemany("INSERT INTO resource (rid, type, id, version, updated, deleted, "
                              "seq) VALUES (?, ?, ?, ?, ?, 0, ?)", inserts)
@@ -194,7 +236,6 @@ class SqliteTransaction:
         if updates:
             conn.executemany("UPDATE resource SET version = ?, updated = ?, deleted = 0, "
                              "seq = ? WHERE rid = ?", updates)
-        sqlite_schema.insert_index_rows(conn, index_rows)
         return out
 
     def delete(self, type: str, id: str) -> Version | None:
@@ -212,10 +253,12 @@ class SqliteTransaction:
             "VALUES (?, ?, ?, ?, 'DELETE', NULL)", (rid, type, version, self.now)).lastrowid
         conn.execute("UPDATE resource SET version = ?, updated = ?, deleted = 1, seq = ? "
                      "WHERE rid = ?", (version, self.now, seq, rid))
+        self.index.flush()
         sqlite_schema.delete_index_rows(conn, [(rid,)])
         return Version(type, id, version, self.now, True, None, "DELETE")
 
     def search(self, query: Any, limit: int | None = None) -> list[Version]:
+        self.index.flush()
         return self._search(self.conn, query, limit)
 
 
@@ -289,19 +332,23 @@ class _Writer(threading.Thread):
         try:
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute("SELECT max(updated) FROM version").fetchone()[0] or 0
+            index = _IndexRows(conn)
             for op in batch:
                 now = max(_now_us(), last + 1)
                 last = now
                 conn.execute("SAVEPOINT op")
+                index.begin()
                 try:
-                    result = op.fn(SqliteTransaction(conn, now, self.search))
+                    result = op.fn(SqliteTransaction(conn, now, self.search, index))
                 except BaseException as failure:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                    index.undo()
                     outcomes.append((op.future, None, failure))
                 else:
                     conn.execute("RELEASE op")
                     outcomes.append((op.future, result, None))
+            index.flush()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:

@@ -1,0 +1,82 @@
+"""Writes waiting together share one commit, and their index rows are inserted together: each
+write must still see the rows of those before it, and one that fails must take its own rows
+away and none of the others' (server.storage.sqlite)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.search.index import extract
+from server.search.query import parse
+from server.storage.sqlite import SqliteStore
+
+
+def patient(id_: str, family: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": id_, "name": [{"family": family}]}
+
+
+def names(store: SqliteStore, family: str) -> list[str]:
+    page = asyncio.run(store.search(parse(("Patient",), [("name:exact", family)])))
+    return sorted(v.id for v in page.matches)
+
+
+def in_one_group(store: SqliteStore, *fns: Any) -> list[Any]:
+    """Run ``fns`` as separate writes committed together: the writer is held by a first write
+    until all of them wait in its queue."""
+    release = threading.Event()
+
+    async def main() -> list[Any]:
+        blocker = asyncio.ensure_future(store.run(lambda tx: release.wait(10)))
+        await asyncio.sleep(0.2)  # the writer holds the blocker; the others queue behind it
+        futures = [asyncio.ensure_future(store.run(fn)) for fn in fns]
+        await asyncio.sleep(0.2)
+        release.set()
+        await blocker
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    return asyncio.run(main())
+
+
+def write(body: dict[str, Any]) -> Any:
+    return lambda tx: tx.write("Patient", body["id"], dict(body), extract(body), "PUT")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    s = SqliteStore(tmp_path / "groups.db")
+    yield s
+    s.close_sync()
+
+
+def test_a_write_sees_the_index_rows_of_the_writes_before_it(store: SqliteStore) -> None:
+    def search_then_write(tx: Any) -> list[str]:
+        seen = [v.id for v in tx.search(parse(("Patient",), [("name:exact", "Alpha")]))]
+        tx.write("Patient", "c", patient("c", "Gamma"), extract(patient("c", "Gamma")), "PUT")
+        return seen
+
+    results = in_one_group(store, write(patient("a", "Alpha")), write(patient("a", "Beta")),
+                           write(patient("b", "Alpha")), search_then_write)
+    assert results[3] == ["b"]  # a was renamed by the second write, b is new
+    assert names(store, "Alpha") == ["b"] and names(store, "Beta") == ["a"]
+    assert names(store, "Gamma") == ["c"]
+
+
+def test_a_failing_write_takes_its_rows_and_leaves_the_others(store: SqliteStore) -> None:
+    def write_search_fail(tx: Any) -> None:
+        tx.write("Patient", "x", patient("x", "Xeno"), extract(patient("x", "Xeno")), "PUT")
+        # the rows of a (still waiting) and of x are inserted for the search
+        assert [v.id for v in tx.search(parse(("Patient",), [("name:exact", "Alpha")]))] == ["a"]
+        assert [v.id for v in tx.search(parse(("Patient",), [("name:exact", "Xeno")]))] == ["x"]
+        raise ValueError("refused")
+
+    results = in_one_group(store, write(patient("a", "Alpha")), write_search_fail,
+                           write(patient("b", "Alpha")), write(patient("d", "Delta")))
+    assert isinstance(results[1], ValueError)
+    assert store.read_sync("Patient", "x") is None
+    assert names(store, "Alpha") == ["a", "b"]  # a's rows, rolled back with x's, are back
+    assert names(store, "Xeno") == [] and names(store, "Delta") == ["d"]
