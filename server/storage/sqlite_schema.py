@@ -112,9 +112,10 @@ INDEX_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "composite": ("idx_composite", ("code", "system", "a", "b", "lo", "hi", "lo2", "hi2")),
 }
 
+# An absent value (None in extraction's rows) is stored as ''.
 _INSERT = {
     kind: f"INSERT OR IGNORE INTO {table} (pid, {', '.join(cols)}, rid) "
-          f"VALUES (?, {', '.join('?' for _ in cols)}, ?)"
+          f"VALUES (?, {', '.join('coalesce(?, {0!r})' for _ in cols)}, ?)".format("")
     for kind, (table, cols) in INDEX_TABLES.items()
 }
 #: Where lo (then hi) sits in the table rows of the kinds whose spans are kept.
@@ -229,17 +230,33 @@ def delete_index_rows(conn: sqlite3.Connection, rids: list[tuple[int]]) -> None:
 def collect_index_rows(into: dict[str, list[tuple[Any, ...]]], rid: int, type: str,
                        indexes: Any) -> None:
     """Add a resource's index rows, as table rows, to ``into`` (kind -> rows)."""
+    pids = _pids(type)
     for kind, rows in indexes.items():
         if not rows:
             continue
         target = into.setdefault(kind, [])
         if kind == "composite":
             for code, parts in rows:
-                target.append((param_id(type, code), *composite_row(type, code, parts), rid))
+                target.append((pids[code], *composite_row(type, code, parts), rid))
             continue
-        for row in rows:
-            target.append((param_id(type, row[0]), *(("" if v is None else v) for v in row[1:]),
-                           rid))
+        target += [(pids[row[0]], *row[1:], rid) for row in rows]
+
+
+class _Pids(dict[str, int]):
+    """Code -> :func:`param_id` of one resource type, filled as codes come."""
+
+    def __init__(self, type: str):
+        super().__init__()
+        self.type = type
+
+    def __missing__(self, code: str) -> int:
+        pid = self[code] = param_id(self.type, code)
+        return pid
+
+
+@functools.cache
+def _pids(type: str) -> _Pids:
+    return _Pids(type)
 
 
 def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[tuple[Any, ...]]]) -> None:
