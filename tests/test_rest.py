@@ -182,6 +182,29 @@ def test_decimal_precision_survives(fhir: Fhir) -> None:
     assert obs["status"] == "final"
 
 
+@pytest.mark.parametrize("text", [
+    b'{"value":1.50}', b'{"value": 2.0 }', b'[1,-0.10]', b'{"v":12345678901234567}',
+    b'{"v":0.1234567890123456}', b"1.50", b" -2.0",
+])
+def test_numbers_a_float_would_change_are_read_exactly(text: bytes) -> None:
+    from server.fhir import codec
+
+    assert codec.dumps(codec.loads(text)) == text.replace(b" ", b"")
+
+
+@pytest.mark.parametrize("text, number", [(b'{"v":[1e3]}', "1e3"), (b'{"v":1.5E-3}', "1.5E-3"),
+                                          (b"1e5", "1e5")])
+def test_exponents_are_read_as_decimals(text: bytes, number: str) -> None:
+    from decimal import Decimal
+
+    from server.fhir import codec
+
+    got = codec.loads(text)
+    value = got if not isinstance(got, dict) else got["v"]
+    value = value[0] if isinstance(value, list) else value
+    assert isinstance(value, Decimal) and value == Decimal(number)
+
+
 def test_read_errors(fhir: Fhir) -> None:
     assert_outcome(fhir.get("Patient/does-not-exist"), 404, "not-found")
     assert_outcome(fhir.get("Spaceship/1"), 404, "not-supported")
