@@ -120,19 +120,16 @@ class _IndexRows:
         sqlite_schema.insert_index_rows(self.conn, new)
         self.written = {k: len(v) for k, v in self.rows.items()}
 
-    def clear(self) -> None:
-        self.rows, self.written = {}, {}
-
 
 class SqliteTransaction:
     """The :class:`~server.storage.base.Transaction` of the SQLite backend (writer thread only)."""
 
     def __init__(self, conn: sqlite3.Connection, now: int, search: Callable[..., list[Version]],
-                 index: _IndexRows | None = None):
+                 index: _IndexRows):
         self.conn = conn
         self.now = now
         self._search = search
-        self.index = index or _IndexRows(conn)
+        self.index = index  # the commit's, flushed by the writer before it commits
 
     def read(self, type: str, id: str) -> Version | None:
         row = self.conn.execute(_READ_CURRENT, (type, id)).fetchone()
