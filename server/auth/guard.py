@@ -18,9 +18,9 @@ from server.storage.base import (
     IndexRows,
     ResourceStore,
     SearchPage,
-    Serialized,
     Transaction,
     Version,
+    WriteItem,
 )
 
 T = TypeVar("T")
@@ -103,9 +103,7 @@ class GuardedTransaction:
         require(self.principal, type, "u" if current is not None and not current.deleted else "c")
         return self.tx.write(type, id, resource, indexes, method)
 
-    def write_many(self, items: Sequence[tuple[str, str, dict[str, Any] | Serialized,
-                                               IndexRows]],
-                   method: str) -> list[Version]:
+    def write_many(self, items: Sequence[WriteItem], method: str) -> list[Version]:
         for type, id, _, _ in items:
             current = self.tx.read(type, id)
             require(self.principal, type,

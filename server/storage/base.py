@@ -37,6 +37,10 @@ class Serialized:
     rest: bytes
 
 
+#: One resource of a bulk write: (type, id, resource, index rows).
+WriteItem = tuple[str, str, dict[str, Any] | Serialized, IndexRows]
+
+
 def instant(us: int) -> str:
     """FHIR ``instant`` text of a timestamp in microseconds since the epoch (UTC)."""
     dt = datetime.fromtimestamp(us / 1_000_000, UTC)
@@ -138,9 +142,7 @@ class Transaction(Protocol):
         equals the current version's (see :func:`same_content`), nothing is written and the
         current version is returned."""
 
-    def write_many(self, items: Sequence[tuple[str, str, dict[str, Any] | Serialized,
-                                               IndexRows]],
-                   method: str) -> list[Version]:
+    def write_many(self, items: Sequence[WriteItem], method: str) -> list[Version]:
         """:meth:`write` for many resources at once (bulk loading), in order."""
 
     def delete(self, type: str, id: str) -> Version | None:

@@ -37,6 +37,7 @@ from server.storage.base import (
     Serialized,
     StoreError,
     Version,
+    WriteItem,
     instant,
     same_content,
 )
@@ -74,9 +75,6 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn.execute("PRAGMA query_only = 1")
     return conn
-
-
-Item = tuple[str, str, dict[str, Any] | Serialized, IndexRows]
 
 
 def _as_dict(type: str, resource: dict[str, Any] | Serialized) -> dict[str, Any]:
@@ -141,7 +139,7 @@ class SqliteTransaction:
               method: str) -> Version:
         return self.write_many([(type, id, resource, indexes)], method)[0]
 
-    def write_many(self, items: Sequence[Item], method: str) -> list[Version]:
+    def write_many(self, items: Sequence[WriteItem], method: str) -> list[Version]:
         """Write many resources with one statement per table (bulk loading); same rules as
         :meth:`write` for each. A resource given twice is written twice, in order."""
         out: list[Version] = []
@@ -169,7 +167,7 @@ class SqliteTransaction:
                     found[(type, row[0])] = row[1:]
         return found
 
-    def _write_batch(self, items: Sequence[Item], method: str) -> list[Version]:
+    def _write_batch(self, items: Sequence[WriteItem], method: str) -> list[Version]:
         if not items:
             return []
         conn = self.conn

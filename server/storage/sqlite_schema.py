@@ -180,8 +180,9 @@ def migrate(conn: sqlite3.Connection,
         if 0 < current < 3:
             composites(conn)
         if 0 < current < 4:
-            for table, _ in INDEX_TABLES.values():  # searched through their sources' rows now
-                conn.executemany(f"DELETE FROM {table} WHERE pid = ?", _union_pids())
+            unions = _union_pids()  # searched through their sources' rows now
+            for table, _ in INDEX_TABLES.values():
+                conn.executemany(f"DELETE FROM {table} WHERE pid = ?", unions)
             conn.execute("DROP TABLE IF EXISTS date_span")
             conn.execute("INSERT OR REPLACE INTO span SELECT pid, max(hi - lo) FROM idx_date "
                          "WHERE lo > ? AND hi < ? GROUP BY pid", (NEG_INF, POS_INF))
