@@ -17,7 +17,7 @@ import pytest
 
 from server.generate import DEFAULT_DEFINITIONS
 from server.search import registry as registry_module
-from server.search.fhirpath import FhirPathError, compile_path
+from server.search.fhirpath import FhirPath, FhirPathError, compile_path
 from server.search.index import date_range, extract, normalize, number_range
 from server.search.registry import build, custom_definitions, load_definitions, registry
 
@@ -591,10 +591,15 @@ def test_every_resource_type_with_every_element_extracts() -> None:
 # ------------------------------------------------------- expressions skipped for absent elements
 
 @pytest.mark.parametrize("expression, resource_type, keys", [
-    ("Observation.value as Quantity", "Observation",
+    # A type filter on an element of the resource keeps the keys of the types it keeps.
+    ("Observation.value as Quantity", "Observation", {"valueQuantity"}),
+    ("Observation.value.as(DateTime) | Observation.value.as(Period)", "Observation",
+     {"valueDateTime", "valuePeriod"}),
+    ("Observation.value", "Observation",
      {"valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean", "valueInteger",
       "valueRange", "valueRatio", "valueSampledData", "valueTime", "valueDateTime",
       "valuePeriod"}),
+    ("Observation.component.value as Quantity", "Observation", {"component"}),
     ("Observation.subject.where(resolve() is Patient)", "Observation", {"subject"}),
     ("Patient.name | Patient.telecom", "Patient", {"name", "telecom"}),
     ("Patient.extension('http://example.org/x')", "Patient", {"extension"}),
@@ -618,8 +623,23 @@ def test_skipping_expressions_changes_no_rows(monkeypatch: pytest.MonkeyPatch) -
 
     resources = [r for r, _ in zip(iter_resources(40, seed=11), range(3000), strict=False)]
     with_skipping = [extract(r) for r in resources]
-    every = {t: tuple(step[:5] + (index._ANY,) for step in index.plan(t))
+    every = {t: tuple(_never_skipping(step) for step in index.plan(t))
              for t in {r["resourceType"] for r in resources}}
     monkeypatch.setattr(index, "plan", lambda t: every[t])
     assert [extract(r) for r in resources] == with_skipping
     assert len(every) >= 10
+    values = {k for r in resources if r["resourceType"] == "Observation" for k in r
+              if k.startswith("value")}
+    assert {"valueQuantity", "valueCodeableConcept"} <= values  # composites skipped and not
+
+
+def _never_skipping(step: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A plan step that evaluates whatever keys the resource has (also its composite's
+    components)."""
+    from server.search import index
+
+    code, kind, path, converters, extra, _ = step
+    if kind == "composite":
+        extra = tuple((FhirPath(p.expression, p.resource_type, p._fn, p.types, p._root), c)
+                      for p, c in extra)
+    return (code, kind, path, converters, extra, index._ANY)

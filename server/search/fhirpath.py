@@ -479,6 +479,9 @@ class _Compiled:
     #: them. None when unknown (or when the result can be non-empty without them: booleans).
     keys: frozenset[str] | None = None
     at_root: bool = False  # the result is the resource itself (or nothing)
+    #: Of an element of the resource: its (JSON key, type) pairs, so that a type filter keeps
+    #: the keys of the types it keeps (``value.as(Quantity)``: only ``valueQuantity``).
+    key_types: tuple[tuple[str, TypeInfo], ...] | None = None
 
 
 def _identity(focus: list[Node], root: Node) -> list[Node]:
@@ -571,15 +574,19 @@ class _Compiler:
         if not table:
             raise self.fail(f"{name!r} is not an element of {self._names(target.types)}")
         out_types = _unique(ct for found in table.values() for _, ct in found)
-        keys = (frozenset(key for found in table.values() for key, _ in found) if target.at_root
-                else target.keys)
+        key_types = (tuple(entry for found in table.values() for entry in found)
+                     if target.at_root else None)
+        keys = frozenset(key for key, _ in key_types) if key_types is not None else target.keys
         source = None if target.identity else target.fn
         if len(target.types) == 1 and len(table) == 1:
             only = next(iter(table.values()))
             if len(only) == 1:
-                return _Compiled(_single_member(source, *only[0]), out_types, keys=keys)
-            return _Compiled(_choice_member(source, only), out_types, keys=keys)
-        return _Compiled(_typed_member(source, table), out_types, keys=keys)
+                fn = _single_member(source, *only[0])
+            else:
+                fn = _choice_member(source, only)
+        else:
+            fn = _typed_member(source, table)
+        return _Compiled(fn, out_types, keys=keys, key_types=key_types)
 
     def index(self, target: _Compiled, n: int) -> _Compiled:
         fn = target.fn
@@ -731,6 +738,9 @@ class _Compiler:
         source, model = target.fn, self.model
         if all(table.get(id(t)) is t for t in target.types):
             return target  # every possible node already has that type
+        keys = target.keys
+        if target.key_types is not None:
+            keys = frozenset(key for key, t in target.key_types if id(t) in table)
 
         def filtered(focus: list[Node], root: Node) -> list[Node]:
             out = []
@@ -743,7 +753,7 @@ class _Compiler:
                                                        fhir_type):
                     out.append((n[0], exact))
             return out
-        return _Compiled(filtered, out_types, keys=target.keys)
+        return _Compiled(filtered, out_types, keys=keys)
 
     def type_test(self, target: _Compiled, fhir_type: str) -> _Compiled:
         boolean = self.boolean
@@ -925,5 +935,8 @@ def compile_path(expression: str, resource_type: str,
     compiler = _Compiler(model, expression, root)
     compiler.top = tuple(focus) if focus is not None else (root,)
     compiled = compiler.compile(parse(expression), compiler.top)
-    keys = compiled.keys if focus is None and not compiled.at_root else None
+    # Keys are the resource's only where the focus is the resource (also a composite's
+    # component on a composite of the whole resource).
+    on_resource = focus is None or compiler.top == (root,)
+    keys = compiled.keys if on_resource and not compiled.at_root else None
     return FhirPath(expression, resource_type, compiled.fn, compiled.types, root, keys)

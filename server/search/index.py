@@ -565,6 +565,8 @@ def _composite_rows(code: str, nodes: list[Node], resource: dict[str, Any],
                     parts: tuple[tuple[FhirPath, Converters], ...], rows: dict[Row, None]) -> None:
     """One row per element the composite expression selects (each Observation.component on
     its own) and per combination of its components' values, in component order."""
+    if any(path.keys is not None and path.keys.isdisjoint(resource) for path, _ in parts):
+        return  # a component on the whole resource has nothing to give
     for node in nodes:
         values: list[list[Row]] = []
         for path, converters in parts:
