@@ -278,7 +278,8 @@ class Compiler:
         """The condition on an index row of ``pids`` (by default ``m``'s parameter) for one
         value (a list: alternatives)."""
         kind = m.kind
-        span = span_sql(pids or pids_of(m.type, m.code))
+        span = (span_sql(pids or pids_of(m.type, m.code))
+                if kind in ("date", "number", "quantity", "composite") else None)
         if kind == "string":
             assert isinstance(v, StringValue)
             if v.exact is not None:
@@ -875,17 +876,23 @@ def _rid(conn: sqlite3.Connection, v: Version) -> int:
                         (v.type, v.id)).fetchone()[0]
 
 
-def _forward(conn: sqlite3.Connection, inc: Include, sources: list[Version],
-             base: str | None) -> list[Version]:
+def _include_pids(type: str, code: str) -> list[int]:
+    """The parameter ids of the reference rows an include of ``type:code`` follows (``*``:
+    every reference parameter of the type), each once."""
     from server.search.registry import registry
 
+    codes = ([p.code for p in registry().params_for(type).values() if p.type == "reference"]
+             if code == "*" else [code])
+    return list(dict.fromkeys(pid for c in codes for pid in pids_of(type, c)))
+
+
+def _forward(conn: sqlite3.Connection, inc: Include, sources: list[Version],
+             base: str | None) -> list[Version]:
     refs: list[tuple[str, str]] = []
     for v in sources:
         if inc.source_type not in ("*", v.type):
             continue
-        codes = ([p.code for p in registry().params_for(v.type).values()
-                  if p.type == "reference"] if inc.code == "*" else [inc.code])
-        pids = list(dict.fromkeys(p for code in codes for p in pids_of(v.type, code)))
+        pids = _include_pids(v.type, inc.code)
         if not pids:
             continue
         c = Compiler(base)
@@ -900,14 +907,9 @@ def _forward(conn: sqlite3.Connection, inc: Include, sources: list[Version],
 
 def _reverse(conn: sqlite3.Connection, inc: Include, targets: list[Version],
              base: str | None) -> list[Version]:
-    from server.search.registry import registry
-
     if inc.source_type == "*":
         return []
-    pids = list(dict.fromkeys(
-        pid for p in registry().params_for(inc.source_type).values() if p.type == "reference"
-        for pid in pids_of(inc.source_type, p.code)) if inc.code == "*"
-        else pids_of(inc.source_type, inc.code))
+    pids = _include_pids(inc.source_type, inc.code)
     out: list[Version] = []
     c = Compiler(base)
     local = c.local("x")
