@@ -612,11 +612,35 @@ class _Compiler:
         self._arity("where", args, 1)
         if target.empty:
             return _EMPTY
-        criteria = self.compile(args[0], target.types).fn
+        arg = args[0]
+        if arg[0] == "typeop" and arg[1] == "is" and arg[2] == ("call", None, "resolve", []):
+            return self._where_resolves(target, arg[3])
+        criteria = self.compile(arg, target.types).fn
         source = target.fn
 
         def where(focus: list[Node], root: Node) -> list[Node]:
             return [n for n in source(focus, root) if _truth(criteria([n], root)) is True]
+        return _Compiled(where, target.types, keys=target.keys)
+
+    def _where_resolves(self, target: _Compiled, type_name: str) -> _Compiled:
+        """``where(resolve() is T)``, the form of most reference parameters, as one filter
+        (what the general ``where`` over :meth:`resolve_is` gives, without its per-node calls)."""
+        fhir_type = self.model.type_specifier(type_name)
+        self.resolve_is(target, fhir_type)  # its checks
+        source, model = target.fn, self.model
+        matches: dict[str, bool] = {}  # resource type -> is it a fhir_type
+
+        def where(focus: list[Node], root: Node) -> list[Node]:
+            out = []
+            for n in source(focus, root):
+                found = reference_type(n[0], root[0])
+                if found is not None:
+                    match = matches.get(found)
+                    if match is None:
+                        match = matches[found] = model.is_a(found, fhir_type)
+                    if match:
+                        out.append(n)
+            return out
         return _Compiled(where, target.types, keys=target.keys)
 
     def fn_exists(self, target: _Compiled, args: list[Ast]) -> _Compiled:

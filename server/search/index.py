@@ -29,7 +29,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from server.fhir.structures import structures
-from server.search.fhirpath import FhirPath, Node, TypeInfo
+from server.search.fhirpath import FhirPath, TypeInfo
 from server.search.plan import NEG_INF, POS_INF
 from server.search.registry import SearchParam, indexed_as, registry
 
@@ -57,6 +57,7 @@ _ARABIC_SCRIPT = str.maketrans({
 })
 
 
+@functools.lru_cache(maxsize=65536)  # codes' display texts recur on every resource
 def normalize(text: str) -> str:
     """The form string search compares (search.html#string: case- and accent-insensitive):
     casefolded, Unicode NFKD with combining marks removed (also Arabic-script vowel marks),
@@ -196,6 +197,7 @@ def _is_id(text: str) -> bool:
         text.replace("-", "").replace(".", "").isalnum()
 
 
+@functools.lru_cache(maxsize=65536)  # a record's resources point at the same few targets
 def reference_row(ref: str) -> Row | None:
     """``(target_type, target_id, version, url)`` of a Reference.reference string.
 
@@ -523,6 +525,9 @@ def _converters(kind: str, path: FhirPath) -> Converters:
 
 
 Step = tuple[str, str, FhirPath, Converters, Any, frozenset[str]]
+#: A composite's components (expression, converters), and the key sets its components on the
+#: whole resource read: a resource without any key of one of them gives no rows.
+Composite = tuple[tuple[tuple[FhirPath, Converters], ...], tuple[frozenset[str], ...]]
 
 
 #: Keys of every resource: an expression whose keys are unknown is always evaluated.
@@ -532,7 +537,7 @@ _ANY = frozenset(("resourceType",))
 @functools.cache
 def plan(resource_type: str) -> tuple[Step, ...]:
     """What to evaluate for a resource type, prepared once: (code, kind, expression,
-    converters, extras or composite components, the JSON keys without which the expression
+    converters, extras or the :data:`Composite`, the JSON keys without which the expression
     gives nothing: empty when unknown)."""
     steps: list[Step] = []
     reg = registry()
@@ -543,7 +548,10 @@ def plan(resource_type: str) -> tuple[Step, ...]:
         if param.type == "composite":
             parts = _composite_parts(param, resource_type)
             if parts is not None:
-                steps.append((param.code, "composite", path, {}, parts, path.keys or _ANY))
+                # A component on the whole resource whose keys the resource lacks: no rows.
+                needs = tuple(p.keys for p, _ in parts if p.keys is not None)
+                steps.append((param.code, "composite", path, {}, (parts, needs),
+                              path.keys or _ANY))
             continue
         steps.append((param.code, param.type, path, _converters(param.type, path),
                       EXTRAS.get(param.type), path.keys or _ANY))
@@ -561,13 +569,19 @@ def _composite_parts(param: SearchParam,
     return tuple(parts)
 
 
-def _composite_rows(code: str, nodes: list[Node], resource: dict[str, Any],
+@functools.lru_cache(maxsize=4096)
+def _steps(resource_type: str, keys: frozenset[str]) -> tuple[Step, ...]:
+    """The steps of the plan that can give rows for a resource with these JSON keys (resources
+    of a type come in a few shapes, so this is mostly a lookup)."""
+    return tuple(step for step in plan(resource_type) if not keys.isdisjoint(step[5]) and (
+        step[1] != "composite" or not any(keys.isdisjoint(k) for k in step[4][1])))
+
+
+def _composite_rows(code: str, path: FhirPath, resource: dict[str, Any],
                     parts: tuple[tuple[FhirPath, Converters], ...], rows: dict[Row, None]) -> None:
     """One row per element the composite expression selects (each Observation.component on
     its own) and per combination of its components' values, in component order."""
-    if any(path.keys is not None and path.keys.isdisjoint(resource) for path, _ in parts):
-        return  # a component on the whole resource has nothing to give
-    for node in nodes:
+    for node in path(resource):
         values: list[list[Row]] = []
         for path, converters in parts:
             tails: list[Row] = []
@@ -587,17 +601,13 @@ def extract(resource: dict[str, Any]) -> dict[str, list[Row]]:
     """Index rows of every supported search parameter of the resource's type, deduplicated,
     per kind (every kind present, possibly empty)."""
     out: Out = {kind: {} for kind in KINDS}
-    for code, kind, path, converters, extra, keys in plan(resource["resourceType"]):
-        if keys.isdisjoint(resource):
-            continue
-        nodes = path(resource)
-        if not nodes:
-            continue
+    for code, kind, path, converters, extra, _ in _steps(resource["resourceType"],
+                                                         frozenset(resource)):
         rows = out[kind]
         if kind == "composite":
-            _composite_rows(code, nodes, resource, extra, rows)
+            _composite_rows(code, path, resource, extra[0], rows)
             continue
-        for value, info in nodes:
+        for value, info in path(resource):
             conv = converters.get(info)
             if conv is not None:
                 for tail in conv(value, info):
