@@ -57,7 +57,6 @@ _ARABIC_SCRIPT = str.maketrans({
 })
 
 
-@functools.lru_cache(maxsize=65536)  # codes' display texts recur on every resource
 def normalize(text: str) -> str:
     """The form string search compares (search.html#string: case- and accent-insensitive):
     casefolded, Unicode NFKD with combining marks removed (also Arabic-script vowel marks),
@@ -197,15 +196,7 @@ def _is_id(text: str) -> bool:
         text.replace("-", "").replace(".", "").isalnum()
 
 
-@functools.lru_cache(maxsize=65536)  # a record's resources point at the same few targets
-def reference_row(ref: str) -> Row | None:
-    """``(target_type, target_id, version, url)`` of a Reference.reference string.
-
-    ``Patient/1`` and ``Patient/1/_history/2`` are local; an absolute URL keeps the whole URL
-    and, when its path ends in ``Type/id[/_history/v]``, that type, id and version as well;
-    ``urn:uuid:``/``urn:oid:`` keep only the url; ``#contained`` gives no row (searching inside
-    contained resources is not supported).
-    """
+def _parse_reference(ref: str) -> Row | None:
     if not ref or ref[0] == "#":
         return None
     if ref.startswith("urn:"):
@@ -221,6 +212,22 @@ def reference_row(ref: str) -> Row | None:
             absolute or len(parts) == 2):
         return (parts[-2], parts[-1], version, ref if absolute else None)
     return (None, None, None, ref)
+
+
+# A record's resources point at the same few targets: their rows are cached (short references
+# only, so the cache stays small whatever references are written).
+_cached_reference = functools.lru_cache(maxsize=16384)(_parse_reference)
+
+
+def reference_row(ref: str) -> Row | None:
+    """``(target_type, target_id, version, url)`` of a Reference.reference string.
+
+    ``Patient/1`` and ``Patient/1/_history/2`` are local; an absolute URL keeps the whole URL
+    and, when its path ends in ``Type/id[/_history/v]``, that type, id and version as well;
+    ``urn:uuid:``/``urn:oid:`` keep only the url; ``#contained`` gives no row (searching inside
+    contained resources is not supported).
+    """
+    return _cached_reference(ref) if len(ref) <= 256 else _parse_reference(ref)
 
 
 def canonical_row(value: str) -> Row | None:
