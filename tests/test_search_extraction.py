@@ -308,6 +308,28 @@ def test_reference_forms() -> None:
     assert rows(obs, "token", "performer:identifier") == {("http://example.org/npi", "555")}
 
 
+def test_where_resolve_is_a_type_keeps_the_references_to_that_type() -> None:
+    """``subject.where(resolve() is Patient)``: relative and absolute references by their type,
+    a contained one by the contained resource's, a ``urn:`` one by ``Reference.type``; the
+    same nodes as the general ``where`` gives (made to take its general path by ``and true``)."""
+    subjects = [{"reference": "Patient/1"}, {"reference": "Group/2"},
+                {"reference": "http://other.example/fhir/Patient/3/_history/4"},
+                {"reference": "urn:uuid:3c9a8d2e-64ef-4c38-a45b-0b5d3ec2d6c1", "type": "Patient"},
+                {"reference": "urn:uuid:77777777-64ef-4c38-a45b-0b5d3ec2d6c1"},
+                {"reference": "#p"}, {"reference": "#g"}, {"display": "nobody"},
+                {"identifier": {"value": "x"}, "type": "Patient"}]
+    contained = [{"resourceType": "Patient", "id": "p"}, {"resourceType": "Group", "id": "g"}]
+    fast = compile_path("DeviceRequest.subject.where(resolve() is Patient)", "DeviceRequest")
+    general = compile_path("DeviceRequest.subject.where((resolve() is Patient) and true)",
+                           "DeviceRequest")
+    picked = []
+    for subject in subjects:
+        request = {"resourceType": "DeviceRequest", "contained": contained, "subject": subject}
+        assert fast(request) == general(request)
+        picked += [value for value, _ in fast(request)]
+    assert picked == [subjects[0], subjects[2], subjects[3], subjects[5], subjects[8]]
+
+
 def test_canonical_references() -> None:
     definition = {"resourceType": "ActivityDefinition", "status": "active",
                   "library": ["http://example.org/Library/triage|1.0"],

@@ -590,9 +590,9 @@ def _composite_rows(code: str, path: FhirPath, resource: dict[str, Any],
     its own) and per combination of its components' values, in component order."""
     for node in path(resource):
         values: list[list[Row]] = []
-        for path, converters in parts:
+        for part, converters in parts:
             tails: list[Row] = []
-            for v, t in path.evaluate_on([node], resource):
+            for v, t in part.evaluate_on([node], resource):
                 conv = converters.get(t)
                 if conv is not None:
                     tails.extend(conv(v, t))
