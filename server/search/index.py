@@ -531,37 +531,30 @@ def _converters(kind: str, path: FhirPath) -> Converters:
     return table
 
 
-Step = tuple[str, str, FhirPath, Converters, Any, frozenset[str]]
-#: A composite's components (expression, converters), and the key sets its components on the
-#: whole resource read: a resource without any key of one of them gives no rows.
-Composite = tuple[tuple[tuple[FhirPath, Converters], ...], tuple[frozenset[str], ...]]
-
-
-#: Keys of every resource: an expression whose keys are unknown is always evaluated.
-_ANY = frozenset(("resourceType",))
+Step = tuple[str, str, FhirPath, Converters, Any, tuple[frozenset[str], ...]]
 
 
 @functools.cache
 def plan(resource_type: str) -> tuple[Step, ...]:
     """What to evaluate for a resource type, prepared once: (code, kind, expression,
-    converters, extras or the :data:`Composite`, the JSON keys without which the expression
-    gives nothing: empty when unknown)."""
+    converters, extras or composite components, the sets of JSON keys the resource must have
+    one of each of for the step to give rows: the expression's, when known, and those of a
+    composite's components on the whole resource)."""
     steps: list[Step] = []
     reg = registry()
     for param in reg.params_for(resource_type).values():
         path = param.extractor(resource_type)
         if param.column or path is None or reg.is_union(resource_type, param.code):
             continue
+        needs: tuple[frozenset[str], ...] = (path.keys,) if path.keys else ()
         if param.type == "composite":
             parts = _composite_parts(param, resource_type)
             if parts is not None:
-                # A component on the whole resource whose keys the resource lacks: no rows.
-                needs = tuple(p.keys for p, _ in parts if p.keys is not None)
-                steps.append((param.code, "composite", path, {}, (parts, needs),
-                              path.keys or _ANY))
+                needs += tuple(p.keys for p, _ in parts if p.keys is not None)
+                steps.append((param.code, "composite", path, {}, parts, needs))
             continue
         steps.append((param.code, param.type, path, _converters(param.type, path),
-                      EXTRAS.get(param.type), path.keys or _ANY))
+                      EXTRAS.get(param.type), needs))
     return tuple(steps)
 
 
@@ -580,8 +573,8 @@ def _composite_parts(param: SearchParam,
 def _steps(resource_type: str, keys: frozenset[str]) -> tuple[Step, ...]:
     """The steps of the plan that can give rows for a resource with these JSON keys (resources
     of a type come in a few shapes, so this is mostly a lookup)."""
-    return tuple(step for step in plan(resource_type) if not keys.isdisjoint(step[5]) and (
-        step[1] != "composite" or not any(keys.isdisjoint(k) for k in step[4][1])))
+    return tuple(step for step in plan(resource_type)
+                 if all(not keys.isdisjoint(need) for need in step[5]))
 
 
 def _composite_rows(code: str, path: FhirPath, resource: dict[str, Any],
@@ -612,7 +605,7 @@ def extract(resource: dict[str, Any]) -> dict[str, list[Row]]:
                                                          frozenset(resource)):
         rows = out[kind]
         if kind == "composite":
-            _composite_rows(code, path, resource, extra[0], rows)
+            _composite_rows(code, path, resource, extra, rows)
             continue
         for value, info in path(resource):
             conv = converters.get(info)
