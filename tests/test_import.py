@@ -122,6 +122,29 @@ def test_bundles_gzip_and_reimport(tmp_path: Path) -> None:
     assert read_all(data)[("Organization", "org-1")]["meta"]["versionId"] == "1"
 
 
+def test_later_lines_win_across_chunks_and_bundles(tmp_path: Path) -> None:
+    """Workers write their chunks in file order, and a chunk with a transaction Bundle waits
+    its turn too: the resource given three times ends as the last line says, version 3."""
+    from server.bulk.importer import CHUNK
+
+    def filler(n: int, start: int) -> list[object]:
+        return [patient(start + i) for i in range(n)]
+
+    update = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**patient(0), "name": [{"family": "Second"}]},
+         "request": {"method": "PUT", "url": "Patient/imp-0"}}]}
+    lines: list[object] = [
+        {**patient(0), "name": [{"family": "First"}]}, *filler(CHUNK + 10, 1), update,
+        *filler(CHUNK, CHUNK + 20), {**patient(0), "name": [{"family": "Third"}]}]
+    data = tmp_path / "data"
+    out = consilium(str(write_ndjson(tmp_path / "in.ndjson", lines)), data_dir=data)
+    assert out.returncode == 0, out.stderr
+    stored = read_all(data)
+    assert len(stored) == 2 * CHUNK + 11
+    assert stored[("Patient", "imp-0")]["name"] == [{"family": "Third"}]
+    assert stored[("Patient", "imp-0")]["meta"]["versionId"] == "3"
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     out = consilium(str(tmp_path / "nope.ndjson"), data_dir=tmp_path / "data")
     assert out.returncode == 2

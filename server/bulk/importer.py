@@ -2,12 +2,15 @@
 
 Sources are read as streams: NDJSON line by line (``.ndjson``, ``.ndjson.gz``), Bundle files
 (``.json``) entry by entry with an incremental parser, so memory does not grow with the file.
-Parsing, validation and index extraction, the CPU-heavy part, run in a pool of worker processes
-(validation is the R4 validator of server.fhir.validation; its second opinion from the
-fhir.resources R4B models, three times its cost, is added by ``model_check``);
-the store writes what they prepare in transactions of a few hundred resources, so both cores
-work at once. A transaction or batch Bundle (a whole file, or one NDJSON line) is processed as
-the FHIR API would process it (server.fhir.transaction), references and conditionals included.
+Files are cut into chunks of lines that a pool of worker processes takes in turn. A worker
+parses, validates and indexes its chunk (validation is the R4 validator of
+server.fhir.validation; its second opinion from the fhir.resources R4B models, three times its
+cost, is added by ``model_check``), then writes it to the store as one transaction, in file order:
+chunk k is committed after chunk k - 1, so a resource given twice ends as its later line says.
+While one worker writes, the other prepares its next chunk, so both cores work at once. A
+transaction or batch Bundle (a whole file, or one NDJSON line) is processed by the importing
+process, in its turn, as the FHIR API would process it (server.fhir.transaction), references
+and conditionals included.
 
 A rejected line never stops the good ones, unless ``atomic``: then the whole import is one store
 transaction and the first rejected line leaves the store exactly as it was.
@@ -31,16 +34,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import ijson
-import orjson
 
 from server.fhir import codec
 from server.fhir.errors import FhirError
 from server.storage.base import Serialized
 
-CHUNK = 250  # lines per unit of work handed to a worker process
-#: Resources per store transaction: a commit writes every page it touched, and the index
-#: B-trees are touched all over, so fewer, larger commits write far less.
-WRITE_BATCH = 4000
+#: Lines per unit of work handed to a worker process, and so resources per store transaction:
+#: a commit writes every page it touched, and the index B-trees are touched all over, so fewer,
+#: larger commits write far less.
+CHUNK = 2000
 _BUNDLE_KINDS = ("transaction", "batch")
 
 
@@ -129,7 +131,7 @@ def _bundle_items(stream: IO[bytes]) -> Iterator[Item]:
 
 # -- preparing (in worker processes) ---------------------------------------------------------
 
-Prepared = tuple[str, int, Any]  # ("ok", n, (type, id, resource, indexes)) | ("err", n, msg)
+Prepared = tuple[str, int, Any]  # ("ok", n, WriteItem) | ("err", n, message)
 #                                  | ("bundle", n, bundle)
 
 
@@ -162,16 +164,14 @@ def _prepare_one(number: int, raw: bytes | dict[str, Any], models: bool) -> Prep
         return "err", number, "; ".join(
             f"{i.diagnostics}" + (f" ({', '.join(i.expression)})" if i.expression else "")
             for i in exc.issues if i.severity in ("error", "fatal"))[:2000]
-    # Bytes cross the process boundary far cheaper than pickled dicts of small strings; the
-    # store writes them as they are (Serialized), without parsing them again.
-    meta = resource.get("meta")
+    # The store writes the JSON as it is (Serialized), without serialising the dict again.
     rest = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
-    return "ok", number, (type_, id_, codec.dumps(meta) if meta else b"", codec.dumps(rest),
-                          orjson.dumps({k: v for k, v in indexes.items() if v}))
+    return "ok", number, (type_, id_, Serialized(resource.get("meta"), codec.dumps(rest)),
+                          {k: v for k, v in indexes.items() if v})
 
 
-def _prepare_chunk(job: tuple[list[Item], bool]) -> list[Prepared]:
-    chunk, models = job
+def _prepare_chunk(job: tuple[int, list[Item], bool]) -> list[Prepared]:
+    _, chunk, models = job
     return [_prepare_one(n, raw, models) for n, raw in chunk]
 
 
@@ -181,11 +181,72 @@ def _warm_up() -> None:
     warm_up()
 
 
+class _Turns:
+    """Chunk k is written once chunks 0 … k - 1 are: a counter shared by the processes."""
+
+    def __init__(self, ctx: Any):
+        self.next = ctx.Value("q", 0, lock=False)
+        self.changed = ctx.Condition()
+
+    def wait(self, k: int) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.next.value == k)
+
+    def done(self, k: int) -> None:
+        with self.changed:
+            self.next.value = k + 1
+            self.changed.notify_all()
+
+
+_worker: dict[str, Any] = {}  # the store and turns of a writing worker process
+
+
+def _open_writer(settings: Any, turns: _Turns) -> None:
+    from server.storage import open_store
+
+    _warm_up()
+    # Rows and tuples by the million, and no reference cycles worth chasing during a chunk:
+    # what warm-up loaded is set aside, and the cyclic collector runs once a chunk instead.
+    gc.freeze()
+    gc.disable()
+    _worker["store"] = open_store(settings)
+    _worker["turns"] = turns
+    _worker["loop"] = asyncio.new_event_loop()
+
+
+Written = tuple[int, list[Prepared]]  # (resources written, rejected lines) | (-1, everything)
+
+
+def _prepare_and_write(job: tuple[int, list[Item], bool]) -> Written:
+    """Prepare a chunk and write it in its turn. A chunk holding a transaction or batch Bundle
+    goes back whole to the importing process, which processes it in its turn."""
+    k = job[0]
+    prepared = _prepare_chunk(job)
+    if any(kind == "bundle" for kind, _, _ in prepared):
+        return -1, prepared
+    written = _write_in_turn(k, [payload for kind, _, payload in prepared if kind == "ok"])
+    rejected = [p for p in prepared if p[0] == "err"]
+    del prepared
+    gc.collect()
+    return written, rejected
+
+
+def _write_in_turn(k: int, items: list[Any]) -> int:
+    turns: _Turns = _worker["turns"]
+    turns.wait(k)
+    try:
+        if items:
+            _worker["loop"].run_until_complete(_worker["store"].run(
+                lambda tx: _write_all(tx, items)))
+    finally:
+        turns.done(k)
+    return len(items)
+
+
 # -- writing ----------------------------------------------------------------------------------
 
-def _write_all(tx: Any, items: list[tuple[str, str, bytes, bytes, bytes]]) -> int:
-    tx.write_many([(type_, id_, Serialized(orjson.loads(meta) if meta else None, rest),
-                    orjson.loads(indexes)) for type_, id_, meta, rest, indexes in items], "PUT")
+def _write_all(tx: Any, items: list[Any]) -> int:
+    tx.write_many(items, "PUT")
     return len(items)
 
 
@@ -236,15 +297,15 @@ class Importer:
         started = time.monotonic()
         ctx = multiprocessing.get_context("spawn")
         read: dict[int, int] = {}  # bytes read so far, per file
-        # At most this many chunks are read ahead of the writer: memory stays bounded.
-        slots = threading.Semaphore(self.workers * 4)
+        # At most this many chunks are read ahead of the writes: memory stays bounded.
+        slots = threading.Semaphore(self.workers * 2)
         meta: collections.deque[tuple[str, _Counting | None]] = collections.deque()
 
-        def jobs() -> Iterator[tuple[list[Item], bool]]:
-            for name, chunk, counting in self._chunks(paths):
+        def jobs() -> Iterator[tuple[int, list[Item], bool]]:
+            for k, (name, chunk, counting) in enumerate(self._chunks(paths)):
                 slots.acquire()
                 meta.append((name, counting))
-                yield chunk, self.model_check
+                yield k, chunk, self.model_check
 
         def consumed(counting: _Counting | None) -> None:
             slots.release()
@@ -252,30 +313,26 @@ class Importer:
                 read[id(counting)] = counting.count
             self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
 
-        with ctx.Pool(self.workers, initializer=_warm_up) as pool:
-            results = pool.imap(_prepare_chunk, jobs(), chunksize=1)
-            if self.atomic:
-                await self._atomic(results, meta, consumed)
-            else:
-                pending: asyncio.Future[int] | None = None
-                batch: list[Any] = []
-                for prepared in results:
+        if self.atomic:  # one transaction: the workers prepare, this process writes
+            with ctx.Pool(self.workers, initializer=_warm_up) as pool:
+                await self._atomic(pool.imap(_prepare_chunk, jobs()), meta, consumed)
+        else:
+            turns = _Turns(ctx)
+            with ctx.Pool(self.workers, initializer=_open_writer,
+                          initargs=(self.settings, turns)) as pool:
+                for k, (written, prepared) in enumerate(pool.imap(_prepare_and_write, jobs())):
                     name, counting = meta.popleft()
-                    batch += await self._sort(name, prepared)
+                    if written < 0:  # a chunk with Bundles, ours to write in its turn
+                        try:
+                            batch = await self._sort(name, prepared)
+                            if batch:
+                                written = await self.store.run(lambda tx, b=batch: _write_all(tx, b))
+                        finally:
+                            turns.done(k)
+                    else:
+                        await self._sort(name, prepared)
+                    self.report.imported += max(written, 0)
                     consumed(counting)
-                    if len(batch) < WRITE_BATCH:
-                        continue
-                    if pending is not None:
-                        self.report.imported += await pending
-                    pending = asyncio.ensure_future(self.store.run(
-                        lambda tx, b=batch: _write_all(tx, b)))
-                    await asyncio.sleep(0)  # let the write start before the next chunk
-                    batch = []
-                if pending is not None:
-                    self.report.imported += await pending
-                if batch:
-                    self.report.imported += await self.store.run(
-                        lambda tx: _write_all(tx, batch))
         self.report.seconds = time.monotonic() - started
         self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
         return self.report
