@@ -206,7 +206,7 @@ def _open_writer(settings: Any, turns: _Turns) -> None:
 
     _warm_up()
     # Rows and tuples by the million, and no reference cycles worth chasing during a chunk:
-    # what warm-up loaded is set aside, and the cyclic collector runs once a chunk instead.
+    # what warm-up loaded is set aside, and the young generations are collected once a chunk instead.
     gc.freeze()
     gc.disable()
     _worker["store"] = open_store(settings)
@@ -227,7 +227,7 @@ def _prepare_and_write(job: tuple[int, list[Item], bool]) -> Written:
     written = _write_in_turn(k, [payload for kind, _, payload in prepared if kind == "ok"])
     rejected = [p for p in prepared if p[0] == "err"]
     del prepared
-    gc.collect()
+    gc.collect(1)
     return written, rejected
 
 

@@ -305,6 +305,8 @@ class _Writer(threading.Thread):
                         break
                     batch.append(nxt)
                 self._commit(conn, batch)
+                op = nxt = None  # what the writes hold goes now, not at the next write
+                batch.clear()
         finally:
             conn.close()
             os.close(self.lock)
