@@ -267,7 +267,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                             refresh=False)
 
     async def run() -> Any:
-        store = open_store(settings)
+        store = open_store(settings, bulk=True)
         try:
             return await import_files(store, settings, list(args.files), atomic=args.atomic,
                                       workers=args.workers, model_check=args.model_check,

@@ -80,3 +80,19 @@ def test_a_failing_write_takes_its_rows_and_leaves_the_others(store: SqliteStore
     assert store.read_sync("Patient", "x") is None
     assert names(store, "Alpha") == ["a", "b"]  # a's rows, rolled back with x's, are back
     assert names(store, "Xeno") == [] and names(store, "Delta") == ["d"]
+
+
+def test_a_bulk_writer_checkpoints_less_often_and_trims_the_wal(tmp_path: Path) -> None:
+    """An import's writers checkpoint every 256 MiB of WAL (the server's every 64 MiB) and
+    shrink the WAL file back to 64 MiB once it is checkpointed."""
+    def settings(bulk: bool) -> tuple[int, int]:
+        store = SqliteStore(tmp_path / "c.db", bulk=bulk)
+        try:
+            return store.run_sync(lambda tx: (
+                tx.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+                tx.conn.execute("PRAGMA journal_size_limit").fetchone()[0]))
+        finally:
+            store.close_sync()
+
+    assert settings(bulk=False) == (16384, -1)
+    assert settings(bulk=True) == (65536, 64 << 20)

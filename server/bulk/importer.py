@@ -209,7 +209,7 @@ def _open_writer(settings: Any, turns: _Turns) -> None:
     # what warm-up loaded is set aside, and the young generations are collected once a chunk instead.
     gc.freeze()
     gc.disable()
-    _worker["store"] = open_store(settings)
+    _worker["store"] = open_store(settings, bulk=True)
     _worker["turns"] = turns
     _worker["loop"] = asyncio.new_event_loop()
 

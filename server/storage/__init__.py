@@ -7,8 +7,9 @@ from typing import Any
 from server.storage.base import ResourceStore, StoreError
 
 
-def open_store(settings: Any) -> ResourceStore:
-    """The store the settings name: SQLite under the data dir by default."""
+def open_store(settings: Any, *, bulk: bool = False) -> ResourceStore:
+    """The store the settings name: SQLite under the data dir by default. ``bulk``: the store
+    is written in large transactions (``consilium import``); the backend may tune for that."""
     if settings.db.startswith(("mongodb://", "mongodb+srv://")):
         raise StoreError("the MongoDB backend is not part of this build yet; "
                          "run without --db to use the embedded SQLite store")
@@ -16,7 +17,7 @@ def open_store(settings: Any) -> ResourceStore:
         raise StoreError(f"unknown --db {settings.db!r}: give a mongodb:// URI or nothing")
     from server.storage.sqlite import SqliteStore
 
-    return SqliteStore(settings.sqlite_path)
+    return SqliteStore(settings.sqlite_path, bulk=bulk)
 
 
 __all__ = ["ResourceStore", "StoreError", "open_store"]
