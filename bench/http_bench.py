@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -85,6 +86,7 @@ def main() -> None:
         server.stop()
         if bare:
             bare.stop()
+        shutil.rmtree(work, ignore_errors=True)
     ratio = read_r["rps"] / bare_r["rps"]
     print(f"machine: {machine()}")
     print(f"load: wrk -t2 -c32 -d{args.seconds}s, one server worker, body {len(body)} bytes")

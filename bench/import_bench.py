@@ -30,7 +30,11 @@ def main() -> None:
                         help="also validate with the fhir.resources models")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="consilium-bench-"))
+    with tempfile.TemporaryDirectory(prefix="consilium-bench-") as tmp:  # gigabytes at 1M
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     source = args.ndjson or work / "ndjson"
     if args.ndjson is None:
         print(f"generating {args.patients} patients into {source} …", flush=True)

@@ -46,7 +46,8 @@ async def creates_per_second(items: list[dict[str, Any]], index: bool, clients: 
     if not index:
         prepare.extract = lambda resource: {}  # type: ignore[assignment]
     try:
-        settings = Settings(data_dir=Path(tempfile.mkdtemp()), workers=1, access_log=False)
+        work = tempfile.TemporaryDirectory(prefix="consilium-bench-")
+        settings = Settings(data_dir=Path(work.name), workers=1, access_log=False)
         app = app_module.create_app(settings)
         token = TokenService(KeyStore(settings.keys_dir)).issue("bench", "system/*.cruds")
         bodies = [(r["resourceType"], orjson.dumps(r)) for r in items]
@@ -83,6 +84,7 @@ async def creates_per_second(items: list[dict[str, Any]], index: bool, clients: 
         elapsed = time.perf_counter() - started
         assert set(statuses) == {201}, set(statuses)
         await app.store.close()
+        work.cleanup()
         return len(statuses) / elapsed
     finally:
         prepare.extract = real

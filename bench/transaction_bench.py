@@ -107,7 +107,8 @@ def main() -> None:
           f"({entries / len(records):.1f} a Bundle), after {len(network)} network Bundles",
           flush=True)
 
-    data = Path(tempfile.mkdtemp(prefix="consilium-bench-")) / "data"
+    work = tempfile.TemporaryDirectory(prefix="consilium-bench-")
+    data = Path(work.name) / "data"
     port = free_port()
     server = start_consilium(data, port, workers=args.workers)
     try:
@@ -119,6 +120,7 @@ def main() -> None:
         elapsed = time.perf_counter() - t0
     finally:
         server.stop()
+        work.cleanup()
 
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
