@@ -18,6 +18,7 @@ from server.clock import Clock, SystemClock
 from server.config import Settings
 from server.fhir.hooks import AppContext
 from server.fhir.openapi import fhir_paths
+from server.fhir.prepare import check_models
 from server.fhir.router import FhirRouter
 from server.fhir.structures import structures
 from server.metrics import Metrics
@@ -75,6 +76,7 @@ def warm_up() -> None:
 def create_app(settings: Settings, clock: Clock | None = None) -> ConsiliumApp:
     """The application over the store the settings name. ``clock``: the time the workflow
     rules use (the system clock unless a test gives another)."""
+    check_models(settings.model_check)
     store = open_store(settings)
     keys = KeyStore(settings.keys_dir)
     keys.ensure()

@@ -69,6 +69,10 @@ def _serve_parser(sub: Any) -> None:
                                       "(default: taken from each request's Host)")
     p.add_argument("--no-access-log", action="store_true",
                    help="do not log one line per request")
+    p.add_argument("--model-check", action="store_true",
+                   help="also check every write against the fhir.resources R4B models, after "
+                        "the R4 validator (a second opinion; creates about a third slower; env "
+                        "CONSILIUM_MODEL_CHECK)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -77,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          dicom_port=args.dicom_port, mllp_port=args.mllp_port,
                          workers=args.workers, base_url=args.base_url,
                          auth=False if args.no_auth else None,
-                         access_log=False if args.no_access_log else None)
+                         access_log=False if args.no_access_log else None,
+                         model_check=True if args.model_check else None)
     from server import logs
 
     logs.setup(settings.log_level)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from server.fhir.codec import loads
-from server.fhir.errors import Issue
+from server.fhir.errors import FhirError, Issue
 from server.fhir.structures import structures
 from server.fhir.validation import (
     REQUIRED_VALUESETS,
@@ -968,3 +968,32 @@ def test_the_official_r4_definitions_pass(name: str) -> None:
     with gzip.open(path) as fh:
         bundle = loads(fh.read())
     assert errors(bundle) == set()  # the Bundle, with every entry
+
+
+def test_the_model_check_setting_gives_writes_the_second_opinion(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes get the R4B models' second opinion only when the server's ``model_check`` is on
+    (``serve --model-check``); the R4 validator runs either way."""
+    import asyncio
+
+    from server import app as app_module
+    from server.config import Settings
+    from server.fhir import validation
+    from server.fhir.prepare import check_models, prepare
+
+    asked: list[str] = []
+    real = validation.r4b_model_issues
+    monkeypatch.setattr(validation, "r4b_model_issues",
+                        lambda r, found=None: asked.append(r["resourceType"]) or real(r, found))
+    try:
+        for on in (False, True):
+            app = app_module.create_app(Settings(data_dir=tmp_path / str(on), workers=1,
+                                                 access_log=False, model_check=on))
+            asyncio.run(app.store.close())
+            asked.clear()
+            assert prepare(patient(), "Patient")["token"]
+            assert asked == (["Patient"] if on else [])
+            with pytest.raises(FhirError):
+                prepare(with_(patient(), gender="robot"), "Patient")
+    finally:
+        check_models(False)

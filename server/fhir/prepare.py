@@ -43,12 +43,23 @@ def validation_error(issues: list[Issue]) -> FhirError | None:
     return FhirError(status, first.code, first.diagnostics, issues=issues)
 
 
-def prepare(resource: Any, type: str, *, models: bool = True) -> IndexRows:
+_checks = {"models": False}  # the server's model_check setting, set by create_app
+
+
+def check_models(on: bool) -> None:
+    """Whether writes also get the fhir.resources (R4B) second opinion (``model_check``)."""
+    _checks["models"] = on
+
+
+def prepare(resource: Any, type: str, *, models: bool | None = None) -> IndexRows:
     """Validate ``resource`` as a ``type`` and return its search index rows; raise FhirError.
-    ``models=False`` leaves out the fhir.resources (R4B) second opinion: the R4 validator alone
-    (see server.fhir.validation), for bulk loading. A resource that claims Consilium profiles
-    in ``meta.profile`` is also validated against them (server.workflow.profiles)."""
+    Validation is the R4 validator (server.fhir.validation), and the fhir.resources (R4B)
+    second opinion when ``models`` is true (by default when the server's ``model_check`` is
+    on). A resource that claims Consilium profiles in ``meta.profile`` is also validated
+    against them (server.workflow.profiles)."""
     check_type(resource, type)
+    if models is None:
+        models = _checks["models"]
     error = validation_error(validate_resource(resource, type, models=models))
     if error is not None:
         raise error
