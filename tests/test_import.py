@@ -145,6 +145,20 @@ def test_later_lines_win_across_chunks_and_bundles(tmp_path: Path) -> None:
     assert stored[("Patient", "imp-0")]["meta"]["versionId"] == "3"
 
 
+def test_chunks_of_large_lines_end_by_size(tmp_path: Path) -> None:
+    """A chunk ends at CHUNK lines or at CHUNK_BYTES of NDJSON, whichever comes first, so the
+    chunks in flight stay small whatever the lines hold."""
+    from server.bulk.importer import CHUNK_BYTES, Importer
+
+    big = "x" * (CHUNK_BYTES // 5)
+    src = write_ndjson(tmp_path / "big.ndjson", [
+        {"resourceType": "Basic", "id": f"b{i}", "code": {"text": big}} for i in range(12)])
+    chunks = [chunk for _, chunk, _ in Importer(None, None)._chunks([src])]
+    sizes = [sum(len(line) for _, line in chunk) for chunk in chunks]  # type: ignore[arg-type]
+    assert [len(chunk) for chunk in chunks] == [5, 5, 2]
+    assert max(sizes) < CHUNK_BYTES + len(big) + 100
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     out = consilium(str(tmp_path / "nope.ndjson"), data_dir=tmp_path / "data")
     assert out.returncode == 2

@@ -41,8 +41,10 @@ from server.storage.base import Serialized
 
 #: Lines per unit of work handed to a worker process, and so resources per store transaction:
 #: a commit writes every page it touched, and the index B-trees are touched all over, so fewer,
-#: larger commits write far less.
+#: larger commits write far less. A chunk of large resources ends sooner, at CHUNK_BYTES of
+#: NDJSON, so that memory stays bounded whatever the lines hold.
 CHUNK = 2000
+CHUNK_BYTES = 8 << 20
 _BUNDLE_KINDS = ("transaction", "batch")
 
 
@@ -275,11 +277,13 @@ class Importer:
             with stream:
                 items = _ndjson_items(stream) if _is_ndjson(path) else _bundle_items(stream)
                 chunk: list[Item] = []
+                size = 0
                 for item in items:
                     chunk.append(item)
-                    if len(chunk) >= CHUNK:
+                    size += len(item[1]) if isinstance(item[1], bytes) else 0
+                    if len(chunk) >= CHUNK or size >= CHUNK_BYTES:
                         yield str(path), chunk, counting
-                        chunk = []
+                        chunk, size = [], 0
                 if chunk:
                     yield str(path), chunk, counting
 
