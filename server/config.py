@@ -40,8 +40,8 @@ class Settings:
     log_level: str = "info"
     #: One structured line per HTTP request (no patient data, no query strings).
     access_log: bool = True
-    #: Check every write against the fhir.resources R4B models too, after the R4 validator:
-    #: a second opinion that finds nothing the validator misses and costs a third of a create.
+    #: Check every write against the fhir.resources R4B models too, after the R4 validator: a
+    #: second opinion (no error it catches alone is known) that costs a third of a create.
     model_check: bool = False
     max_body_bytes: int = 64 * 1024 * 1024
     default_page_size: int = 20

@@ -208,7 +208,7 @@ def _open_writer(settings: Any, turns: _Turns) -> None:
 
     _warm_up()
     # Rows and tuples by the million, and no reference cycles worth chasing during a chunk:
-    # what warm-up loaded is set aside, and the young generations are collected once a chunk instead.
+    # what warm-up loaded is set aside, and the young generations are collected once a chunk.
     gc.freeze()
     gc.disable()
     _worker["store"] = open_store(settings, bulk=True)
@@ -289,8 +289,8 @@ class Importer:
 
     async def run(self, paths: list[Path]) -> Report:
         _warm_up()
-        # The writer makes millions of short-lived rows and no reference cycles worth
-        # collecting: the cyclic collector is off for the import's duration.
+        # An --atomic import writes millions of short-lived rows here, and no reference cycles
+        # worth collecting: the cyclic collector is off for the import's duration.
         gc.disable()
         try:
             return await self._run(paths)
@@ -329,13 +329,13 @@ class Importer:
                     if written < 0:  # a chunk with Bundles, ours to write in its turn
                         try:
                             batch = await self._sort(name, prepared)
-                            if batch:
-                                written = await self.store.run(lambda tx, b=batch: _write_all(tx, b))
+                            written = await self.store.run(
+                                lambda tx, b=batch: _write_all(tx, b)) if batch else 0
                         finally:
                             turns.done(k)
                     else:
                         await self._sort(name, prepared)
-                    self.report.imported += max(written, 0)
+                    self.report.imported += written
                     consumed(counting)
         self.report.seconds = time.monotonic() - started
         self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))

@@ -63,7 +63,7 @@ def _now_us() -> int:
 def connect(path: Path, *, readonly: bool = False, bulk: bool = False) -> sqlite3.Connection:
     """A connection with the store's settings. ``bulk``: for a writer of large transactions
     (an import), which checkpoints the WAL every 256 MiB: the index pages its transactions
-    all touch are copied back a quarter as often (import throughput +10-15 %)."""
+    all touch are copied back a quarter as often."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA synchronous = FULL")
