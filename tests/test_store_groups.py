@@ -13,6 +13,7 @@ import pytest
 
 from server.search.index import extract
 from server.search.query import parse
+from server.storage.base import HistoryQuery
 from server.storage.sqlite import SqliteStore
 
 
@@ -80,6 +81,27 @@ def test_a_failing_write_takes_its_rows_and_leaves_the_others(store: SqliteStore
     assert store.read_sync("Patient", "x") is None
     assert names(store, "Alpha") == ["a", "b"]  # a's rows, rolled back with x's, are back
     assert names(store, "Xeno") == [] and names(store, "Delta") == ["d"]
+
+
+def test_writes_deletes_and_rollbacks_in_one_commit_number_versions_in_order(
+        store: SqliteStore) -> None:
+    """A commit hands out resource and version numbers from one counter: a rolled-back write
+    leaves a gap, a delete takes the next number like a write, and history stays in order."""
+    def write_then_fail(tx: Any) -> None:
+        tx.write("Patient", "x", patient("x", "Xeno"), extract(patient("x", "Xeno")), "PUT")
+        raise ValueError("refused")
+
+    results = in_one_group(store, write(patient("a", "Alpha")),
+                           lambda tx: tx.delete("Patient", "a"), write(patient("b", "Beta")),
+                           write_then_fail, write(patient("a", "Again")))
+    assert isinstance(results[3], ValueError)
+    assert [v.version for v in (results[0], results[1], results[4])] == [1, 2, 3]
+    assert store.read_sync("Patient", "x") is None
+    history = asyncio.run(store.history(HistoryQuery(type="Patient", count=10))).entries
+    assert [(v.id, v.version, v.deleted) for v in history] == [
+        ("a", 3, False), ("b", 1, False), ("a", 2, True), ("a", 1, False)]
+    assert names(store, "Again") == ["a"] and names(store, "Alpha") == []
+    assert in_one_group(store, write(patient("c", "Gamma")))[0].version == 1  # next commit
 
 
 def test_a_bulk_writer_checkpoints_less_often_and_trims_the_wal(tmp_path: Path) -> None:

@@ -124,15 +124,30 @@ class _IndexRows:
         self.written = {k: len(v) for k, v in self.rows.items()}
 
 
+class _Ids:
+    """The next rid and seq of a commit, looked up at its first write: nothing else allocates
+    them while it holds the write lock. A write rolled back to its savepoint leaves a gap."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.rid = self.seq = 0
+
+    def load(self) -> None:
+        if not self.rid:
+            self.rid = (self.conn.execute("SELECT max(rid) FROM resource").fetchone()[0] or 0) + 1
+            self.seq = (self.conn.execute("SELECT max(seq) FROM version").fetchone()[0] or 0) + 1
+
+
 class SqliteTransaction:
     """The :class:`~server.storage.base.Transaction` of the SQLite backend (writer thread only)."""
 
     def __init__(self, conn: sqlite3.Connection, now: int, search: Callable[..., list[Version]],
-                 index: _IndexRows):
+                 index: _IndexRows, ids: _Ids):
         self.conn = conn
         self.now = now
         self._search = search
         self.index = index  # the commit's, flushed by the writer before it commits
+        self.ids = ids  # the commit's
 
     def read(self, type: str, id: str) -> Version | None:
         row = self.conn.execute(_READ_CURRENT, (type, id)).fetchone()
@@ -177,8 +192,8 @@ class SqliteTransaction:
             return []
         conn = self.conn
         current = self._current([(t, i) for t, i, _, _ in items])
-        next_rid = (conn.execute("SELECT max(rid) FROM resource").fetchone()[0] or 0) + 1
-        next_seq = (conn.execute("SELECT max(seq) FROM version").fetchone()[0] or 0) + 1
+        self.ids.load()
+        next_rid, next_seq = self.ids.rid, self.ids.seq
         inserts: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []
         versions: list[tuple[Any, ...]] = []
@@ -223,6 +238,7 @@ class SqliteTransaction:
             versions.append((seq, rid, type, version, self.now, method, body))
             sqlite_schema.collect_index_rows(index_rows, rid, type, indexes)
             out.append(Version(type, id, version, self.now, False, body, method))
+        self.ids.rid, self.ids.seq = next_rid, next_seq
         if stale:  # the rows of the versions replaced (and of earlier writes, first) go
             self.index.flush()
             sqlite_schema.delete_index_rows(conn, stale)
@@ -248,9 +264,11 @@ class SqliteTransaction:
         if deleted:
             return self.read(type, id)
         version += 1
-        seq = conn.execute(
-            "INSERT INTO version (rid, type, version, updated, method, body) "
-            "VALUES (?, ?, ?, ?, 'DELETE', NULL)", (rid, type, version, self.now)).lastrowid
+        self.ids.load()
+        seq = self.ids.seq
+        self.ids.seq += 1
+        conn.execute("INSERT INTO version (seq, rid, type, version, updated, method, body) "
+                     "VALUES (?, ?, ?, ?, ?, 'DELETE', NULL)", (seq, rid, type, version, self.now))
         conn.execute("UPDATE resource SET version = ?, updated = ?, deleted = 1, seq = ? "
                      "WHERE rid = ?", (version, self.now, seq, rid))
         self.index.flush()
@@ -335,14 +353,14 @@ class _Writer(threading.Thread):
         try:
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute("SELECT max(updated) FROM version").fetchone()[0] or 0
-            index = _IndexRows(conn)
+            index, ids = _IndexRows(conn), _Ids(conn)
             for op in batch:
                 now = max(_now_us(), last + 1)
                 last = now
                 conn.execute("SAVEPOINT op")
                 index.begin()
                 try:
-                    result = op.fn(SqliteTransaction(conn, now, self.search, index))
+                    result = op.fn(SqliteTransaction(conn, now, self.search, index, ids))
                 except BaseException as failure:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
