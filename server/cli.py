@@ -140,14 +140,20 @@ def _run_http(settings: Settings) -> None:
         config = uvicorn.Config(create_app(settings), **common)
         uvicorn.Server(config).run()
         return
-    # Several workers: each process builds the app from the environment. Listeners that must
-    # run once per server (DICOM, MLLP, job runners) belong in this supervising process.
-    from uvicorn.supervisors import Multiprocess
+    # Several workers: each process builds the app from the environment and listens on a
+    # socket of its own (server.workers). Listeners that must run once per server (DICOM, MLLP,
+    # job runners) belong in this supervising process.
+    from server.workers import Supervisor, check_port_free
 
+    try:
+        check_port_free(settings.host, settings.http_port)
+    except OSError as exc:
+        log.error(f"cannot listen on {settings.host}:{settings.http_port}: {exc}",
+                  extra={"event": "server.port_in_use"})
+        sys.exit(1)
     os.environ.update(settings.to_env())
-    config = uvicorn.Config("server.app:app_from_env", factory=True, workers=settings.workers,
-                            **common)
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    config = uvicorn.Config("server.app:app_from_env", factory=True, **common)
+    Supervisor(config, settings.workers, grace=common["timeout_graceful_shutdown"]).run()
 
 
 # -- token and keys -----------------------------------------------------------------------------

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -119,6 +122,53 @@ def test_workers_share_one_store_without_lost_updates(start_server) -> None:  # 
     reads = sum(float(line.split()[-1]) for line in metrics.splitlines()
                 if line.startswith('consilium_http_requests_total{interaction="read"'))
     assert reads >= 60  # counted across both worker processes
+
+
+def _connections_by_process(port: int, pids: list[int]) -> dict[int, int]:
+    """How many established TCP connections on ``port`` each process holds (from /proc)."""
+    established: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    established.add(fields[9])  # the socket's inode
+    counts = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        links = [os.readlink(fd) for fd in fds.iterdir()]
+        counts[pid] = sum(link[8:-1] in established for link in links if link.startswith("socket:"))
+    return counts
+
+
+def test_connections_opened_together_spread_over_the_workers(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Each worker listens on a socket of its own: a client's keep-alive connections, opened
+    at once, do not all land on the worker that wakes first."""
+    server = start_server("--workers", "2")
+    conns = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(16)]
+    try:
+        for c in conns:
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        for c in conns:
+            assert c.recv(65536).startswith(b"HTTP/1.1 200")  # accepted, and kept open
+        workers = [int(pid) for pid in Path(
+            f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()]
+        counts = _connections_by_process(server.port, workers)
+        serving = [n for n in counts.values() if n]
+        assert sum(serving) == 16 and len(serving) == 2, counts
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_a_second_server_on_the_same_port_is_refused(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--workers", "2")
+    second = subprocess.run(
+        [sys.executable, "-m", "server", "serve", "--data-dir", str(server.data_dir.parent / "d2"),
+         "--port", str(server.port), "--workers", "2", "--dicom-port", "0", "--mllp-port", "0"],
+        capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert "cannot listen on" in second.stderr and "in use" in second.stderr
 
 
 def test_acknowledged_writes_survive_kill_9(start_server) -> None:  # type: ignore[no-untyped-def]
