@@ -85,7 +85,7 @@ class Supervisor:
                     time.sleep(1)  # a worker that cannot start does not spin
                     processes[i] = self._start(sockets[i])
         for process in processes:
-            if process.is_alive() and process.pid is not None:
+            if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn's graceful shutdown
         deadline = time.monotonic() + self.grace + 5
         for process in processes:
