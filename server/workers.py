@@ -65,8 +65,8 @@ class Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
 
     def _start(self, sock: socket.socket) -> BaseProcess:
-        process = self.ctx.Process(target=_serve, args=(self.config, sock), name="http-worker",
-                                   daemon=True)
+        # Not a daemon: a worker may start processes of its own (job runners).
+        process = self.ctx.Process(target=_serve, args=(self.config, sock), name="http-worker")
         process.start()
         return process
 
