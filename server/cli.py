@@ -143,17 +143,18 @@ def _run_http(settings: Settings) -> None:
     # Several workers: each process builds the app from the environment and listens on a
     # socket of its own (server.workers). Listeners that must run once per server (DICOM, MLLP,
     # job runners) belong in this supervising process.
-    from server.workers import Supervisor, check_port_free
+    from server.workers import Supervisor
 
-    try:
-        check_port_free(settings.host, settings.http_port)
-    except OSError as exc:
-        log.error(f"cannot listen on {settings.host}:{settings.http_port}: {exc}",
-                  extra={"event": "server.port_in_use"})
-        sys.exit(1)
     os.environ.update(settings.to_env())
     config = uvicorn.Config("server.app:app_from_env", factory=True, **common)
-    Supervisor(config, settings.workers, grace=common["timeout_graceful_shutdown"]).run()
+    supervisor = Supervisor(config, settings.workers, grace=common["timeout_graceful_shutdown"])
+    try:
+        supervisor.listen()
+    except OSError as exc:
+        log.error(f"cannot listen on {settings.host}:{settings.http_port}: {exc}",
+                  extra={"event": "server.cannot_listen"})
+        sys.exit(1)
+    supervisor.run()
 
 
 # -- token and keys -----------------------------------------------------------------------------

@@ -27,26 +27,17 @@ log = logging.getLogger(__name__)
 _BACKLOG = 2048  # uvicorn's default
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A socket listening on host:port that other workers' sockets may share."""
+def _bound(host: str, port: int, *, shared: bool) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(_BACKLOG)
-    return sock
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Raise OSError if something listens on host:port already. A socket bound without
-    ``SO_REUSEPORT`` cannot share the port, so a second server on it is refused here rather
-    than silently taking a share of the connections."""
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-    finally:
-        probe.close()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:  # other workers' sockets may listen on the port too
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _serve(config: Any, sock: socket.socket) -> None:
@@ -63,6 +54,7 @@ class Supervisor:
         self.grace = grace  # seconds a stopping worker has to finish its requests
         self.stop = threading.Event()
         self.ctx = multiprocessing.get_context("spawn")
+        self.sockets: list[socket.socket] = []  # one for each worker
 
     def _start(self, sock: socket.socket) -> BaseProcess:
         # Not a daemon: a worker may start processes of its own (job runners).
@@ -70,12 +62,23 @@ class Supervisor:
         process.start()
         return process
 
+    def listen(self) -> None:
+        """Open the workers' sockets; OSError if the port is taken or cannot be bound. A
+        socket bound without ``SO_REUSEPORT`` first checks that nothing listens there already:
+        a second server on the port is refused rather than silently taking a share of the
+        connections."""
+        host, port = self.config.host, self.config.port
+        _bound(host, port, shared=False).close()
+        for _ in range(self.workers):
+            sock = _bound(host, port, shared=True)
+            sock.listen(_BACKLOG)
+            self.sockets.append(sock)
+
     def run(self) -> None:
+        """Start the workers on the sockets :meth:`listen` opened; return once they stopped."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
-        sockets = [listening_socket(self.config.host, self.config.port)
-                   for _ in range(self.workers)]
-        processes = [self._start(sock) for sock in sockets]
+        processes = [self._start(sock) for sock in self.sockets]
         while not self.stop.wait(0.5):
             for i, process in enumerate(processes):
                 if not process.is_alive() and not self.stop.is_set():
@@ -83,7 +86,7 @@ class Supervisor:
                         "event": "worker.restart", "pid": process.pid,
                         "exitcode": process.exitcode})
                     time.sleep(1)  # a worker that cannot start does not spin
-                    processes[i] = self._start(sockets[i])
+                    processes[i] = self._start(self.sockets[i])
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn's graceful shutdown
