@@ -118,3 +118,25 @@ def test_a_bulk_writer_checkpoints_less_often_and_trims_the_wal(tmp_path: Path) 
 
     assert settings(bulk=False) == (16384, -1)
     assert settings(bulk=True) == (65536, 64 << 20)
+
+
+def test_a_caller_that_stops_waiting_leaves_the_writer_working(store: SqliteStore) -> None:
+    # A client that disconnects cancels its request while its write waits in the queue: the
+    # write still commits, and the writes after it are answered.
+    release = threading.Event()
+
+    async def main() -> list[str]:
+        blocker = asyncio.ensure_future(store.run(lambda tx: release.wait(10)))
+        await asyncio.sleep(0.2)
+        gone = asyncio.ensure_future(store.run(write(patient("a", "Alpha"))))
+        kept = asyncio.ensure_future(store.run(write(patient("b", "Beta"))))
+        await asyncio.sleep(0.1)
+        gone.cancel()
+        release.set()
+        await blocker
+        await asyncio.wait_for(kept, 10)
+        await asyncio.wait_for(store.run(write(patient("c", "Gamma"))), 10)
+        return [v.id for v in [await store.read("Patient", i) for i in "abc"] if v]
+
+    assert asyncio.run(main()) == ["a", "b", "c"]
+    assert names(store, "Gamma") == ["c"]

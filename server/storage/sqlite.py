@@ -15,6 +15,7 @@ versions, keyed by the resource's ``rid``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -281,11 +282,32 @@ class SqliteTransaction:
 
 
 class _Op:
-    __slots__ = ("fn", "future")
+    """A queued write: ``fn``, and the future its caller waits on, an asyncio one (of
+    ``loop``) or, for callers without an event loop, a thread one."""
 
-    def __init__(self, fn: Callable[[SqliteTransaction], Any], future: Future[Any]):
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[SqliteTransaction], Any],
+                 future: Future[Any] | asyncio.Future[Any],
+                 loop: asyncio.AbstractEventLoop | None = None):
         self.fn = fn
         self.future = future
+        self.loop = loop
+
+
+Outcome = tuple[_Op, Any, BaseException | None]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """Give the callers their results (on the loop of their futures, or on any thread for
+    thread futures); a caller that stopped waiting is skipped."""
+    for op, result, problem in outcomes:
+        if op.future.done():  # cancelled
+            continue
+        if problem is None:
+            op.future.set_result(result)
+        else:
+            op.future.set_exception(problem)
 
 
 class _Writer(threading.Thread):
@@ -341,15 +363,21 @@ class _Writer(threading.Thread):
             outcomes = self._run(conn, batch)
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
-        for future, result, problem in outcomes:
-            if problem is None:
-                future.set_result(result)
-            else:
-                future.set_exception(problem)
+        # One wake-up per event loop for the whole group, rather than one per write: each
+        # wake-up costs the writer a system call and a turn at the interpreter lock.
+        by_loop: dict[asyncio.AbstractEventLoop | None, list[Outcome]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, settled in by_loop.items():
+            if loop is None:
+                _settle(settled)
+                continue
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _run(self, conn: sqlite3.Connection,
-             batch: list[_Op]) -> list[tuple[Future[Any], Any, BaseException | None]]:
-        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+             batch: list[_Op]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute("SELECT max(updated) FROM version").fetchone()[0] or 0
@@ -365,17 +393,17 @@ class _Writer(threading.Thread):
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     index.undo()
-                    outcomes.append((op.future, None, failure))
+                    outcomes.append((op, None, failure))
                 else:
                     conn.execute("RELEASE op")
-                    outcomes.append((op.future, result, None))
+                    outcomes.append((op, result, None))
             index.flush()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             error = StoreError(f"write failed: {exc}")
-            outcomes = [(op.future, None, error) for op in batch]
+            outcomes = [(op, None, error) for op in batch]
         return outcomes
 
 
@@ -463,9 +491,10 @@ class SqliteStore:
     # -- writes ----------------------------------------------------------------------------
 
     async def run(self, fn: Callable[[SqliteTransaction], T]) -> T:
-        future: Future[T] = Future()
-        self._writer.queue.put(_Op(fn, future))
-        return await asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._writer.queue.put(_Op(fn, future, loop))
+        return await future
 
     def run_sync(self, fn: Callable[[SqliteTransaction], T]) -> T:
         """For command-line tools without an event loop."""
