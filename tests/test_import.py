@@ -8,6 +8,7 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -125,7 +126,7 @@ def test_bundles_gzip_and_reimport(tmp_path: Path) -> None:
 def test_later_lines_win_across_chunks_and_bundles(tmp_path: Path) -> None:
     """Workers write their chunks in file order, and a chunk with a transaction Bundle waits
     its turn too: the resource given three times ends as the last line says, version 3."""
-    from server.bulk.importer import CHUNK
+    chunk = 500
 
     def filler(n: int, start: int) -> list[object]:
         return [patient(start + i) for i in range(n)]
@@ -134,26 +135,28 @@ def test_later_lines_win_across_chunks_and_bundles(tmp_path: Path) -> None:
         {"resource": {**patient(0), "name": [{"family": "Second"}]},
          "request": {"method": "PUT", "url": "Patient/imp-0"}}]}
     lines: list[object] = [
-        {**patient(0), "name": [{"family": "First"}]}, *filler(CHUNK + 10, 1), update,
-        *filler(CHUNK, CHUNK + 20), {**patient(0), "name": [{"family": "Third"}]}]
+        {**patient(0), "name": [{"family": "First"}]}, *filler(chunk + 10, 1), update,
+        *filler(chunk, chunk + 20), {**patient(0), "name": [{"family": "Third"}]}]
     data = tmp_path / "data"
-    out = consilium(str(write_ndjson(tmp_path / "in.ndjson", lines)), data_dir=data)
+    out = consilium(str(write_ndjson(tmp_path / "in.ndjson", lines)), "--chunk", str(chunk),
+                    data_dir=data)
     assert out.returncode == 0, out.stderr
     stored = read_all(data)
-    assert len(stored) == 2 * CHUNK + 11
+    assert len(stored) == 2 * chunk + 11
     assert stored[("Patient", "imp-0")]["name"] == [{"family": "Third"}]
     assert stored[("Patient", "imp-0")]["meta"]["versionId"] == "3"
 
 
-def test_chunks_of_large_lines_end_by_size(tmp_path: Path) -> None:
-    """A chunk ends at CHUNK lines or at CHUNK_BYTES of NDJSON, whichever comes first, so the
-    chunks in flight stay small whatever the lines hold."""
-    from server.bulk.importer import CHUNK_BYTES, Importer
+def test_chunks_of_large_lines_end_by_size(tmp_path: Path, monkeypatch: Any) -> None:
+    """A chunk ends at its number of lines or at CHUNK_BYTES of NDJSON, whichever comes first,
+    so the chunks in flight stay small whatever the lines hold."""
+    from server.bulk import importer
 
+    monkeypatch.setattr(importer, "CHUNK_BYTES", CHUNK_BYTES := 1 << 20)
     big = "x" * (CHUNK_BYTES // 5)
     src = write_ndjson(tmp_path / "big.ndjson", [
         {"resourceType": "Basic", "id": f"b{i}", "code": {"text": big}} for i in range(12)])
-    chunks = [chunk for _, chunk, _ in Importer(None, None)._chunks([src])]
+    chunks = [chunk for _, chunk, _ in importer.Importer(None, None)._chunks([src])]
     sizes = [sum(len(line) for _, line in chunk) for chunk in chunks]  # type: ignore[arg-type]
     assert [len(chunk) for chunk in chunks] == [5, 5, 2]
     assert max(sizes) < CHUNK_BYTES + len(big) + 100
@@ -167,6 +170,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_memory_stays_flat_with_file_size(tmp_path: Path) -> None:
+    # Memory follows the chunk size (--chunk), not the file size: both files are several chunks.
     def peak(n: int) -> int:
         src = write_ndjson(tmp_path / f"in{n}.ndjson", [patient(i) for i in range(n)])
         code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
@@ -174,7 +178,8 @@ def test_memory_stays_flat_with_file_size(tmp_path: Path) -> None:
                 "sys.exit(r.returncode)")
         out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "server",
                               "import", "--quiet", "--data-dir", str(tmp_path / f"d{n}"),
-                              "--workers", "2", str(src)], capture_output=True, text=True)
+                              "--workers", "2", "--chunk", "1000", str(src)],
+                             capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         return int(out.stdout.strip().splitlines()[-1])
 

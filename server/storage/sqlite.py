@@ -69,8 +69,11 @@ def connect(path: Path, *, readonly: bool = False, bulk: bool = False) -> sqlite
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA synchronous = FULL")
     # Pages are read through the memory map (no system call per page); the writer also keeps
-    # a large cache, as its index inserts land all over the B-trees.
-    conn.execute(f"PRAGMA cache_size = {-65536 if readonly else -262144}")
+    # a large cache, as its index inserts land all over the B-trees: a bulk writer's
+    # transactions change up to a gigabyte of pages, which stay in memory until the commit
+    # writes each of them once.
+    cache = -65536 if readonly else -(2 << 20) if bulk else -262144
+    conn.execute(f"PRAGMA cache_size = {cache}")
     conn.execute("PRAGMA mmap_size = 17179869184")
     # Checkpoint every 64 MiB of WAL rather than 4: a page changed by several commits in a row
     # is copied back once.
