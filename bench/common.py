@@ -95,7 +95,8 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, *, seconds: int = 10, connections: int = 32, threads: int = 2,
-        headers: dict[str, str] | None = None, script: Path | None = None) -> dict[str, float]:
+        headers: dict[str, str] | None = None, script: Path | None = None,
+        args: list[str] | None = None) -> dict[str, float]:
     """Run wrk; return requests/s, p50/p90/p99 latency (ms) and non-2xx/3xx responses."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: run bench/system-deps.sh (as root) or "
@@ -105,7 +106,8 @@ def wrk(url: str, *, seconds: int = 10, connections: int = 32, threads: int = 2,
         cmd += ["-H", f"{k}: {v}"]
     if script:
         cmd += ["-s", str(script)]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    tail = ["--", *args] if args else []  # the script's init(args)
+    out = subprocess.run([*cmd, url, *tail], capture_output=True, text=True, check=True).stdout
     result: dict[str, float] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for pct in ("50", "90", "99"):
         m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)

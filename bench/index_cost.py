@@ -1,16 +1,24 @@
-"""What search indexing costs a create: durable creates through the app (in-process ASGI calls,
-no HTTP server, which would only dilute the difference), with and without index extraction and
-index rows, over realistic resources from the data generator.
+"""What search indexing costs a create, over realistic resources from the data generator
+(Patient, Observation, Encounter, Condition), with and without index extraction and index rows,
+measured two ways:
 
-    python bench/index_cost.py [--creates 3000]
+- through the app in-process (ASGI calls, no HTTP server), 32 clients sending continuously: the
+  strict figure, as the costs of HTTP would dilute the difference;
+- through HTTP: ``consilium serve --workers 1`` and wrk, 32 connections cycling through the same
+  resources: the create throughput a client sees.
 
-The last line is the summary figure.
+Durable creates both ways (acknowledged after fsync).
+
+    python bench/index_cost.py [--creates 3000] [--seconds 10]
+
+The last line is the summary figure (the in-process one).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -20,7 +28,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine  # noqa: E402
+from bench.common import Proc, free_port, machine, token, wait_http, wrk  # noqa: E402
 from bench.datagen import iter_resources  # noqa: E402
 
 
@@ -90,18 +98,76 @@ async def creates_per_second(items: list[dict[str, Any]], index: bool, clients: 
         prepare.extract = real
 
 
+# The server with index extraction switched off, for the comparison only.
+_UNINDEXED = ("import sys; from server.fhir import prepare; prepare.extract = lambda resource: {}; "
+              "from server.cli import main; sys.exit(main())")
+
+_CYCLE = """
+local lines = {}
+init = function(args)
+  for line in io.lines(args[1]) do
+    local tab = line:find("\t")
+    lines[#lines + 1] = {line:sub(1, tab - 1), line:sub(tab + 1)}
+  end
+  n = math.random(#lines)
+end
+request = function()
+  n = n % #lines + 1
+  return wrk.format("POST", "/fhir/" .. lines[n][1], nil, lines[n][2])
+end
+"""
+
+
+def http_creates_per_second(items: list[dict[str, Any]], index: bool, seconds: int) -> float:
+    """Creates/s through ``consilium serve --workers 1`` under wrk, 32 connections."""
+    work = Path(tempfile.mkdtemp(prefix="consilium-bench-"))
+    try:
+        data, port = work / "data", free_port()
+        launch = ["-m", "server"] if index else ["-c", _UNINDEXED]
+        server = Proc([sys.executable, *launch, "serve", "--data-dir", str(data), "--port",
+                       str(port), "--workers", "1", "--dicom-port", "0", "--mllp-port", "0",
+                       "--no-access-log"])
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+            bodies = work / "bodies.tsv"
+            bodies.write_bytes(b"".join(r["resourceType"].encode() + b"\t" + orjson.dumps(r)
+                                        + b"\n" for r in items))
+            script = work / "cycle.lua"
+            script.write_text(_CYCLE)
+            headers = {"Content-Type": "application/fhir+json",
+                       "Authorization": f"Bearer {token(data)}"}
+            url = f"http://127.0.0.1:{port}/fhir"
+            wrk(url, seconds=2, headers=headers, script=script, args=[str(bodies)])  # warm
+            result = wrk(url, seconds=seconds, headers=headers, script=script,
+                         args=[str(bodies)])
+        finally:
+            server.stop()
+        assert result["errors"] == 0, result
+        return result["rps"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--creates", type=int, default=3000)
+    parser.add_argument("--seconds", type=int, default=10, help="of each run through HTTP")
     args = parser.parse_args()
     items = resources(args.creates)
+    http_with = http_without = 0.0
+    for _ in range(2):
+        http_with = max(http_with, http_creates_per_second(items, True, args.seconds))
+        http_without = max(http_without, http_creates_per_second(items, False, args.seconds))
     # Best of three each, interleaved: the machine's speed drifts between runs.
     with_index = without = 0.0
     for _ in range(3):
         with_index = max(with_index, asyncio.run(creates_per_second(items, True)))
         without = max(without, asyncio.run(creates_per_second(items, False)))
     print(f"machine: {machine()}")
-    print(f"{len(items)} durable creates (Patient, Observation, Encounter, Condition), 32 clients")
+    print(f"through HTTP (1 worker, wrk, 32 connections, {args.seconds} s, best of two): "
+          f"{http_without:,.0f} creates/s without search indexing, {http_with:,.0f} with: "
+          f"{(1 - http_with / http_without) * 100:.0f}% fewer")
+    print(f"in-process: {len(items)} durable creates, 32 clients, best of three")
     print(f"without search indexing: {without:,.0f} creates/s")
     print(f"with search indexing:    {with_index:,.0f} creates/s")
     print(f"indexing lowers create throughput by {(1 - with_index / without) * 100:.0f}% "
