@@ -147,6 +147,18 @@ def test_later_lines_win_across_chunks_and_bundles(tmp_path: Path) -> None:
     assert stored[("Patient", "imp-0")]["meta"]["versionId"] == "3"
 
 
+def test_each_chunk_is_one_transaction(tmp_path: Path) -> None:
+    """--chunk sets the resources per transaction: a transaction's resources share their
+    lastUpdated, so 1,200 lines in chunks of 500 carry three."""
+    data = tmp_path / "data"
+    src = write_ndjson(tmp_path / "in.ndjson", [patient(i) for i in range(1200)])
+    out = consilium(str(src), "--chunk", "500", data_dir=data)
+    assert out.returncode == 0, out.stderr
+    stamps = sorted(r["meta"]["lastUpdated"] for r in read_all(data).values())
+    assert len(stamps) == 1200
+    assert [stamps.count(s) for s in sorted(set(stamps))] == [500, 500, 200]
+
+
 def test_chunks_of_large_lines_end_by_size(tmp_path: Path, monkeypatch: Any) -> None:
     """A chunk ends at its number of lines or at CHUNK_BYTES of NDJSON, whichever comes first,
     so the chunks in flight stay small whatever the lines hold."""
