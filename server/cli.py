@@ -292,7 +292,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                             refresh=False)
 
     async def run() -> Any:
-        store = open_store(settings, bulk=True)
+        store = open_store(settings, bulk=args.chunk)
         try:
             return await import_files(store, settings, list(args.files), atomic=args.atomic,
                                       workers=args.workers, model_check=args.model_check,

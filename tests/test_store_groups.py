@@ -104,20 +104,22 @@ def test_writes_deletes_and_rollbacks_in_one_commit_number_versions_in_order(
     assert in_one_group(store, write(patient("c", "Gamma")))[0].version == 1  # next commit
 
 
-def test_a_bulk_writer_checkpoints_less_often_and_trims_the_wal(tmp_path: Path) -> None:
-    """An import's writers checkpoint every 256 MiB of WAL (the server's every 64 MiB) and
-    shrink the WAL file back to 64 MiB once it is checkpointed."""
-    def settings(bulk: bool) -> tuple[int, int]:
+def test_a_bulk_writer_checkpoints_less_often_and_keeps_its_chunks_pages(tmp_path: Path) -> None:
+    """An import's writers checkpoint every 256 MiB of WAL (the server's every 64 MiB), shrink
+    the WAL file back to 64 MiB once it is checkpointed, and keep about 100 KiB of pages in
+    memory per resource of a transaction (never less than the server's writer, 256 MiB)."""
+    def settings(bulk: int) -> tuple[int, int, int]:
         store = SqliteStore(tmp_path / "c.db", bulk=bulk)
         try:
-            return store.run_sync(lambda tx: (
-                tx.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
-                tx.conn.execute("PRAGMA journal_size_limit").fetchone()[0]))
+            return store.run_sync(lambda tx: tuple(
+                tx.conn.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("wal_autocheckpoint", "journal_size_limit", "cache_size")))
         finally:
             store.close_sync()
 
-    assert settings(bulk=False) == (16384, -1)
-    assert settings(bulk=True) == (65536, 64 << 20)
+    assert settings(bulk=0) == (16384, -1, -262144)
+    assert settings(bulk=1000) == (65536, 64 << 20, -262144)
+    assert settings(bulk=20000) == (65536, 64 << 20, -2000000)
 
 
 def test_a_caller_that_stops_waiting_leaves_the_writer_working(store: SqliteStore) -> None:

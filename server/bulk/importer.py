@@ -205,7 +205,7 @@ class _Turns:
 _worker: dict[str, Any] = {}  # the store and turns of a writing worker process
 
 
-def _open_writer(settings: Any, turns: _Turns) -> None:
+def _open_writer(settings: Any, turns: _Turns, chunk: int) -> None:
     from server.storage import open_store
 
     _warm_up()
@@ -213,7 +213,7 @@ def _open_writer(settings: Any, turns: _Turns) -> None:
     # what warm-up loaded is set aside, and the young generations are collected once a chunk.
     gc.freeze()
     gc.disable()
-    _worker["store"] = open_store(settings, bulk=True)
+    _worker["store"] = open_store(settings, bulk=chunk)
     _worker["turns"] = turns
     _worker["loop"] = asyncio.new_event_loop()
 
@@ -328,7 +328,7 @@ class Importer:
         else:
             turns = _Turns(ctx)
             with ctx.Pool(self.workers, initializer=_open_writer,
-                          initargs=(self.settings, turns)) as pool:
+                          initargs=(self.settings, turns, self.chunk)) as pool:
                 for k, (written, prepared) in enumerate(pool.imap(_prepare_and_write, jobs())):
                     name, counting = meta.popleft()
                     if written < 0:  # a chunk with Bundles, ours to write in its turn

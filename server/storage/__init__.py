@@ -7,9 +7,10 @@ from typing import Any
 from server.storage.base import ResourceStore, StoreError
 
 
-def open_store(settings: Any, *, bulk: bool = False) -> ResourceStore:
+def open_store(settings: Any, *, bulk: int = 0) -> ResourceStore:
     """The store the settings name: SQLite under the data dir by default. ``bulk``: the store
-    is written in large transactions (``consilium import``); the backend may tune for that."""
+    is written in transactions of about that many resources (``consilium import``); the
+    backend may tune for that."""
     if settings.db.startswith(("mongodb://", "mongodb+srv://")):
         raise StoreError("the MongoDB backend is not part of this build yet; "
                          "run without --db to use the embedded SQLite store")

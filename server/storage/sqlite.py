@@ -61,19 +61,19 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def connect(path: Path, *, readonly: bool = False, bulk: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, readonly: bool = False, bulk: int = 0) -> sqlite3.Connection:
     """A connection with the store's settings. ``bulk``: for a writer of large transactions
-    (an import), which checkpoints the WAL every 256 MiB: the index pages its transactions
-    all touch are copied back a quarter as often."""
+    of about that many resources (an import), which checkpoints the WAL every 256 MiB (the
+    index pages its transactions all touch are copied back a quarter as often), and keeps the
+    pages they change in memory (about 100 KiB a resource at a million), so that the commit
+    writes each of them once."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA synchronous = FULL")
     # Pages are read through the memory map (no system call per page); the writer also keeps
-    # a large cache, as its index inserts land all over the B-trees: a bulk writer's
-    # transactions change up to a gigabyte of pages, which stay in memory until the commit
-    # writes each of them once.
-    cache = -65536 if readonly else -(2 << 20) if bulk else -262144
-    conn.execute(f"PRAGMA cache_size = {cache}")
+    # a large cache, as its index inserts land all over the B-trees.
+    cache_kib = 65536 if readonly else max(262144, bulk * 100)
+    conn.execute(f"PRAGMA cache_size = {-cache_kib}")
     conn.execute("PRAGMA mmap_size = 17179869184")
     # Checkpoint every 64 MiB of WAL rather than 4: a page changed by several commits in a row
     # is copied back once.
@@ -316,7 +316,7 @@ def _settle(outcomes: list[Outcome]) -> None:
 class _Writer(threading.Thread):
     """Executes queued write functions in grouped, durable SQLite transactions."""
 
-    def __init__(self, path: Path, search: Callable[..., list[Version]], bulk: bool):
+    def __init__(self, path: Path, search: Callable[..., list[Version]], bulk: int):
         super().__init__(name="sqlite-writer", daemon=True)
         self.path = path
         self.bulk = bulk
@@ -413,7 +413,7 @@ class _Writer(threading.Thread):
 class SqliteStore:
     """:class:`~server.storage.base.ResourceStore` over one SQLite file."""
 
-    def __init__(self, path: Path, *, bulk: bool = False):
+    def __init__(self, path: Path, *, bulk: int = 0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with connect(self.path) as conn:
