@@ -70,11 +70,17 @@ class Proc:
                 self.proc.wait()
 
 
-def start_consilium(data_dir: Path, port: int, *extra: str, workers: int = 1) -> Proc:
-    proc = Proc([PYTHON, "-m", "server", "serve", "--data-dir", str(data_dir), "--port",
-                 str(port), "--workers", str(workers), "--dicom-port", "0", "--mllp-port", "0",
-                 *extra])
-    wait_http(f"http://127.0.0.1:{port}/healthz")
+def start_consilium(data_dir: Path, port: int, *extra: str, workers: int = 1,
+                    launch: tuple[str, ...] = ("-m", "server")) -> Proc:
+    """``consilium serve`` on the port, once it answers (stopped if it does not). ``launch``:
+    how Python starts the command line (``-c`` and a script that calls server.cli.main)."""
+    proc = Proc([PYTHON, *launch, "serve", "--data-dir", str(data_dir), "--port", str(port),
+                 "--workers", str(workers), "--dicom-port", "0", "--mllp-port", "0", *extra])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+    except BaseException:
+        proc.stop()
+        raise
     return proc
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import Proc, free_port, machine, token, wait_http, wrk  # noqa: E402
+from bench.common import free_port, machine, start_consilium, token, wrk  # noqa: E402
 from bench.datagen import iter_resources  # noqa: E402
 
 
@@ -123,12 +123,9 @@ def http_creates_per_second(items: list[dict[str, Any]], index: bool, seconds: i
     work = Path(tempfile.mkdtemp(prefix="consilium-bench-"))
     try:
         data, port = work / "data", free_port()
-        launch = ["-m", "server"] if index else ["-c", _UNINDEXED]
-        server = Proc([sys.executable, *launch, "serve", "--data-dir", str(data), "--port",
-                       str(port), "--workers", "1", "--dicom-port", "0", "--mllp-port", "0",
-                       "--no-access-log"])
+        server = start_consilium(data, port, "--no-access-log",
+                                 launch=("-m", "server") if index else ("-c", _UNINDEXED))
         try:
-            wait_http(f"http://127.0.0.1:{port}/healthz")
             bodies = work / "bodies.tsv"
             bodies.write_bytes(b"".join(r["resourceType"].encode() + b"\t" + orjson.dumps(r)
                                         + b"\n" for r in items))
