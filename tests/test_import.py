@@ -174,6 +174,27 @@ def test_chunks_of_large_lines_end_by_size(tmp_path: Path, monkeypatch: Any) -> 
     assert max(sizes) < CHUNK_BYTES + len(big) + 100
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_chunks_of_a_large_bundle_file_end_by_size(tmp_path: Path, monkeypatch: Any,
+                                                    gz: bool) -> None:
+    """The entries of a collection Bundle file are chunked by the JSON they were read from as
+    well (uncompressed), not by their number alone."""
+    from server.bulk import importer
+
+    monkeypatch.setattr(importer, "CHUNK_BYTES", CHUNK_BYTES := 1 << 20)
+    big = "x" * (CHUNK_BYTES // 5)
+    body = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Basic", "id": f"b{i}", "code": {"text": big}}}
+        for i in range(12)]}).encode()
+    src = tmp_path / ("big.json.gz" if gz else "big.json")
+    src.write_bytes(gzip.compress(body) if gz else body)
+    chunks = [chunk for _, chunk, _ in importer.Importer(None, None)._chunks([src])]
+    sizes = [sum(len(json.dumps(r)) for _, r in chunk) for chunk in chunks]
+    assert sum(len(chunk) for chunk in chunks) == 12
+    assert len(chunks) >= 3
+    assert max(sizes) < CHUNK_BYTES + 2 * len(big) + (64 << 10)  # one entry and a read over
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     out = consilium(str(tmp_path / "nope.ndjson"), data_dir=tmp_path / "data")
     assert out.returncode == 2

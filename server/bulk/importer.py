@@ -43,8 +43,8 @@ from server.storage.base import Serialized
 #: (``consilium import --chunk``). A commit writes every page it touched once, and index rows
 #: land all over the index B-trees, so the larger the commit, the more of its rows share pages:
 #: at a million resources, chunks of 20,000 write half as much as chunks of 2,000, and import
-#: 15-20 % faster. A chunk of large resources ends sooner, at CHUNK_BYTES of NDJSON, so that
-#: memory stays bounded whatever the lines hold.
+#: 15-20 % faster. A chunk of large resources ends sooner, at CHUNK_BYTES of JSON (NDJSON lines,
+#: or a Bundle file's entries, uncompressed), so that memory stays bounded whatever they hold.
 CHUNK = 20000
 CHUNK_BYTES = 64 << 20
 _BUNDLE_KINDS = ("transaction", "batch")
@@ -72,7 +72,8 @@ class Report:
 # -- reading ----------------------------------------------------------------------------------
 
 class _Counting(io.RawIOBase):
-    """A binary stream that counts the bytes read from the file underneath (for progress)."""
+    """A binary stream that counts the bytes read from the one underneath (for progress, and
+    for the size of a chunk of Bundle entries)."""
 
     def __init__(self, raw: IO[bytes]):
         self.raw = raw
@@ -107,12 +108,6 @@ def _is_ndjson(path: Path) -> bool:
 Item = tuple[int, bytes | dict[str, Any]]  # (line or entry number, raw line or parsed resource)
 
 
-def _ndjson_items(stream: IO[bytes]) -> Iterator[Item]:
-    for number, line in enumerate(stream, 1):
-        if line.strip():
-            yield number, line
-
-
 def _bundle_kind(path: Path) -> str | None:
     stream, _ = _open(path)
     with stream:
@@ -127,10 +122,21 @@ def _bundle_kind(path: Path) -> str | None:
     return None
 
 
-def _bundle_items(stream: IO[bytes]) -> Iterator[Item]:
-    for number, entry in enumerate(ijson.items(stream, "entry.item"), 1):
+def _bundle_items(stream: IO[bytes]) -> Iterator[tuple[Item, int]]:
+    """The entries' resources, each with the bytes of JSON read up to it (uncompressed)."""
+    json = _Counting(stream)
+    for number, entry in enumerate(ijson.items(json, "entry.item"), 1):
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        yield number, resource if resource is not None else {}
+        yield (number, resource if resource is not None else {}), json.count
+
+
+def _ndjson_sized(stream: IO[bytes]) -> Iterator[tuple[Item, int]]:
+    """The lines, each with the bytes of the lines up to it."""
+    size = 0
+    for number, line in enumerate(stream, 1):
+        size += len(line)
+        if line.strip():
+            yield (number, line), size
 
 
 # -- preparing (in worker processes) ---------------------------------------------------------
@@ -280,15 +286,14 @@ class Importer:
                 continue
             stream, counting = _open(path)
             with stream:
-                items = _ndjson_items(stream) if _is_ndjson(path) else _bundle_items(stream)
+                items = _ndjson_sized(stream) if _is_ndjson(path) else _bundle_items(stream)
                 chunk: list[Item] = []
-                size = 0
-                for item in items:
+                start = 0
+                for item, read in items:
                     chunk.append(item)
-                    size += len(item[1]) if isinstance(item[1], bytes) else 0
-                    if len(chunk) >= self.chunk or size >= CHUNK_BYTES:
+                    if len(chunk) >= self.chunk or read - start >= CHUNK_BYTES:
                         yield str(path), chunk, counting
-                        chunk, size = [], 0
+                        chunk, start = [], read
                 if chunk:
                     yield str(path), chunk, counting
 
