@@ -589,6 +589,8 @@ def test_id_and_last_updated(fhir: Fhir) -> None:
     assert found(fhir, "Patient", {"_id": "first"}) == {"first"}
     assert found(fhir, "Patient", {"_id": "first,second,third"}) == {"first", "second"}
     assert found(fhir, "Patient", {"_id": "firs"}) == set()
+    refused(fhir, "Patient", {"_id": "first,no such id"}, "_id")  # not an id's characters
+    refused(fhir, "Patient", {"_id": "x" * 65}, "_id")  # nor its length
     assert found(fhir, "Patient", {"_lastUpdated": first}) == {"first"}
     assert found(fhir, "Patient", {"_lastUpdated": f"gt{first}"}) == {"second"}
     assert found(fhir, "Patient", {"_lastUpdated": f"ge{first}"}) == {"first", "second"}

@@ -150,6 +150,46 @@ def test_bad_has(network: Fhir) -> None:
     assert entries(bundle, "outcome")[0]["resource"]["issue"][0]["expression"] == [name]
 
 
+# -- _list ---------------------------------------------------------------------------------------
+
+def test_list(network: Fhir) -> None:
+    """search.html#list: ``_list=[id]`` selects the resources a List holds (its entries'
+    items), of the searched type, on this server."""
+    put_all(network,
+            {"resourceType": "List", "id": "watch", "status": "current", "mode": "working",
+             "entry": [{"item": {"reference": "Patient/p1"}},
+                       {"item": {"reference": "Patient/p3"}},
+                       {"item": {"reference": "Observation/o2"}},
+                       {"item": {"reference": f"{FOREIGN}/Patient/p2"}}]},
+            {"resourceType": "List", "id": "other", "status": "current", "mode": "working",
+             "entry": [{"item": {"reference": "Patient/p2"}}]},
+            {"resourceType": "Basic", "id": "watch", "code": {"text": "not a List"},
+             "subject": {"reference": "Patient/p2"}})
+    assert found(network, "Patient", {"_list": "watch"}) == {"p1", "p3"}
+    assert found(network, "Observation", {"_list": "watch"}) == {"o2"}
+    assert found(network, "Patient", {"_list": "watch,other"}) == {"p1", "p2", "p3"}
+    assert found(network, "Patient", [("_list", "watch"), ("name", "pan")]) == {"p3"}
+    assert found(network, "Patient", [("_list", "watch"), ("_list", "other")]) == set()
+    assert found(network, "Patient", {"_list": "nonesuch"}) == set()
+    assert found(network, "Patient/p2/Observation", {"_list": "watch"}) == {"o2"}
+    assert found(network, "Patient/p1/Observation", {"_list": "watch"}) == set()
+    bundle = search(network, "", {"_type": "Patient,Observation", "_list": "watch"})
+    assert {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+            for e in entries(bundle)} == {"Patient/p1", "Patient/p3", "Observation/o2"}
+    r = network.post("Patient/_search", content="_list=other",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and set(ids(r.json())) == {"p2"}, r.text
+    assert network.delete("List/watch").status_code in (200, 204)
+    assert found(network, "Patient", {"_list": "watch"}) == set()
+
+
+def test_bad_list(network: Fhir) -> None:
+    body = refused(network, "Patient", {"_list": "$current-problems"}, "_list")
+    assert body["issue"][0]["code"] == "not-supported"
+    refused(network, "Patient", {"_list": "not an id!"}, "_list")
+    refused(network, "Patient", {"_list:missing": "true"}, "_list:missing")
+
+
 # -- _include and _revinclude --------------------------------------------------------------------
 
 def modes(bundle: dict[str, Any]) -> dict[str, str]:

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 
 from server.fhir.errors import FhirError, invalid
 from server.fhir.structures import structures
+from server.fhir.values import parse_count, valid_id
 from server.search import index
 from server.search.plan import (
     AnyOf,
@@ -39,7 +40,7 @@ PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 #: Parameters that shape the result rather than select resources.
 RESULT_PARAMS = {"_sort", "_count", "_include", "_revinclude", "_summary", "_elements", "_total",
                  "_contained", "_containedType", "_format", "_pretty", "_cursor", "_type"}
-UNSUPPORTED = {"_text", "_content", "_filter", "_query", "_list", "_containedType"}
+UNSUPPORTED = {"_text", "_content", "_filter", "_query", "_containedType"}
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
     "token": {"text", "not", "of-type", "missing"},
@@ -197,7 +198,10 @@ class Parser:
         if kind == "uri":
             return UriValue(unescape(item))
         if kind == "id":
-            return TokenValue(None, unescape(item))
+            if not valid_id(text := unescape(item)):
+                raise self._bad(name, item, "is not a resource id (1 to 64 letters, digits, "
+                                "'-' and '.')")
+            return TokenValue(None, text)
         raise FhirError(400, "not-supported",
                         f"search parameter {name}: {kind} parameters are not supported")
 
@@ -226,6 +230,8 @@ class Parser:
                           expression=self.top or name)
         if name.startswith("_has:"):
             return self._has(type_, name, raw, depth)
+        if name.split(":")[0] == "_list":
+            return self._list(type_, name, raw, depth)
         head, dot, rest = name.partition(".")
         code, _, modifier = head.partition(":")
         param = self.reg.get(type_, code)
@@ -326,6 +332,18 @@ class Parser:
             return None
         return Has(type_, source, ref_code, inner)
 
+    def _list(self, type_: str, name: str, raw: str, depth: int) -> Clause | None:
+        """``_list=[id]`` (search.html#list): the resources that List holds, which is
+        ``_has:List:item:_id=[id]``. Functional lists (``$current-problems``) are not kept."""
+        if name != "_list":
+            raise FhirError(400, "not-supported", f"search parameter {name}: _list takes no "
+                            "modifiers", expression=self.top or name)
+        for value in split_values(raw):
+            if value.startswith("$"):
+                raise FhirError(400, "not-supported", f"_list={value}: functional lists are "
+                                "not supported; name a List by its id", expression=self.top)
+        return self._has(type_, "_has:List:item:_id", raw, depth)
+
     def _unknown(self, name: str, why: str) -> None:
         name = self.top or name
         if self.strict:
@@ -382,7 +400,6 @@ class Parser:
 def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_count: int = 20,
           max_count: int = 1000, base: str | None = None, strict: bool = False) -> SearchQuery:
     """The query for a search over ``types`` (one type, or several with ``_type``)."""
-    from server.fhir.values import parse_count
 
     parser = Parser(base, strict)
     q = SearchQuery(types)
