@@ -65,6 +65,20 @@ def test_metadata_is_public_and_describes_what_is_served(fhir: Fhir) -> None:
     assert "application/json-patch+json" in cs["patchFormat"]
 
 
+def test_metadata_says_which_search_parameters_are_not_supported(fhir: Fhir) -> None:
+    """Left out of a type's searchParam list, and named with the reason in the documentation:
+    of the type (Location's special ``near``), or of the whole API (the full-text ones)."""
+    rest = fhir.get("metadata", token=None).json()["rest"][0]
+    types = {res["type"]: res for res in rest["resource"]}
+    assert "near" not in {p["name"] for p in types["Location"]["searchParam"]}
+    assert "near" in types["Location"]["documentation"]
+    assert "special" in types["Location"]["documentation"]
+    assert "documentation" not in types["Patient"]
+    for code in ("_text", "_content", "_query"):
+        assert code in rest["documentation"]
+        assert code not in {p["name"] for p in types["Patient"]["searchParam"]}
+
+
 def test_our_operations_have_their_definitions_at_their_urls(fhir: Fhir) -> None:
     """Every operation /metadata names with a Consilium definition can be read there, and says
     what the router serves: its code, resource types and levels."""
@@ -104,7 +118,9 @@ def test_every_declared_interaction_is_routed(fhir: Fhir) -> None:
                          headers={"Content-Type": "application/json-patch+json"}
                          if i.method == "PATCH" else None)
         assert r.status_code != 405, (i.name, r.text)
-        assert "no FHIR endpoint" not in r.text and "not supported" not in r.text, (i.name, r.text)
+        problem = r.text if r.status_code >= 400 else ""
+        assert "no FHIR endpoint" not in problem and "not supported" not in problem, (i.name,
+                                                                                    r.text)
 
 
 # -- authorization -------------------------------------------------------------------------------

@@ -82,6 +82,8 @@ def _resource(type_: str) -> dict[str, Any]:
     }
     if not res["supportedProfile"]:
         del res["supportedProfile"]
+    if type_ in registry().unsupported:
+        res["documentation"] = _not_supported(type_)
     res["searchInclude"] = _includes(type_)
     res["searchRevInclude"] = _revincludes()[type_]
     ops = _operations("type", type_) + [o for o in _operations("instance", type_)
@@ -89,6 +91,12 @@ def _resource(type_: str) -> dict[str, Any]:
     if ops:
         res["operation"] = ops
     return res
+
+
+def _not_supported(type_: str) -> str:
+    """The search parameters of the type ("" for those of every type) that are not served."""
+    return "Search parameters not supported: " + "; ".join(
+        f"{code} ({reason})" for code, reason in registry().unsupported[type_]) + "."
 
 
 @functools.cache
@@ -100,7 +108,8 @@ def _rest(auth: bool) -> dict[str, Any]:
                 system_codes.append(code)
     rest: dict[str, Any] = {
         "mode": "server",
-        "documentation": "Consilium FHIR R4 API for telemedicine networks",
+        "documentation": "Consilium FHIR R4 API for telemedicine networks. "
+                         + _not_supported(""),
         "resource": [_resource(t) for t in structures().resource_types],
         "interaction": [{"code": c} for c in system_codes],
         "searchParam": [],

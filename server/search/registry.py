@@ -125,13 +125,17 @@ class SearchParam:
 
 class Registry:
     def __init__(self, by_type: dict[str, dict[str, SearchParam]],
-                 params: list[SearchParam], skipped: list[tuple[str, str]]):
+                 params: list[SearchParam], skipped: list[tuple[str, str]],
+                 unsupported: dict[str, tuple[tuple[str, str], ...]]):
         self._by_type = {t: MappingProxyType(p) for t, p in by_type.items()}
         self._unions = {t: _unions(t, p) for t, p in by_type.items()}
         self.params = tuple(params)
         self.by_url = MappingProxyType({p.url: p for p in params})
         #: (url, reason) of every R4 parameter (or part of one) that is not supported.
         self.skipped = tuple(skipped)
+        #: Resource type ("" for those of every type: ``_text`` …) -> (code, reason) of the
+        #: parameters on it that are not supported.
+        self.unsupported = MappingProxyType(unsupported)
 
     def params_for(self, resource_type: str) -> Mapping[str, SearchParam]:
         """Code -> parameter for one resource type, the common ones (``_id``, ``_tag`` …)
@@ -224,7 +228,24 @@ class _Builder:
                                        f"defined twice ({existing.url}, {param.url})")
                 by_type[resource_type][param.code] = param
         check_param_ids(by_type)
-        return Registry(by_type, params, self.skipped)
+        return Registry(by_type, params, self.skipped, self.unsupported())
+
+    def unsupported(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """What :attr:`Registry.unsupported` holds: the skipped parameters by base type."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for url, reason in self.skipped:
+            raw = self.raw_by_url[url]
+            bases = raw["base"]
+            for base in bases:
+                why = reason
+                # A parameter of several bases may be skipped on one only: "Base: reason".
+                if len(bases) > 1 and any(reason.startswith(f"{b}: ") for b in bases):
+                    if not reason.startswith(f"{base}: "):
+                        continue
+                    why = reason.removeprefix(f"{base}: ")
+                key = "" if base in COMMON_BASES else base
+                out.setdefault(key, []).append((raw["code"], why))
+        return {k: tuple(v) for k, v in out.items()}
 
     @staticmethod
     def applies_to(param: SearchParam, resource_types: Iterable[str]) -> list[str]:
