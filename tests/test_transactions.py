@@ -58,7 +58,11 @@ def test_references_to_full_urls_are_rewritten_everywhere(fhir: Fhir) -> None:
             {"system": "urn:ietf:rfc:3986", "value": identifier_urn}],
             "text": {"status": "generated",
                      "div": f'<div xmlns="http://www.w3.org/1999/xhtml">See <a href="{enc}">the '
-                            "encounter</a></div>"}}, p),
+                            f"encounter</a> and <a href='{enc}'>again</a></div>"},
+            "birthDate": "1990-01-01",
+            "_birthDate": {"extension": [{"url": "https://fhir.consilium.health/x",
+                                          "valueReference": {"reference": enc}}]},
+            "extension": [{"url": "https://fhir.consilium.health/y", "valueUri": enc}]}, p),
         post("Encounter", {"resourceType": "Encounter", "status": "finished",
                            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                                      "code": "VR"}, "subject": {"reference": p}}, enc),
@@ -89,6 +93,9 @@ def test_references_to_full_urls_are_rewritten_everywhere(fhir: Fhir) -> None:
     assert all(e["response"]["etag"] == 'W/"1"' for e in out["entry"])
     pat = fhir.get(f"Patient/{pid}").json()
     assert f'href="Encounter/{eid}"' in pat["text"]["div"]
+    assert f"href='Encounter/{eid}'" in pat["text"]["div"]
+    assert pat["_birthDate"]["extension"][0]["valueReference"]["reference"] == f"Encounter/{eid}"
+    assert pat["extension"][0]["valueUri"] == f"Encounter/{eid}"  # elements of type uri too
     assert pat["identifier"][1]["value"] == identifier_urn  # identifiers are not references
     assert fhir.get(f"Encounter/{eid}").json()["subject"]["reference"] == f"Patient/{pid}"
     doc = fhir.get(locations[3].rsplit("/_history", 1)[0]).json()
@@ -195,6 +202,17 @@ def test_conditional_references(fhir: Fhir) -> None:
     fhir.post("Patient", patient("r-1"))
     r = fhir.post("", transaction(post("Observation", obs, urn())))
     assert r.status_code == 412
+    # identifier systems are usually URLs
+    mrn = "http://hospital.example.org/mrn"
+    hosp = fhir.post("Patient", {**patient("r-3"), "identifier": [
+        {"system": mrn, "value": "r-3"}]}).json()
+    by_url = {**obs, "subject": {"reference": f"Patient?identifier={mrn}|r-3"}}
+    r = fhir.post("", transaction(post("Observation", by_url, urn())))
+    assert r.status_code == 200, r.text
+    oid = r.json()["entry"][0]["response"]["location"].split("/")[1]
+    assert fhir.get(f"Observation/{oid}").json()["subject"]["reference"] == f"Patient/{hosp['id']}"
+    missing = {**obs, "subject": {"reference": f"Patient?identifier={mrn}|nobody"}}
+    assert fhir.post("", transaction(post("Observation", missing, urn()))).status_code == 404
 
 
 def test_patch_entry_and_if_match(fhir: Fhir) -> None:
@@ -227,6 +245,8 @@ def test_malformed_transactions(fhir: Fhir) -> None:
     twice = transaction(post("Patient", patient("m-4"), u), post("Patient", patient("m-5"), u))
     assert fhir.post("", twice).status_code == 400
     assert count(fhir, "Patient") == 0
+    r = fhir.post("", {"resourceType": "Bundle", "type": "transaction", "entry": {}})
+    assert r.status_code == 400 and "Bundle.entry" in r.json()["issue"][0]["expression"]
     empty = fhir.post("", transaction())
     assert empty.status_code == 200 and empty.json()["entry"] == []
 

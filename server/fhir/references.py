@@ -1,9 +1,11 @@
 """Finding and rewriting the references inside a resource, guided by the R4 structure table.
 
 A transaction rewrites references to its entries' ``fullUrl`` (``urn:uuid:…``) into the ids the
-server assigned, "wherever they occur": ``Reference.reference``, ``Attachment.url`` and links in
-the narrative (bundle.html#references, http.html#trules). Only elements of those types are
-touched, so an Identifier whose value happens to be a ``urn:uuid`` stays as it is.
+server assigned, "wherever they occur" (http.html#trules): ``Reference.reference``, elements of
+type uri, url, oid and uuid (``Attachment.url``, ``Extension.valueUri`` …), and ``href`` and
+``src`` links in the narrative; in extensions of primitive values (``_birthDate``) too. Only
+elements of those types are touched, so an Identifier whose value (a string) happens to be a
+``urn:uuid`` stays as it is.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 from server.fhir.structures import Element, structures
 
 Resolver = Callable[[str], str | None]
-_TARGET_TYPES = ("Reference", "Attachment", "Narrative")
-_LINK = re.compile(r'((?:href|src)\s*=\s*")([^"]*)(")')
+#: Primitive types whose values are rewritten when they name an entry.
+_URIS = ("uri", "url", "oid", "uuid")
+_TARGET_TYPES = ("Reference", "Narrative", *_URIS)
+_LINK = re.compile(r"""((?:href|src)\s*=\s*)(?:"([^"]*)"|'([^']*)')""")
 
 
 @functools.cache
@@ -41,22 +45,39 @@ def _element_relevant(el: Element, seen: frozenset[str]) -> bool:
     return any(_relevant_in(t, seen) for t in el.types)
 
 
-def visit(resource: dict[str, Any], fn: Callable[[dict[str, Any], str, str], None]) -> None:
-    """Call ``fn(holder, key, type)`` for every Reference.reference, Attachment.url and
-    Narrative.div string in ``resource`` (contained and nested resources included)."""
+Holder = dict[str, Any] | list[Any]
+Visitor = Callable[[Holder, Any, str], None]
+
+
+def visit(resource: dict[str, Any], fn: Visitor) -> None:
+    """Call ``fn(holder, key, type)`` for every Reference.reference, Narrative.div and uri,
+    url, oid or uuid value (``holder[key]``, a string) in ``resource``, contained and nested
+    resources included."""
     type_def = structures().types.get(resource.get("resourceType", ""))
     if type_def is not None:
         _walk(resource, type_def.elements, fn)
 
 
-def _walk(obj: dict[str, Any], elements: dict[str, Element],
-          fn: Callable[[dict[str, Any], str, str], None]) -> None:
+def _walk(obj: dict[str, Any], elements: dict[str, Element], fn: Visitor) -> None:
     for key, value in obj.items():
+        if key.startswith("_") and key[1:] in elements:  # a primitive's id and extensions
+            for item in value if isinstance(value, list) else (value,):
+                if isinstance(item, dict):
+                    _walk(item, structures().types["Element"].elements, fn)
+            continue
         el = elements.get(key)
         if el is None or len(el.types) != 1 and not el.children:
             continue
         type_name = el.types[0] if el.types else "BackboneElement"
         if not el.children and not _relevant(type_name):
+            continue
+        if type_name in _URIS:
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    if isinstance(item, str):
+                        fn(value, i, type_name)
+            elif isinstance(value, str):
+                fn(obj, key, type_name)
             continue
         for item in value if isinstance(value, list) else (value,):
             if not isinstance(item, dict):
@@ -66,8 +87,6 @@ def _walk(obj: dict[str, Any], elements: dict[str, Element],
                 continue
             if type_name == "Reference" and isinstance(item.get("reference"), str):
                 fn(item, "reference", type_name)
-            elif type_name == "Attachment" and isinstance(item.get("url"), str):
-                fn(item, "url", type_name)
             elif type_name == "Narrative" and isinstance(item.get("div"), str):
                 fn(item, "div", type_name)
             _walk(item, el.children or structures().children(el), fn)
@@ -77,17 +96,18 @@ def rewrite(resource: dict[str, Any], resolve: Resolver) -> int:
     """Replace every reference ``resolve`` maps to something else; returns how many changed."""
     changed = 0
 
-    def fix(holder: dict[str, Any], key: str, type_name: str) -> None:
+    def fix(holder: Holder, key: Any, type_name: str) -> None:
         nonlocal changed
         value = holder[key]
         if type_name == "Narrative":
             def link(m: re.Match[str]) -> str:
                 nonlocal changed
-                new = resolve(m.group(2))
+                quote = '"' if m.group(2) is not None else "'"
+                new = resolve(m.group(2) if quote == '"' else m.group(3))
                 if new is None:
                     return m.group(0)
                 changed += 1
-                return m.group(1) + new + m.group(3)
+                return f"{m.group(1)}{quote}{new}{quote}"
             holder[key] = _LINK.sub(link, value)
             return
         new = resolve(value)

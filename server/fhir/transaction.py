@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -30,6 +31,8 @@ from server.search.query import parse_conditional
 from server.storage.base import ResourceStore, Transaction, Version, instant
 
 MAX_ENTRIES = 20_000
+#: A conditional reference: ``Type?criteria`` (the criteria may hold URLs: identifier systems).
+_CONDITIONAL = re.compile(r"^[A-Z][A-Za-z]+\?")
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
@@ -136,7 +139,7 @@ def _entries(req: FhirRequest) -> tuple[str, list[Any]]:
     if kind not in ("transaction", "batch"):
         raise invalid(f"Bundle.type must be transaction or batch to be processed, not {kind!r}",
                       expression="Bundle.type")
-    raw = bundle.get("entry") or []
+    raw = bundle.get("entry", [])
     if not isinstance(raw, list):
         raise invalid("Bundle.entry must be an array", code="structure", expression="Bundle.entry")
     if len(raw) > MAX_ENTRIES:
@@ -294,7 +297,7 @@ def _conditional_references(entries: list[Entry]) -> set[str]:
     for e in entries:
         resource = e.req._resource
         if isinstance(resource, dict):
-            found |= {r for r in references.references(resource) if "?" in r and "://" not in r}
+            found |= {r for r in references.references(resource) if _CONDITIONAL.match(r)}
     return found
 
 
