@@ -91,6 +91,21 @@ def test_multi_level_chains(network: Fhir) -> None:
                                         "family": "rahimi"}) == {"e1"}
 
 
+def test_chains_and_has_are_limited_to_three_links(fhir: Fhir) -> None:
+    """Deeper ones are refused with 400 naming the parameter (never a server error)."""
+    put_all(fhir, *({"resourceType": "Organization", "id": f"o{i}", "name": f"Org {i}",
+                     **({"partOf": {"reference": f"Organization/o{i - 1}"}} if i else {})}
+                    for i in range(5)))
+    assert found(fhir, "Organization", {"partof.partof.partof.name": "org 0"}) == {"o3"}
+    deep = "partof.partof.partof.partof.name"
+    body = refused(fhir, "Organization", {deep: "org 0"}, deep)
+    assert "3 links" in body["issue"][0]["diagnostics"]
+    has = "_has:Organization:partof:" * 3 + "_id"
+    assert found(fhir, "Organization", {has: "o3"}) == {"o0"}
+    deeper = "_has:Organization:partof:" * 4 + "_id"
+    refused(fhir, "Organization", {deeper: "o4"}, deeper)
+
+
 def test_chains_skip_deleted_and_foreign_targets(network: Fhir) -> None:
     # o5 points at Patient/p1 on another server: it is not about our p1.
     assert found(network, "Observation", {"patient.family": "chalmers"}) == {"o1"}
@@ -238,6 +253,22 @@ def test_include_iterate(network: Fhir) -> None:
     assert modes(bundle) == {"Observation/o1": "match", "Patient/p1": "include"}
 
 
+def test_include_iterate_follows_ten_levels_and_says_where_it_stopped(fhir: Fhir) -> None:
+    put_all(fhir, *({"resourceType": "Organization", "id": f"o{i}",
+                     **({"partOf": {"reference": f"Organization/o{i - 1}"}} if i else {})}
+                    for i in range(13)))
+    bundle = search(fhir, "Organization", [("_id", "o12"),
+                                           ("_include:iterate", "Organization:partof")])
+    assert modes(bundle) == {"Organization/o12": "match",
+                             **{f"Organization/o{i}": "include" for i in range(2, 12)}}
+    (note,) = entries(bundle, "outcome")
+    issue = note["resource"]["issue"][0]
+    assert issue["severity"] == "warning" and "10 rounds" in issue["diagnostics"]
+    bundle = search(fhir, "Organization", [("_id", "o5"),
+                                           ("_include:iterate", "Organization:partof")])
+    assert len(modes(bundle)) == 6 and not entries(bundle, "outcome")
+
+
 def test_revinclude(network: Fhir) -> None:
     bundle = search(network, "Patient", {"_id": "p1", "_revinclude": "Observation:patient"})
     assert modes(bundle) == {"Patient/p1": "match", "Observation/o1": "include"}
@@ -306,6 +337,8 @@ def test_system_search_with_type(network: Fhir) -> None:
            for e in entries(r.json())}
     assert got == {"Patient/p2", "Practitioner/li"}
     refused(network, "", {"_type": "Nonsense"}, "_type")
+    # Device.manufacturer is a string, Immunization.manufacturer a reference: no one order
+    refused(network, "", {"_type": "Device,Immunization", "_sort": "manufacturer"}, "_sort")
 
 
 def test_negations_across_types_stay_within_each_type(fhir: Fhir) -> None:

@@ -259,6 +259,22 @@ def test_summary_and_elements(fhir: Fhir) -> None:
     refused(fhir, "Patient", {"_summary": "some"}, "_summary")
 
 
+def test_elements_name_choice_elements_by_their_base_and_keep_mandatory_ones(fhir: Fhir) -> None:
+    """search.html#elements: base element names (``value`` or ``value[x]`` for
+    ``valueQuantity``); mandatory elements (Observation.status, code) come whether asked or not."""
+    put(fhir, {"resourceType": "Observation", "id": "v", "status": "final",
+               "code": {"text": "pulse"}, "effectiveDateTime": "2020-01-01",
+               "valueQuantity": {"value": 1}, "note": [{"text": "resting"}]})
+
+    def kept(names: str) -> set[str]:
+        (entry,) = entries(search(fhir, "Observation", {"_id": "v", "_elements": names}))
+        return set(entry["resource"]) - {"resourceType", "id", "meta"}
+
+    assert kept("value") == {"valueQuantity", "status", "code"}
+    assert kept("value[x],effective") == {"valueQuantity", "effectiveDateTime", "status", "code"}
+    assert kept("note") == {"note", "status", "code"}
+
+
 def test_contained_searches_are_refused_clearly(fhir: Fhir) -> None:
     for params in ({"_contained": "true"}, {"_contained": "both"},
                    {"_containedType": "contained"}):

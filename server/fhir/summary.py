@@ -60,9 +60,20 @@ def summary(resource: dict[str, Any], mode: str) -> dict[str, Any]:
 
 
 def elements_filter(names: set[str]) -> Transform:
+    """Keep the named top-level elements (a choice by its base name: ``value`` or ``value[x]``
+    keeps ``valueQuantity``) and the mandatory ones (search.html#elements)."""
+    bases = {n.removesuffix("[x]") for n in names}
+
+    def kept(name: str, elements: dict[str, Element]) -> bool:
+        el = elements.get(name)
+        return name in names or el is not None and (
+            el.min > 0 or el.choice_of is not None and el.choice_of[:-3] in bases)
+
     def apply(resource: dict[str, Any]) -> dict[str, Any]:
+        type_def = structures().types.get(resource.get("resourceType", ""))
+        elements = type_def.elements if type_def else {}
         out = {k: v for k, v in resource.items()
-               if k in _ALWAYS or k in names or (k.startswith("_") and k[1:] in names)}
+               if k in _ALWAYS or kept(k.removeprefix("_"), elements)}
         return _mark(out)
     return apply
 

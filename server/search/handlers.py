@@ -54,11 +54,11 @@ async def _run(req: FhirRequest, store: ResourceStore, query: SearchQuery, path:
          "search": {"mode": "match"}} for v in page.matches]
     entries += [{"fullUrl": full_url(req.base, v.type, v.id), "resource": Stored(v),
                  "search": {"mode": "include"}} for v in page.included]
-    if query.ignored:
-        entries.append({"resource": outcome([Issue(
-            "not-supported", f"search parameter {name} is not known and was ignored",
-            severity="warning", expression=[name]) for name in query.ignored]),
-            "search": {"mode": "outcome"}})
+    issues = [Issue("not-supported", f"search parameter {name} is not known and was ignored",
+                    severity="warning", expression=[name]) for name in query.ignored]
+    issues += [Issue("too-costly", note, severity="warning") for note in page.notes]
+    if issues:
+        entries.append({"resource": outcome(issues), "search": {"mode": "outcome"}})
     return FhirResponse(200, resource=bundle("searchset", entries, links, page.total))
 
 

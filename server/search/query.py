@@ -52,7 +52,8 @@ _MODIFIERS = {
     "composite": {"missing"},
     "special": set(),
 }
-_MAX_CHAIN = 4
+#: Links in a chain or nested ``_has`` (SQLite's parser cannot take the SQL of four).
+_MAX_CHAIN = 3
 #: The forms of search.html#date: a date, or a dateTime with seconds (a time without them is
 #: not a FHIR dateTime); the index reads the value itself.
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
@@ -366,6 +367,9 @@ class Parser:
                      if (p := self.reg.get(t, code)) is not None}
             if not kinds:
                 raise invalid(f"_sort: unknown search parameter {code!r}", expression="_sort")
+            if len(kinds) > 1:
+                raise invalid(f"_sort: {code!r} is a {' and a '.join(sorted(kinds))} parameter "
+                              "on the searched types; sort them one at a time", expression="_sort")
             kind = kinds.pop()
             if kind in ("composite", "special"):
                 raise invalid(f"_sort: cannot sort by {code!r}", expression="_sort")

@@ -120,6 +120,8 @@ class SearchPage:
     total: int | None = None
     next_cursor: str | None = None
     prev_cursor: str | None = None
+    #: Where the backend cut the result short (``_include`` limits), for a warning.
+    notes: list[str] = field(default_factory=list)
 
 
 class StoreError(Exception):

@@ -78,7 +78,7 @@ _COLUMNS = ("id", "lastUpdated")
 #: A total is computed by default when the matches are at most this many.
 AUTO_TOTAL_LIMIT = 1000
 _MAX_INCLUDED = 1000
-_ITERATE_ROUNDS = 4
+_ITERATE_ROUNDS = 10
 
 
 class Compiler:
@@ -820,8 +820,9 @@ def run_search(conn: sqlite3.Connection, query: SearchQuery) -> SearchPage:
         if cursor is not None and (not backwards or more):
             prev_cursor = cursor_of(rows[0], "p")
     matches = [_version(row) for row in rows]
-    included = _includes(conn, query, matches) if query.includes or query.revincludes else []
-    return SearchPage(matches, included, total, next_cursor, prev_cursor)
+    included, notes = _includes(conn, query, matches) if query.includes or query.revincludes \
+        else ([], [])
+    return SearchPage(matches, included, total, next_cursor, prev_cursor, notes)
 
 
 def _count(conn: sqlite3.Connection, where: str, args: list[Any], cap: int | None) -> int | None:
@@ -845,10 +846,12 @@ def _fetch(conn: sqlite3.Connection, refs: Iterable[tuple[str, str]]) -> list[Ve
 
 
 def _includes(conn: sqlite3.Connection, query: SearchQuery,
-              matches: list[Version]) -> list[Version]:
+              matches: list[Version]) -> tuple[list[Version], list[str]]:
+    """The resources ``_include`` and ``_revinclude`` bring, and notes on where they stopped."""
     seen = {(v.type, v.id) for v in matches}
     included: list[Version] = []
     frontier = matches
+    notes: list[str] = []
     for round_ in range(_ITERATE_ROUNDS):
         found: list[Version] = []
         for inc in query.includes:
@@ -859,16 +862,24 @@ def _includes(conn: sqlite3.Connection, query: SearchQuery,
             if round_ and not inc.iterate:
                 continue
             found += _reverse(conn, inc, frontier, query.base)
-        fresh = []
+        fresh: list[Version] = []
         for v in found:
-            if (v.type, v.id) not in seen and len(included) < _MAX_INCLUDED:
+            if (v.type, v.id) not in seen:
+                if len(included) + len(fresh) == _MAX_INCLUDED:
+                    notes.append(f"_include and _revinclude stopped at {_MAX_INCLUDED} "
+                                 "resources; narrow the search to see the others")
+                    return included + fresh, notes
                 seen.add((v.type, v.id))
                 fresh.append(v)
         included += fresh
         if not fresh:
             break
         frontier = fresh
-    return included
+    else:
+        if any(i.iterate for i in (*query.includes, *query.revincludes)):
+            notes.append(f":iterate stopped after {_ITERATE_ROUNDS} rounds; resources further "
+                         "along may be left out")
+    return included, notes
 
 
 def _rid(conn: sqlite3.Connection, v: Version) -> int:
