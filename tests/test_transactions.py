@@ -215,6 +215,75 @@ def test_conditional_references(fhir: Fhir) -> None:
     assert fhir.post("", transaction(post("Observation", missing, urn()))).status_code == 404
 
 
+def test_conditional_entries_may_not_change_a_resource_another_entry_changes(fhir: Fhir) -> None:
+    """http.html#trules: "If any resource identities (including resolved identities from
+    conditional update/delete) overlap in steps 1-3, then the transaction SHALL fail"."""
+    p = fhir.post("Patient", patient("x-1")).json()
+    ops = base64.b64encode(orjson.dumps([{"op": "add", "path": "/active", "value": True}]))
+    pairs = [
+        ({"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|x-1"}},
+         put(f"Patient/{p['id']}", {**p, "active": False})),
+        (put("Patient?identifier=urn:mrn|x-1", patient("x-1", gender="male")),
+         put(f"Patient/{p['id']}", {**p, "active": False})),
+        (put("Patient?identifier=urn:mrn|x-1", patient("x-1", gender="male")),
+         put("Patient?identifier=urn:mrn|x-1", patient("x-1", gender="female"))),
+        ({"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                       "data": ops.decode()},
+          "request": {"method": "PATCH", "url": "Patient?identifier=urn:mrn|x-1"}},
+         put(f"Patient/{p['id']}", {**p, "active": False})),
+    ]
+    for first, second in pairs:
+        r = fhir.post("", transaction(first, second))
+        assert r.status_code == 400, r.text
+        assert "Bundle.entry[0]" in r.text and "Bundle.entry[1]" in r.text
+    now = fhir.get(f"Patient/{p['id']}").json()
+    assert now["meta"]["versionId"] == "1" and "active" not in now
+
+
+def test_a_failing_read_fails_the_transaction(fhir: Fhir) -> None:
+    p = fhir.post("Patient", patient("g-1")).json()
+    fhir.put(f"Patient/{p['id']}", {**p, "active": True})
+    r = fhir.post("", transaction(post("Patient", patient("g-2"), urn()),
+                                  {"request": {"method": "GET", "url": "Patient/nobody"}}))
+    assert r.status_code == 404, r.text
+    assert "Bundle.entry[1]" in r.json()["issue"][0]["diagnostics"]
+    assert count(fhir, "Patient", identifier="urn:mrn|g-2") == 0
+    r = fhir.post("", transaction(
+        post("Patient", patient("g-3"), urn()),
+        {"request": {"method": "GET", "url": f"Patient/{p['id']}/_history/1"}},
+        {"request": {"method": "GET", "url": f"Patient/{p['id']}/_history/2"}}))
+    assert r.status_code == 200, r.text
+    versions = [e.get("resource", {}).get("meta", {}).get("versionId")
+                for e in r.json()["entry"]]
+    assert versions[1:] == ["1", "2"] and "active" not in r.json()["entry"][1]["resource"]
+    r = fhir.post("", transaction(
+        post("Patient", patient("g-4"), urn()),
+        {"request": {"method": "GET", "url": f"Patient/{p['id']}/_history/9"}}))
+    assert r.status_code == 404, r.text
+    assert count(fhir, "Patient", identifier="urn:mrn|g-4") == 0
+
+
+def test_reads_and_searches_in_bundles_are_answered_as_alone(fhir: Fhir) -> None:
+    """Entries are processed "as if they were an individual interaction": a search entry has
+    its includes, total and _summary, a read its _elements, in a transaction or a batch."""
+    org = fhir.post("Organization", {"resourceType": "Organization", "name": "Hohhot"}).json()
+    p = fhir.post("Patient", patient(
+        "s-1", managingOrganization={"reference": f"Organization/{org['id']}"})).json()
+    for kind in ("transaction", "batch"):
+        r = fhir.post("", transaction(
+            {"request": {"method": "GET", "url": "Patient?identifier=urn:mrn|s-1"
+                                                 "&_include=Patient:organization"}},
+            {"request": {"method": "GET", "url": "Patient?identifier=urn:mrn|s-1&_summary=count"}},
+            {"request": {"method": "GET", "url": f"Patient/{p['id']}?_elements=identifier"}},
+            kind=kind))
+        assert r.status_code == 200, r.text
+        found, counted, read = (e["resource"] for e in r.json()["entry"])
+        assert found["total"] == 1, kind
+        assert sorted(e["search"]["mode"] for e in found["entry"]) == ["include", "match"], kind
+        assert counted["total"] == 1 and "entry" not in counted, kind
+        assert set(read) == {"resourceType", "id", "meta", "identifier"}, kind
+
+
 def test_patch_entry_and_if_match(fhir: Fhir) -> None:
     p = fhir.post("Patient", patient("p-1")).json()
     ops = base64.b64encode(orjson.dumps([{"op": "add", "path": "/active", "value": True}]))

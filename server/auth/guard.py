@@ -97,6 +97,10 @@ class GuardedTransaction:
             raise forbidden(self.principal, type, "r")
         return self.tx.read(type, id)
 
+    def vread(self, type: str, id: str, version: int) -> Version | None:
+        require(self.principal, type, "r")
+        return self.tx.vread(type, id, version)
+
     def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
               method: str) -> Version:
         self._require_write(type, id)
@@ -122,3 +126,11 @@ class GuardedTransaction:
         for type in query.types:
             require(self.principal, type, "s")
         return self.tx.search(query, limit)
+
+    def search_page(self, query: Any) -> SearchPage:
+        for type in query.types:
+            require(self.principal, type, "s")
+        page = self.tx.search_page(query)
+        for v in page.included:
+            require(self.principal, v.type, "r")
+        return page

@@ -23,12 +23,13 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from server.fhir import references, writes
-from server.fhir.bundles import Stored
-from server.fhir.errors import FhirError, Issue, invalid
+from server.fhir.bundles import Stored, materialise
+from server.fhir.errors import FhirError, Issue, gone, invalid, not_found
 from server.fhir.prepare import prepare
 from server.fhir.request import JSON_PATCH, FhirRequest, FhirResponse
+from server.fhir.summary import transform_for
 from server.search.query import parse_conditional
-from server.storage.base import ResourceStore, Transaction, Version, instant
+from server.storage.base import ResourceStore, SearchPage, Transaction, Version, instant
 
 MAX_ENTRIES = 20_000
 #: A conditional reference: ``Type?criteria`` (the criteria may hold URLs: identifier systems).
@@ -149,8 +150,10 @@ def _entries(req: FhirRequest) -> tuple[str, list[Any]]:
 
 # -- responses -----------------------------------------------------------------------------------
 
-def _response_entry(req: FhirRequest, resp: FhirResponse) -> dict[str, Any]:
+def _response_entry(req: FhirRequest, resp: FhirResponse, entry: FhirRequest) -> dict[str, Any]:
+    """The response entry of one request entry: its ``_summary`` or ``_elements`` applied."""
     response: dict[str, Any] = {"status": _status(resp.status)}
+    transform = transform_for(entry.params) if entry.params else None
     v = resp.version
     out: dict[str, Any] = {}
     if v is not None:
@@ -162,12 +165,13 @@ def _response_entry(req: FhirRequest, resp: FhirResponse) -> dict[str, Any]:
         response["etag"] = resp.headers["ETag"]
     want = req.prefer.get("return", "representation")
     if v is not None and v.body is not None and want == "representation":
-        out["resource"] = Stored(v)
+        out["resource"] = materialise(Stored(v), transform) if transform else Stored(v)
     elif resp.resource is not None:
         if resp.resource.get("resourceType") == "OperationOutcome":
             response["outcome"] = resp.resource
         elif want == "representation":
-            out["resource"] = resp.resource
+            out["resource"] = materialise(resp.resource, transform) if transform \
+                else resp.resource
     out["response"] = response
     return out
 
@@ -194,7 +198,7 @@ async def _batch_entry(req: FhirRequest, index: int, raw: Any,
         resp = await route.handler(entry.req, store)
     except FhirError as exc:
         return _error_entry(exc)
-    return _response_entry(req, resp)
+    return _response_entry(req, resp, entry.req)
 
 
 async def batch(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirResponse:
@@ -205,40 +209,54 @@ async def batch(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirR
 # -- transaction ---------------------------------------------------------------------------------
 
 class _Read:
+    """A read, inside the store transaction: one that fails fails the transaction."""
+
     def __init__(self, req: FhirRequest):
-        self.req = req
+        assert req.type and req.id
+        self.type, self.id = req.type, req.id
 
-    def apply(self, tx: Transaction) -> Version | None:
-        assert self.req.type and self.req.id
-        return tx.read(self.req.type, self.req.id)
+    def apply(self, tx: Transaction) -> Version:
+        return writes.current_or_error(tx.read(self.type, self.id), self.type, self.id)
 
-    def respond(self, v: Version | None) -> FhirResponse:
-        assert self.req.type and self.req.id
-        return FhirResponse(200, version=writes.current_or_error(v, self.req.type, self.req.id))
+    def respond(self, v: Version) -> FhirResponse:
+        return FhirResponse(200, version=v)
 
 
 class _VRead(_Read):
-    def respond(self, v: Version | None) -> FhirResponse:
-        raise FhirError(400, "not-supported", "vread inside a transaction is not supported; "
-                        "use a batch")
+    def __init__(self, req: FhirRequest):
+        super().__init__(req)
+        self.vid = req.version_id or ""
+
+    def apply(self, tx: Transaction) -> Version:
+        v = tx.vread(self.type, self.id, int(self.vid)) if self.vid.isdigit() else None
+        if v is None:
+            raise not_found(self.type, f"{self.id}/_history/{self.vid}")
+        if v.deleted:
+            raise gone(self.type, self.id, v.version)
+        return v
 
 
 class _Search:
+    """A search, inside the store transaction: it sees the transaction's writes."""
+
     def __init__(self, req: FhirRequest):
-        from server.search.query import parse
+        from server.search.handlers import query_of
 
         assert req.type
         self.req = req
-        self.query = parse((req.type,), req.params, base=req.base)
+        self.query = query_of(req, (req.type,), req.params)
 
-    def apply(self, tx: Transaction) -> list[Version]:
-        return tx.search(self.query, self.query.count)
+    def apply(self, tx: Transaction) -> SearchPage:
+        try:
+            return tx.search_page(self.query)
+        except ValueError as exc:
+            raise invalid(f"_cursor: {exc}", expression="_cursor") from None
 
-    def respond(self, found: list[Version]) -> FhirResponse:
-        entries = [{"fullUrl": f"{self.req.base}/{v.type}/{v.id}", "resource": Stored(v),
-                    "search": {"mode": "match"}} for v in found]
-        return FhirResponse(200, resource={"resourceType": "Bundle", "type": "searchset",
-                                           "entry": entries})
+    def respond(self, page: SearchPage) -> FhirResponse:
+        from server.search.handlers import searchset
+
+        assert self.req.type
+        return searchset(self.req, self.query, page, self.req.type, self.req.params)
 
 
 def _build(entry: Entry) -> Any:
@@ -328,20 +346,24 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
     def apply(tx: Transaction) -> list[Any]:
         _resolve(tx, entries, mapping, conditional_refs)
         results: list[Any] = [None] * len(entries)
+        changed: dict[tuple[str, str], int] = {}  # identities the writes touched -> entry
         for e in sorted(entries, key=lambda x: _ORDER[x.method]):
             try:
-                results[e.index] = e.op.apply(tx)
+                results[e.index] = result = e.op.apply(tx)
             except FhirError as exc:
                 raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
+            v = result[0] if isinstance(result, tuple) else result
+            if _ORDER[e.method] < 3 and isinstance(v, Version):
+                other = changed.setdefault((v.type, v.id), e.index)
+                if other != e.index:
+                    raise invalid(f"Bundle.entry[{other}] and Bundle.entry[{e.index}] both "
+                                  f"change {v.type}/{v.id}; a resource may appear only once in "
+                                  "a transaction", expression=e.where())
         return results
 
     results = await store.run(apply)
-    out = []
-    for e, result in zip(entries, results, strict=True):
-        try:
-            out.append(_response_entry(req, e.op.respond(result)))
-        except FhirError as exc:  # a GET entry that found nothing: reported, not fatal
-            out.append(_error_entry(exc))
+    out = [_response_entry(req, e.op.respond(result), e.req)
+           for e, result in zip(entries, results, strict=True)]
     return FhirResponse(200, resource=_bundle("transaction", out))
 
 

@@ -13,7 +13,7 @@ from server.fhir.request import FhirRequest, FhirResponse
 from server.fhir.structures import structures
 from server.search.plan import AnyOf, Match, ReferenceValue, SearchQuery
 from server.search.query import parse
-from server.storage.base import ResourceStore
+from server.storage.base import ResourceStore, SearchPage
 
 SPEC = Path(__file__).resolve().parent / "spec"
 
@@ -29,7 +29,8 @@ def _strict(req: FhirRequest) -> bool:
     return req.prefer.get("handling") == "strict"
 
 
-def _query(req: FhirRequest, types: tuple[str, ...], params: list[tuple[str, str]]) -> SearchQuery:
+def query_of(req: FhirRequest, types: tuple[str, ...], params: list[tuple[str, str]]
+             ) -> SearchQuery:
     s = req.settings
     return parse(types, params, default_count=s.default_page_size if s else 20,
                  max_count=s.max_page_size if s else 1000, base=req.base, strict=_strict(req))
@@ -41,6 +42,12 @@ async def _run(req: FhirRequest, store: ResourceStore, query: SearchQuery, path:
         page = await store.search(query)
     except ValueError as exc:
         raise invalid(f"_cursor: {exc}", expression="_cursor") from None
+    return searchset(req, query, page, path, params)
+
+
+def searchset(req: FhirRequest, query: SearchQuery, page: SearchPage, path: str,
+              params: list[tuple[str, str]]) -> FhirResponse:
+    """The searchset Bundle of a page: matches, includes, links and warnings."""
     kept = [(k, v) for k, v in params if k not in query.ignored and k != "_cursor"]
     links = [("self", link_url(req.base, path, [*kept, *(
         [("_cursor", query.cursor)] if query.cursor else [])]))]
@@ -64,7 +71,7 @@ async def _run(req: FhirRequest, store: ResourceStore, query: SearchQuery, path:
 
 async def search_type(req: FhirRequest, store: ResourceStore) -> FhirResponse:
     assert req.type
-    return await _run(req, store, _query(req, (req.type,), req.params), req.type, req.params)
+    return await _run(req, store, query_of(req, (req.type,), req.params), req.type, req.params)
 
 
 async def search_system(req: FhirRequest, store: ResourceStore) -> FhirResponse:
@@ -80,7 +87,7 @@ async def search_system(req: FhirRequest, store: ResourceStore) -> FhirResponse:
         if not structures().is_resource_type(t):
             raise invalid(f"_type: unknown resource type {t!r}", expression="_type")
     types = tuple(dict.fromkeys(names))
-    return await _run(req, store, _query(req, types, req.params), "", req.params)
+    return await _run(req, store, query_of(req, types, req.params), "", req.params)
 
 
 async def search_compartment(req: FhirRequest, store: ResourceStore) -> FhirResponse:
@@ -94,7 +101,7 @@ async def search_compartment(req: FhirRequest, store: ResourceStore) -> FhirResp
     if req.compartment != "*" and req.compartment not in definition:
         raise FhirError(404, "not-supported",
                         f"{req.compartment} resources are not in the {req.type} compartment")
-    query = _query(req, types, req.params)
+    query = query_of(req, types, req.params)
     owner = ReferenceValue(req.type, req.id)
     options = []
     for t in types:

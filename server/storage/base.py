@@ -147,12 +147,19 @@ class Transaction(Protocol):
     def write_many(self, items: Sequence[WriteItem], method: str) -> list[Version]:
         """:meth:`write` for many resources at once (bulk loading), in order."""
 
+    def vread(self, type: str, id: str, version: int) -> Version | None:
+        """One version of a resource (a deletion included), or None."""
+
     def delete(self, type: str, id: str) -> Version | None:
         """Record a deletion as a new version. None if the resource does not exist; the existing
         deletion if it was already deleted (no new version then)."""
 
     def search(self, query: Any, limit: int | None = None) -> list[Version]:
         """Current, not deleted resources matching a compiled search query (see server.search)."""
+
+    def search_page(self, query: Any) -> SearchPage:
+        """A page of a search, as :meth:`ResourceStore.search` reads it, inside the
+        transaction."""
 
 
 class ResourceStore(Protocol):

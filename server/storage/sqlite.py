@@ -159,6 +159,12 @@ class SqliteTransaction:
             return None
         return Version(type, id, row[0], row[1], bool(row[2]), row[3], row[4])
 
+    def vread(self, type: str, id: str, version: int) -> Version | None:
+        row = self.conn.execute(_READ_VERSION, (version, type, id)).fetchone()
+        if row is None:
+            return None
+        return Version(type, id, row[0], row[1], bool(row[2]), row[3], row[4])
+
     def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
               method: str) -> Version:
         return self.write_many([(type, id, resource, indexes)], method)[0]
@@ -282,6 +288,12 @@ class SqliteTransaction:
     def search(self, query: Any, limit: int | None = None) -> list[Version]:
         self.index.flush()
         return self._search(self.conn, query, limit)
+
+    def search_page(self, query: Any) -> SearchPage:
+        from server.storage import sqlite_search
+
+        self.index.flush()
+        return sqlite_search.run_search(self.conn, query)
 
 
 class _Op:
