@@ -235,7 +235,8 @@ def _import_parser(sub: Any) -> None:
     p = sub.add_parser(
         "import", help="load NDJSON or Bundle files into the store",
         description="Load FHIR resources from NDJSON files (one resource per line; .ndjson, "
-                    ".ndjson.gz, .jsonl) or Bundle files (.json). Each resource is validated "
+                    ".ndjson.gz, .jsonl), Bundle files or single resources (.json, .json.gz). "
+                    "Each resource is validated "
                     "and indexed as on the API; resources with an id keep it (a new version if "
                     "it exists), others get a new id. Transaction and batch Bundles are "
                     "processed as the API processes them. Works while a server runs on the "

@@ -147,6 +147,62 @@ def test_later_lines_win_across_chunks_and_bundles(tmp_path: Path) -> None:
     assert stored[("Patient", "imp-0")]["meta"]["versionId"] == "3"
 
 
+def test_later_lines_win_within_a_chunk_around_a_bundle(tmp_path: Path) -> None:
+    update = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**patient(0), "name": [{"family": "Second"}]},
+         "request": {"method": "PUT", "url": "Patient/imp-0"}},
+        {"request": {"method": "GET", "url": "Patient/imp-0"}}]}
+    lines = [{**patient(0), "name": [{"family": "First"}]}, update, patient(1)]
+    data = tmp_path / "data"
+    out = consilium(str(write_ndjson(tmp_path / "in.ndjson", lines)), data_dir=data)
+    assert out.returncode == 0, out.stderr
+    stored = read_all(data)
+    assert stored[("Patient", "imp-0")]["name"] == [{"family": "Second"}]
+    assert stored[("Patient", "imp-0")]["meta"]["versionId"] == "2"
+    assert "imported 3 resources" in out.stdout  # the GET entry wrote nothing
+
+
+def test_a_bundle_file_is_recognised_whatever_the_order_of_its_members(tmp_path: Path) -> None:
+    tx = tmp_path / "tx.json"
+    tx.write_text(json.dumps({"resourceType": "Bundle", "entry": [
+        {"fullUrl": "urn:uuid:0d5f7a3c-9f54-4d1c-9b61-5a1d3e0e9a02",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Bat"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "urn:uuid:0d5f7a3c-9f54-4d1c-9b61-5a1d3e0e9a02"}},
+         "request": {"method": "POST", "url": "Observation"}}], "type": "transaction"}))
+    data = tmp_path / "data"
+    out = consilium(str(tx), data_dir=data)
+    assert out.returncode == 0, out.stderr
+    stored = read_all(data)
+    pid = next(i for t, i in stored if t == "Patient")
+    obs = next(r for (t, _), r in stored.items() if t == "Observation")
+    assert obs["subject"]["reference"] == f"Patient/{pid}"
+
+
+def test_json_files_that_are_not_bundles(tmp_path: Path) -> None:
+    """A JSON file holding one resource is imported; one holding anything else, or broken
+    JSON, is listed as rejected (exit 1) while the other files are still imported."""
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(patient(1)))
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps([patient(2)]))
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": patient(3)}, {"resource": patient(4)}]})[:-40])
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    good = write_ndjson(tmp_path / "good.ndjson", [patient(5)])
+    data = tmp_path / "data"
+    out = consilium(*map(str, (one, array, broken, empty, good)), data_dir=data)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert set(read_all(data)) == {("Patient", "imp-1"), ("Patient", "imp-3"),
+                                   ("Patient", "imp-5")}
+    for name in ("array.json", "broken.json", "empty.json"):
+        assert name in out.stderr + out.stdout
+
+
 def test_each_chunk_is_one_transaction(tmp_path: Path) -> None:
     """--chunk sets the resources per transaction: a transaction's resources share their
     lastUpdated, so 1,200 lines in chunks of 500 carry three."""

@@ -108,18 +108,35 @@ def _is_ndjson(path: Path) -> bool:
 Item = tuple[int, bytes | dict[str, Any]]  # (line or entry number, raw line or parsed resource)
 
 
-def _bundle_kind(path: Path) -> str | None:
+class _NotImportable(Exception):
+    """A JSON file that is neither a resource nor a Bundle, or not JSON at all."""
+
+
+def _json_kind(path: Path) -> str:
+    """What a JSON file holds: ``transaction`` or ``batch`` (a Bundle processed whole),
+    ``entries`` (a Bundle of another type, streamed entry by entry) or ``resource``. The
+    members may come in any order: a Bundle's type is looked for past its entries too."""
     stream, _ = _open(path)
+    resource_type = bundle_type = None
     with stream:
         try:
-            for prefix, event, value in ijson.parse(stream):
-                if prefix == "type" and event == "string":
-                    return str(value)
-                if prefix == "entry" and event == "start_array":
-                    return None
-        except ijson.JSONError:
-            return None
-    return None
+            for i, (prefix, event, value) in enumerate(ijson.parse(stream)):
+                if i == 0 and event != "start_map":
+                    raise _NotImportable("not a JSON object: a JSON file holds one resource or "
+                                         "a Bundle (NDJSON files end in .ndjson)")
+                if prefix == "resourceType" and event == "string":
+                    resource_type = value
+                    if value != "Bundle":
+                        return "resource"
+                elif prefix == "type" and event == "string":
+                    bundle_type = value
+                if resource_type and bundle_type:
+                    break
+        except ijson.JSONError as exc:
+            raise _NotImportable(f"invalid JSON: {exc}") from None
+    if resource_type is None:
+        raise _NotImportable("not a FHIR resource (no resourceType)")
+    return bundle_type if bundle_type in _BUNDLE_KINDS else "entries"
 
 
 def _bundle_items(stream: IO[bytes]) -> Iterator[tuple[Item, int]]:
@@ -278,22 +295,30 @@ class Importer:
     # ``sources``: (name, iterator of items, bytes-read counter)
     def _chunks(self, paths: list[Path]) -> Iterator[tuple[str, list[Item], _Counting | None]]:
         for path in paths:
-            if not _is_ndjson(path) and _bundle_kind(path) in _BUNDLE_KINDS:
-                stream, counting = _open(path)
-                with stream:
-                    data = stream.read()
-                yield str(path), [(1, data)], counting
+            try:
+                kind = "ndjson" if _is_ndjson(path) else _json_kind(path)
+            except _NotImportable as exc:
+                self.report.rejected.append(Rejected(str(path), 1, str(exc)))
                 continue
             stream, counting = _open(path)
             with stream:
-                items = _ndjson_sized(stream) if _is_ndjson(path) else _bundle_items(stream)
+                if kind in (*_BUNDLE_KINDS, "resource"):  # one item: the whole file
+                    yield str(path), [(1, stream.read())], counting
+                    continue
+                items = _ndjson_sized(stream) if kind == "ndjson" else _bundle_items(stream)
                 chunk: list[Item] = []
                 start = 0
-                for item, read in items:
-                    chunk.append(item)
-                    if len(chunk) >= self.chunk or read - start >= CHUNK_BYTES:
-                        yield str(path), chunk, counting
-                        chunk, start = [], read
+                try:
+                    for item, read in items:
+                        chunk.append(item)
+                        if len(chunk) >= self.chunk or read - start >= CHUNK_BYTES:
+                            yield str(path), chunk, counting
+                            chunk, start = [], read
+                except ijson.JSONError as exc:  # a Bundle file broken after its header
+                    entry = (chunk[-1][0] if chunk else 0) + 1
+                    self.report.rejected.append(Rejected(
+                        str(path), entry, f"invalid JSON at entry {entry}; the entries after it "
+                                          f"were not read: {exc}"))
                 if chunk:
                     yield str(path), chunk, counting
 
@@ -364,7 +389,11 @@ class Importer:
                 self.report.rejected.append(Rejected(
                     name, number, "transaction and batch Bundles cannot be part of an "
                                   "--atomic import; import them without it"))
-            else:
+            else:  # the lines before it are written first: later lines win
+                if batch:
+                    self.report.imported += await self.store.run(
+                        lambda tx, b=batch: _write_all(tx, b))
+                    batch = []
                 await self._bundle(name, number, payload)
         return batch
 
@@ -378,8 +407,11 @@ class Importer:
         entries = bundle.get("entry") or []
         try:
             if bundle.get("type") == "transaction":
-                await transaction(req, self.store, entries)
-                self.report.imported += len(entries)
+                response = await transaction(req, self.store, entries)
+                assert response.resource is not None
+                self.report.imported += sum(
+                    _wrote(e, r) for e, r in zip(entries, response.resource["entry"],
+                                                 strict=True))
             else:
                 response = await batch(req, self.store, entries)
                 assert response.resource is not None
@@ -391,7 +423,7 @@ class Importer:
                             name, number, f"batch entry {i}: {status}: "
                                           f"{issues[0].get('diagnostics', '')}"))
                     else:
-                        self.report.imported += 1
+                        self.report.imported += _wrote(entries[i], e)
             self.report.bundles += 1
         except FhirError as exc:
             self.report.rejected.append(Rejected(name, number, f"{bundle.get('type')} Bundle "
@@ -433,6 +465,14 @@ class Importer:
             self.report.imported = await job
         except Abort:
             self.report.imported = 0
+
+
+def _wrote(entry: dict[str, Any], response: dict[str, Any]) -> bool:
+    """Whether a Bundle entry wrote something: not a read, nor a conditional create that
+    found its match."""
+    method = entry.get("request", {}).get("method")
+    status = response["response"]["status"]
+    return method not in ("GET", "HEAD") and (status.startswith("201") or method != "POST")
 
 
 async def import_files(store: Any, settings: Any, paths: list[Path], **kw: Any) -> Report:
