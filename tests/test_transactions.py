@@ -284,6 +284,31 @@ def test_reads_and_searches_in_bundles_are_answered_as_alone(fhir: Fhir) -> None
         assert set(read) == {"resourceType", "id", "meta", "identifier"}, kind
 
 
+def test_conditional_references_are_resolved_after_the_writes(fhir: Fhir) -> None:
+    """http.html#trules: DELETE, POST, PUT/PATCH, GET, then "Resolve any conditional
+    references": they see what the transaction deleted and created."""
+    gone = fhir.post("Patient", patient("w-1")).json()
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+           "subject": {"reference": "Patient?identifier=urn:mrn|w-1"}}
+    r = fhir.post("", transaction(post("Observation", obs, urn()),
+                                  {"request": {"method": "DELETE",
+                                               "url": f"Patient/{gone['id']}"}}))
+    assert r.status_code == 404, r.text
+    assert fhir.get(f"Patient/{gone['id']}").status_code == 200
+    fresh = {**obs, "subject": {"reference": "Patient?identifier=urn:mrn|w-2"}}
+    r = fhir.post("", transaction(post("Observation", fresh, urn()),
+                                  post("Patient", patient("w-2"), urn()),
+                                  {"request": {"method": "GET", "url": "Observation?subject:"
+                                                                       "Patient.identifier="
+                                                                       "urn:mrn|w-2"}}))
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    oid = entries[0]["response"]["location"].split("/")[1]
+    pid = entries[1]["response"]["location"].split("/")[1]
+    assert fhir.get(f"Observation/{oid}").json()["subject"]["reference"] == f"Patient/{pid}"
+    assert [e["resource"]["id"] for e in entries[2]["resource"]["entry"]] == [oid]
+
+
 def test_patch_entry_and_if_match(fhir: Fhir) -> None:
     p = fhir.post("Patient", patient("p-1")).json()
     ops = base64.b64encode(orjson.dumps([{"op": "add", "path": "/active", "value": True}]))

@@ -4,10 +4,12 @@ A transaction is all or nothing. Its entries are routed like HTTP requests and b
 same prepared operations as single requests (server.fhir.writes); identities are assigned first
 (every ``fullUrl`` of an entry that creates or updates gets its final ``Type/id``) and references
 to them are rewritten wherever they occur, then everything is validated and indexed, and finally
-one store transaction resolves the conditional parts (If-None-Exist, conditional updates,
-conditional references ``Type?criteria``), applies the entries in the order the specification
-gives (DELETE, POST, PUT/PATCH, GET) and commits. An entry that fails fails the whole Bundle with
-an OperationOutcome naming it.
+one store transaction settles the ids of conditional creates and updates, applies the entries in
+the order the specification gives (DELETE, POST, PUT/PATCH, GET; conditional references
+``Type?criteria`` are resolved after the other writes, so their criteria see them, and the
+writes holding them come next, before the GETs) and commits. An
+entry that fails fails the whole Bundle with an OperationOutcome naming it; so does a resource
+changed by two entries, conditional ones included.
 
 A batch runs each entry on its own, exactly as the same request would run alone, and reports
 each entry's outcome; valid entries are kept whatever happens to the others.
@@ -344,10 +346,11 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
                         for ref in _conditional_references(entries)}
 
     def apply(tx: Transaction) -> list[Any]:
-        _resolve(tx, entries, mapping, conditional_refs)
+        _settle_identities(tx, entries, mapping)
         results: list[Any] = [None] * len(entries)
         changed: dict[tuple[str, str], int] = {}  # identities the writes touched -> entry
-        for e in sorted(entries, key=lambda x: _ORDER[x.method]):
+
+        def run(e: Entry) -> None:
             try:
                 results[e.index] = result = e.op.apply(tx)
             except FhirError as exc:
@@ -359,6 +362,19 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
                     raise invalid(f"Bundle.entry[{other}] and Bundle.entry[{e.index}] both "
                                   f"change {v.type}/{v.id}; a resource may appear only once in "
                                   "a transaction", expression=e.where())
+
+        # The writes whose resources hold conditional references wait until the other writes
+        # are done: their criteria see what the transaction deleted and created.
+        waiting = [e for e in entries if _holds(e, conditional_refs)]
+        later = {e.index for e in waiting}
+        ordered = sorted(entries, key=lambda x: _ORDER[x.method])
+        for e in ordered:
+            if _ORDER[e.method] < 3 and e.index not in later:
+                run(e)
+        _resolve_references(tx, waiting, conditional_refs)
+        for e in ordered:
+            if e.index in later or _ORDER[e.method] == 3:
+                run(e)
         return results
 
     results = await store.run(apply)
@@ -367,10 +383,15 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
     return FhirResponse(200, resource=_bundle("transaction", out))
 
 
-def _resolve(tx: Transaction, entries: list[Entry], mapping: dict[str, str],
-             conditional_refs: dict[str, Any]) -> None:
-    """Inside the store transaction: settle conditional identities and conditional references,
-    and rewrite (and re-index) the resources whose references change because of them."""
+def _holds(e: Entry, conditional_refs: dict[str, Any]) -> bool:
+    resource = getattr(e.op, "resource", None)
+    return bool(conditional_refs) and isinstance(resource, dict) and any(
+        r in conditional_refs for r in references.references(resource))
+
+
+def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str, str]) -> None:
+    """Inside the store transaction, first: the ids conditional creates and updates end with,
+    and the references to their ``fullUrl`` pointed at those ids."""
     fix: dict[str, str] = {}
     for e in entries:
         op = e.op
@@ -384,13 +405,26 @@ def _resolve(tx: Transaction, entries: list[Entry], mapping: dict[str, str],
             raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
         if final != mapping[e.full_url]:
             fix[mapping[e.full_url]] = final
+    _rewrite(entries, fix)
+
+
+def _resolve_references(tx: Transaction, entries: list[Entry],
+                        conditional_refs: dict[str, Any]) -> None:
+    """After the other writes: each conditional reference must match exactly one resource."""
+    fix: dict[str, str] = {}
     for ref, query in conditional_refs.items():
         matches = tx.search(query, 2)
         if len(matches) != 1:
             raise FhirError(412 if matches else 404,
-                            "multiple-matches" if matches else "not-found", f"the conditional reference {ref} matches {len(matches)} resources; "
-                            "it must match exactly one")
+                            "multiple-matches" if matches else "not-found",
+                            f"the conditional reference {ref} matches {len(matches)} "
+                            "resources; it must match exactly one")
         fix[ref] = f"{matches[0].type}/{matches[0].id}"
+    _rewrite(entries, fix)
+
+
+def _rewrite(entries: list[Entry], fix: dict[str, str]) -> None:
+    """Rewrite (and index again) the entries' resources that refer to ``fix``'s keys."""
     if not fix:
         return
     for e in entries:
