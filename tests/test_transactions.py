@@ -372,6 +372,38 @@ def test_batch_keeps_the_valid_entries(fhir: Fhir) -> None:
     assert count(fhir, "Patient", identifier="urn:mrn|b-2") == 0
 
 
+def test_batch_entries_may_not_refer_to_each_other(fhir: Fhir) -> None:
+    """http.html#brules: references between the entries of a batch are non-conformant; the
+    entry that holds one is refused (it would be stored pointing nowhere), the others kept."""
+    p = urn()
+    r = fhir.post("", transaction(
+        post("Patient", patient("bb-1"), p),
+        post("Observation", {"resourceType": "Observation", "status": "final",
+                             "code": {"text": "t"}, "subject": {"reference": p}}, urn()),
+        kind="batch"))
+    assert r.status_code == 200, r.text
+    first, second = r.json()["entry"]
+    assert first["response"]["status"] == "201 Created"
+    assert second["response"]["status"].startswith("400")
+    assert "Bundle.entry[0]" in second["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert count(fhir, "Observation") == 0
+
+
+def test_head_entries_and_prefer_operation_outcome(fhir: Fhir) -> None:
+    p = fhir.post("Patient", patient("h-1")).json()
+    for kind in ("batch", "transaction"):
+        r = fhir.post("", transaction(
+            {"request": {"method": "HEAD", "url": f"Patient/{p['id']}"}},
+            post("Patient", patient(f"h-{kind}"), urn()), kind=kind),
+            headers={"Prefer": "return=OperationOutcome"})
+        assert r.status_code == 200, r.text
+        head, created = r.json()["entry"]
+        assert "resource" not in head and head["response"]["status"] == "200 OK", kind
+        assert head["response"]["etag"] == 'W/"1"'
+        assert "resource" not in created, kind
+        assert created["response"]["outcome"]["resourceType"] == "OperationOutcome", kind
+
+
 def test_transaction_needs_the_scopes_of_every_entry(fhir: Fhir, settings) -> None:  # type: ignore[no-untyped-def]
     creator = issue_token(settings, "system/Patient.c")
     r = fhir.post("", transaction(post("Patient", patient("s-1")),

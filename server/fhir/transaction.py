@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 
 from server.fhir import references, writes
 from server.fhir.bundles import Stored, materialise
-from server.fhir.errors import FhirError, Issue, gone, invalid, not_found
+from server.fhir.errors import FhirError, Issue, gone, information, invalid, not_found
 from server.fhir.prepare import prepare
 from server.fhir.request import JSON_PATCH, FhirRequest, FhirResponse
 from server.fhir.summary import transform_for
@@ -166,6 +166,10 @@ def _response_entry(req: FhirRequest, resp: FhirResponse, entry: FhirRequest) ->
     elif "ETag" in resp.headers:
         response["etag"] = resp.headers["ETag"]
     want = req.prefer.get("return", "representation")
+    if entry.method == "HEAD":
+        want = "minimal"
+    elif want == "OperationOutcome" and resp.honour_prefer:
+        response["outcome"] = information(f"{entry.interaction} succeeded")
     if v is not None and v.body is not None and want == "representation":
         out["resource"] = materialise(Stored(v), transform) if transform else Stored(v)
     elif resp.resource is not None:
@@ -188,12 +192,18 @@ def _bundle(kind: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- batch ---------------------------------------------------------------------------------------
 
-async def _batch_entry(req: FhirRequest, index: int, raw: Any,
-                       store: ResourceStore) -> dict[str, Any]:
+async def _batch_entry(req: FhirRequest, index: int, raw: Any, store: ResourceStore,
+                       full_urls: dict[str, int]) -> dict[str, Any]:
     from server.fhir.router import routes
 
     try:
         entry = _entry_request(req, index, raw)
+        resource = entry.req._resource
+        for ref in references.references(resource) if isinstance(resource, dict) else ():
+            if ref in full_urls:
+                raise invalid(f"this entry refers to Bundle.entry[{full_urls[ref]}] ({ref}); "
+                              "the entries of a batch are processed on their own and cannot "
+                              "refer to each other: send a transaction")
         route = routes().route(entry.method, "/" + entry.url.split("?")[0].lstrip("/"))
         if entry.interaction in ("transaction", "batch"):
             raise invalid("a batch entry cannot hold another Bundle to process")
@@ -204,7 +214,11 @@ async def _batch_entry(req: FhirRequest, index: int, raw: Any,
 
 
 async def batch(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirResponse:
-    entries = await asyncio.gather(*(_batch_entry(req, i, e, store) for i, e in enumerate(raw)))
+    # urn:uuid and urn:oid names exist only in the Bundle: a reference to one cannot resolve.
+    full_urls = {e["fullUrl"]: i for i, e in enumerate(raw) if isinstance(e, dict)
+                 and isinstance(e.get("fullUrl"), str) and e["fullUrl"].startswith("urn:")}
+    entries = await asyncio.gather(*(_batch_entry(req, i, e, store, full_urls)
+                                     for i, e in enumerate(raw)))
     return FhirResponse(200, resource=_bundle("batch", list(entries)))
 
 
