@@ -441,7 +441,8 @@ def test_dates_periods_and_time_zones(effective: Fhir, value: str, expected: set
 
 @pytest.mark.parametrize("value", ["notadate", "2020-13", "2001-02-29", "2000-02-30",
                                    "2020-01-01T25:00:00Z", "2020-01-01T10:00:00+5", "xx2020",
-                                   "ge", "2020/01/01"])
+                                   "ge", "2020/01/01", "2020-01-01T10:00:00+25:00",
+                                   "2020-01-01T10:00:00+14:30", "2020-01-01T10:00:00-09:60"])
 def test_malformed_dates_are_refused(births: Fhir, value: str) -> None:
     refused(births, "Patient", {"birthdate": value}, "birthdate")
 
@@ -524,12 +525,15 @@ def test_quantity_with_and_without_system_and_code(measured: Fhir, value: str,
 @pytest.mark.parametrize("name, value", [
     ("value-quantity", "abc"), ("value-quantity", "5.4|mg"), ("value-quantity", "abc||mg"),
     ("value-quantity", "5.4|a|b|c"), ("value-quantity", "gt"), ("value-quantity", "1,2x"),
+    ("value-quantity", "1e1000000|http://unitsofmeasure.org|mg"),
+    ("code-value-quantity", "8867-4$gt1e1000000"),
 ])
 def test_malformed_quantities_are_refused(measured: Fhir, name: str, value: str) -> None:
     refused(measured, "Observation", {name: value}, name)
 
 
-@pytest.mark.parametrize("value", ["abc", "0.8.1", "1e", "0x10", "ge", "--1", "NaN", "Infinity"])
+@pytest.mark.parametrize("value", ["abc", "0.8.1", "1e", "0x10", "ge", "--1", "NaN", "Infinity",
+                                   "1e1000000", "gt1e1000000"])
 def test_malformed_numbers_are_refused(risks: Fhir, value: str) -> None:
     refused(risks, "RiskAssessment", {"probability": value}, "probability")
 
@@ -575,6 +579,24 @@ def test_missing_for_several_types(fhir: Fhir) -> None:
     assert found(fhir, "Observation", {"subject:missing": "false"}) == {"valued"}
     assert found(fhir, "Patient", {"_id:missing": "false"}) == {"full", "empty"}
     refused(fhir, "Patient", {"gender:missing": "yes"}, "gender:missing")
+
+
+def test_an_identifier_or_a_text_alone_is_not_missing(fhir: Fhir) -> None:
+    """A Reference with only an identifier, a CodeableConcept with only a text: the element
+    is there (its :identifier and :text searches find it), so :missing=true does not match."""
+    put_all(fhir,
+            observation("by-identifier", subject={"identifier": {"system": "urn:mrn",
+                                                                 "value": "m-1"}}),
+            {"resourceType": "Observation", "id": "by-text", "status": "final",
+             "code": {"text": "pulse"}},
+            observation("without-subject"))
+    assert found(fhir, "Observation", {"subject:identifier": "urn:mrn|m-1"}) == {"by-identifier"}
+    assert "by-identifier" not in found(fhir, "Observation", {"subject:missing": "true"})
+    assert "by-identifier" in found(fhir, "Observation", {"subject:missing": "false"})
+    assert "without-subject" in found(fhir, "Observation", {"subject:missing": "true"})
+    assert found(fhir, "Observation", {"code:text": "pulse"}) == {"by-text"}
+    assert "by-text" not in found(fhir, "Observation", {"code:missing": "true"})
+    assert "by-text" in found(fhir, "Observation", {"code:missing": "false"})
 
 
 # -- common parameters ---------------------------------------------------------------------------

@@ -343,7 +343,10 @@ def _time_range(day_start: int, t: str) -> tuple[int, int] | None:
     if zone and zone != "Z":
         if len(zone) != 6 or zone[0] not in "+-" or zone[3] != ":":
             return None
-        offset = (int(zone[1:3]) * 60 + int(zone[4:6])) * 60_000_000
+        zone_minutes = int(zone[1:3]) * 60 + int(zone[4:6])
+        if int(zone[4:6]) > 59 or zone_minutes > 14 * 60:  # -14:00 … +14:00 (datatypes.html)
+            return None
+        offset = zone_minutes * 60_000_000
         if zone[0] == "-":
             offset = -offset
     lo = day_start + ((hour * 60 + minute) * 60 + second) * 1_000_000 + fraction - offset
@@ -426,7 +429,10 @@ def _number_range(value: Any) -> tuple[float, float] | None:
     if not isinstance(exponent, int) or not value.is_finite():
         return None
     half = Decimal((0, (5,), exponent - 1))
-    return float(value - half), float(value + half)
+    try:
+        return float(value - half), float(value + half)
+    except ArithmeticError:  # beyond the decimal context (1e1000000): no range
+        return None
 
 
 def _number(v: Any) -> list[Row]:

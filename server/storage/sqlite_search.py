@@ -200,6 +200,13 @@ class Compiler:
             return "0" if c.missing else "1"
         table = INDEX_TABLES[c.kind][0]
         sub = f"SELECT rid FROM {table} WHERE {pid_sql(pids_of(c.type, c.code))}"
+        # A value only :identifier or :text finds (a Reference holding just an identifier, a
+        # CodeableConcept just a text) is a value all the same.
+        also = {"reference": ("token", ":identifier"), "token": ("string", ":text")}
+        if c.kind in also:
+            kind, suffix = also[c.kind]
+            sub += (f" UNION ALL SELECT rid FROM {INDEX_TABLES[kind][0]} WHERE "
+                    f"{pid_sql(pids_of(c.type, c.code + suffix))}")
         return f"{res}.rid {'NOT IN' if c.missing else 'IN'} ({sub})"
 
     def match(self, m: Match, res: str, same: list[Match] | None = None) -> str:
