@@ -232,12 +232,24 @@ def test_conditional_entries_may_not_change_a_resource_another_entry_changes(fhi
           "request": {"method": "PATCH", "url": "Patient?identifier=urn:mrn|x-1"}},
          put(f"Patient/{p['id']}", {**p, "active": False})),
     ]
+    by_id = {"request": {"method": "DELETE", "url": f"Patient/{p['id']}"}}
+    by_criteria = {"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|x-1"}}
+    pairs += [
+        (by_criteria, by_criteria),
+        (by_id, put("Patient?identifier=urn:mrn|x-1", patient("x-1"))),
+        (by_criteria, put("Patient?identifier=urn:mrn|x-1", patient("x-1"))),
+        (by_id, by_criteria),
+        # a conditional create that matches the resource another entry deletes
+        (by_id, post("Patient", patient("x-1"), urn(), ifNoneExist="identifier=urn:mrn|x-1")),
+    ]
     for first, second in pairs:
-        r = fhir.post("", transaction(first, second))
-        assert r.status_code == 400, r.text
-        assert "Bundle.entry[0]" in r.text and "Bundle.entry[1]" in r.text
+        for pair in ((first, second), (second, first)):
+            r = fhir.post("", transaction(*pair))
+            assert r.status_code == 400, (pair, r.text)
+            assert "Bundle.entry[0]" in r.text and "Bundle.entry[1]" in r.text
     now = fhir.get(f"Patient/{p['id']}").json()
     assert now["meta"]["versionId"] == "1" and "active" not in now
+    assert count(fhir, "Patient", identifier="urn:mrn|x-1") == 1
 
 
 def test_a_failing_read_fails_the_transaction(fhir: Fhir) -> None:
@@ -307,6 +319,27 @@ def test_conditional_references_are_resolved_after_the_writes(fhir: Fhir) -> Non
     pid = entries[1]["response"]["location"].split("/")[1]
     assert fhir.get(f"Observation/{oid}").json()["subject"]["reference"] == f"Patient/{pid}"
     assert [e["resource"]["id"] for e in entries[2]["resource"]["entry"]] == [oid]
+
+
+def test_conditional_reads_in_bundles_and_prefer_applies_to_writes(fhir: Fhir) -> None:
+    p = fhir.post("Patient", patient("cr-1")).json()
+    read = {"method": "GET", "url": f"Patient/{p['id']}"}
+    for kind in ("transaction", "batch"):
+        r = fhir.post("", transaction(
+            {"request": {**read, "ifNoneMatch": 'W/"1"'}},
+            {"request": {**read, "ifModifiedSince": "2999-01-01T00:00:00Z"}},
+            {"request": {**read, "ifModifiedSince": "2000-01-01T00:00:00Z"}},
+            {"request": {"method": "GET", "url": "Patient?identifier=urn:mrn|cr-1"}},
+            kind=kind), headers={"Prefer": "return=minimal"})
+        assert r.status_code == 200, r.text
+        statuses = [e["response"]["status"] for e in r.json()["entry"]]
+        assert statuses == ["304 Not Modified", "304 Not Modified", "200 OK", "200 OK"], kind
+        # return=minimal is for writes: a read or a search still answers with its result
+        third, fourth = r.json()["entry"][2:]
+        assert third["resource"]["id"] == p["id"], kind
+        assert fourth["resource"]["total"] == 1, kind
+    bad = transaction({"request": {**read, "ifModifiedSince": "soon"}})
+    assert fhir.post("", bad).status_code == 400
 
 
 def test_patch_entry_and_if_match(fhir: Fhir) -> None:

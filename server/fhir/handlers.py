@@ -16,13 +16,19 @@ from server.fhir.errors import FhirError, gone, invalid, not_found
 from server.fhir.request import FhirRequest, FhirResponse
 from server.fhir.values import parse_count, parse_etag, parse_http_date, parse_instant
 from server.fhir.writes import current_or_error
-from server.storage.base import HistoryQuery, ResourceStore
+from server.storage.base import HistoryQuery, ResourceStore, Version
 
 # -- read ---------------------------------------------------------------------------------------
 
 async def read(req: FhirRequest, store: ResourceStore) -> FhirResponse:
     assert req.type and req.id
-    v = current_or_error(await store.read(req.type, req.id), req.type, req.id)
+    return conditional_read(req, current_or_error(await store.read(req.type, req.id), req.type,
+                                                  req.id))
+
+
+def conditional_read(req: FhirRequest, v: Version) -> FhirResponse:
+    """200 with the version, or 304 when If-None-Match or If-Modified-Since say the caller has
+    it (http.html#cread)."""
     etag = req.header("if-none-match")
     if etag is not None and parse_etag(etag, "If-None-Match") == v.version:
         return FhirResponse(304, version=v)

@@ -30,8 +30,16 @@ from server.fhir.errors import FhirError, Issue, gone, information, invalid, not
 from server.fhir.prepare import prepare
 from server.fhir.request import JSON_PATCH, FhirRequest, FhirResponse
 from server.fhir.summary import transform_for
+from server.fhir.values import parse_http_date, parse_instant
 from server.search.query import parse_conditional
-from server.storage.base import ResourceStore, SearchPage, Transaction, Version, instant
+from server.storage.base import (
+    ResourceStore,
+    SearchPage,
+    Transaction,
+    Version,
+    http_date,
+    instant,
+)
 
 MAX_ENTRIES = 20_000
 #: A conditional reference: ``Type?criteria`` (the criteria may hold URLs: identifier systems).
@@ -101,6 +109,10 @@ def _entry_request(req: FhirRequest, index: int, raw: Any) -> Entry:
                           ("ifModifiedSince", "if-modified-since")):
         if isinstance(request.get(field), str):
             headers[header] = request[field]
+    if "if-modified-since" in headers and parse_http_date(headers["if-modified-since"]) is None:
+        # An instant, as Bundle.entry.request.ifModifiedSince is typed: as the HTTP header.
+        headers["if-modified-since"] = http_date(parse_instant(
+            headers["if-modified-since"], f"{where}.request.ifModifiedSince"))
     resource = raw.get("resource")
     body = b""
     if method == "PATCH":
@@ -165,10 +177,11 @@ def _response_entry(req: FhirRequest, resp: FhirResponse, entry: FhirRequest) ->
         response["lastModified"] = instant(v.last_updated)
     elif "ETag" in resp.headers:
         response["etag"] = resp.headers["ETag"]
-    want = req.prefer.get("return", "representation")
+    # Prefer: return= shapes what writes give back; a read or search answers with its result.
+    want = req.prefer.get("return", "representation") if resp.honour_prefer else "representation"
     if entry.method == "HEAD":
         want = "minimal"
-    elif want == "OperationOutcome" and resp.honour_prefer:
+    elif want == "OperationOutcome":
         response["outcome"] = information(f"{entry.interaction} succeeded")
     if v is not None and v.body is not None and want == "representation":
         out["resource"] = materialise(Stored(v), transform) if transform else Stored(v)
@@ -229,13 +242,15 @@ class _Read:
 
     def __init__(self, req: FhirRequest):
         assert req.type and req.id
-        self.type, self.id = req.type, req.id
+        self.req, self.type, self.id = req, req.type, req.id
 
     def apply(self, tx: Transaction) -> Version:
         return writes.current_or_error(tx.read(self.type, self.id), self.type, self.id)
 
     def respond(self, v: Version) -> FhirResponse:
-        return FhirResponse(200, version=v)
+        from server.fhir.handlers import conditional_read
+
+        return conditional_read(self.req, v)
 
 
 class _VRead(_Read):
@@ -250,6 +265,9 @@ class _VRead(_Read):
         if v.deleted:
             raise gone(self.type, self.id, v.version)
         return v
+
+    def respond(self, v: Version) -> FhirResponse:
+        return FhirResponse(200, version=v)
 
 
 class _Search:
@@ -360,9 +378,8 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
                         for ref in _conditional_references(entries)}
 
     def apply(tx: Transaction) -> list[Any]:
-        _settle_identities(tx, entries, mapping)
+        planned = _settle_identities(tx, entries, mapping)
         results: list[Any] = [None] * len(entries)
-        changed: dict[tuple[str, str], int] = {}  # identities the writes touched -> entry
 
         def run(e: Entry) -> None:
             try:
@@ -370,12 +387,11 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
             except FhirError as exc:
                 raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
             v = result[0] if isinstance(result, tuple) else result
-            if _ORDER[e.method] < 3 and isinstance(v, Version):
-                other = changed.setdefault((v.type, v.id), e.index)
-                if other != e.index:
-                    raise invalid(f"Bundle.entry[{other}] and Bundle.entry[{e.index}] both "
-                                  f"change {v.type}/{v.id}; a resource may appear only once in "
-                                  "a transaction", expression=e.where())
+            want = planned.get(e.index)
+            if want is not None and isinstance(v, Version) and (v.type, v.id) != want:
+                raise entry_error(e.index, f"{e.method} {e.url}", FhirError(
+                    409, "conflict", f"its criteria matched {want[0]}/{want[1]} before the "
+                    f"transaction's writes and {v.type}/{v.id} after them"))
 
         # The writes whose resources hold conditional references wait until the other writes
         # are done: their criteria see what the transaction deleted and created.
@@ -403,23 +419,47 @@ def _holds(e: Entry, conditional_refs: dict[str, Any]) -> bool:
         r in conditional_refs for r in references.references(resource))
 
 
-def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str, str]) -> None:
-    """Inside the store transaction, first: the ids conditional creates and updates end with,
-    and the references to their ``fullUrl`` pointed at those ids."""
+def _settle_identities(tx: Transaction, entries: list[Entry],
+                       mapping: dict[str, str]) -> dict[int, tuple[str, str]]:
+    """Inside the store transaction, before any write: the resource each DELETE, POST, PUT and
+    PATCH entry changes, conditional ones resolved against the data as it was. Two entries on
+    one resource fail the transaction (http.html#trules); references to the ``fullUrl`` of a
+    conditional create or update are pointed at the id it resolved to."""
+    planned: dict[int, tuple[str, str]] = {}
+    by_identity: dict[tuple[str, str], int] = {}
     fix: dict[str, str] = {}
     for e in entries:
-        op = e.op
-        conditional = (e.interaction == "create" and op.query is not None) or \
-            e.interaction == "conditional-update"
-        if not conditional or not e.full_url:
+        if _ORDER[e.method] > 2:
             continue
         try:
-            final = f"{e.req.type}/{op.target(tx)}"
+            identity = _target(tx, e)
         except FhirError as exc:
             raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
-        if final != mapping[e.full_url]:
-            fix[mapping[e.full_url]] = final
+        if identity is None:
+            continue
+        other = by_identity.setdefault(identity, e.index)
+        if other != e.index:
+            raise invalid(f"Bundle.entry[{other}] and Bundle.entry[{e.index}] both change "
+                          f"{identity[0]}/{identity[1]}; a resource may appear only once in a "
+                          "transaction", expression=e.where())
+        planned[e.index] = identity
+        ref = f"{identity[0]}/{identity[1]}"
+        if e.full_url and mapping.get(e.full_url, ref) != ref:
+            fix[mapping[e.full_url]] = ref
     _rewrite(entries, fix)
+    return planned
+
+
+def _target(tx: Transaction, e: Entry) -> tuple[str, str] | None:
+    """The resource a write entry changes (or a conditional create matches); None when its
+    criteria match nothing (or too much: the entry fails when it runs)."""
+    op, type_ = e.op, e.req.type or ""
+    if e.interaction in ("create", "conditional-update"):
+        return type_, op.target(tx)
+    if e.interaction in ("conditional-patch", "conditional-delete"):
+        matches = tx.search(op.query, 2)
+        return (type_, matches[0].id) if len(matches) == 1 else None
+    return (type_, e.req.id) if e.req.id else None
 
 
 def _resolve_references(tx: Transaction, entries: list[Entry],
