@@ -203,6 +203,23 @@ def test_json_files_that_are_not_bundles(tmp_path: Path) -> None:
         assert name in out.stderr + out.stdout
 
 
+def test_broken_gzip_files_are_listed_and_the_others_imported(tmp_path: Path) -> None:
+    whole = gzip.compress(b"".join(json.dumps(patient(i)).encode() + b"\n" for i in range(400)))
+    cut = tmp_path / "cut.ndjson.gz"
+    cut.write_bytes(whole[:len(whole) // 2])
+    fake = tmp_path / "fake.json.gz"
+    fake.write_bytes(b"not gzip at all")
+    good = write_ndjson(tmp_path / "good.ndjson", [patient(1000)])
+    data = tmp_path / "data"
+    out = consilium(str(cut), str(fake), str(good), data_dir=data)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "cut.ndjson.gz" in out.stderr and "fake.json.gz" in out.stderr
+    stored = read_all(data)
+    assert ("Patient", "imp-1000") in stored
+    assert ("Patient", "imp-0") in stored  # the lines before the break are kept
+
+
 def test_each_chunk_is_one_transaction(tmp_path: Path) -> None:
     """--chunk sets the resources per transaction: a transaction's resources share their
     lastUpdated, so 1,200 lines in chunks of 500 carry three."""

@@ -466,6 +466,26 @@ def test_history_since_at_and_paging(fhir: Fhir) -> None:
     assert "entry" not in at
 
 
+def test_history_at_is_a_period(fhir: Fhir) -> None:
+    """http.html#history: _at gives the versions "current at some point during the time period
+    specified in the date time value", read as a date search reads it."""
+    v1 = created(fhir)
+    v2 = fhir.put(f"Patient/{v1['id']}", {**v1, "birthDate": "1990-01-02"}).json()
+    v3 = fhir.put(f"Patient/{v1['id']}", {**v2, "birthDate": "1990-01-03"}).json()
+
+    def versions(at: str) -> set[str]:
+        page = fhir.get(f"Patient/{v1['id']}/_history", params={"_at": at}).json()
+        return {e["resource"]["meta"]["versionId"] for e in page.get("entry", [])}
+
+    assert v3["meta"]["versionId"] == "3", v3
+    year = v1["meta"]["lastUpdated"][:4]
+    assert versions(year) == {"1", "2", "3"}
+    assert "1" in versions(v1["meta"]["lastUpdated"])  # current from that very instant
+    assert "3" in versions(v3["meta"]["lastUpdated"])
+    assert versions(f"{int(year) + 1}") == {"3"}
+    assert_outcome(fhir.get(f"Patient/{v1['id']}/_history", params={"_at": "ge2020"}), 400)
+
+
 # -- Prefer, formats, _summary, _elements ---------------------------------------------------------
 
 def test_prefer_return(fhir: Fhir) -> None:

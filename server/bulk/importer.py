@@ -28,6 +28,7 @@ import os
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,10 @@ def _is_ndjson(path: Path) -> bool:
 Item = tuple[int, bytes | dict[str, Any]]  # (line or entry number, raw line or parsed resource)
 
 
+#: What reading a damaged file raises: a gzip file cut short or not gzip at all.
+_UNREADABLE = (EOFError, OSError, zlib.error)
+
+
 class _NotImportable(Exception):
     """A JSON file that is neither a resource nor a Bundle, or not JSON at all."""
 
@@ -134,6 +139,8 @@ def _json_kind(path: Path) -> str:
                     break
         except ijson.JSONError as exc:
             raise _NotImportable(f"invalid JSON: {exc}") from None
+        except _UNREADABLE as exc:
+            raise _NotImportable(f"cannot be read: {exc}") from None
     if resource_type is None:
         raise _NotImportable("not a FHIR resource (no resourceType)")
     return bundle_type if bundle_type in _BUNDLE_KINDS else "entries"
@@ -303,22 +310,27 @@ class Importer:
             stream, counting = _open(path)
             with stream:
                 if kind in (*_BUNDLE_KINDS, "resource"):  # one item: the whole file
-                    yield str(path), [(1, stream.read())], counting
+                    try:
+                        yield str(path), [(1, stream.read())], counting
+                    except _UNREADABLE as exc:
+                        self.report.rejected.append(Rejected(str(path), 1, f"cannot be read: "
+                                                                           f"{exc}"))
                     continue
                 items = _ndjson_sized(stream) if kind == "ndjson" else _bundle_items(stream)
                 chunk: list[Item] = []
-                start = 0
+                start = last = 0
                 try:
                     for item, read in items:
                         chunk.append(item)
+                        last = item[0]
                         if len(chunk) >= self.chunk or read - start >= CHUNK_BYTES:
                             yield str(path), chunk, counting
                             chunk, start = [], read
-                except ijson.JSONError as exc:  # a Bundle file broken after its header
-                    entry = (chunk[-1][0] if chunk else 0) + 1
+                except (ijson.JSONError, *_UNREADABLE) as exc:  # broken after a good start
+                    at = last + 1
+                    what = "line" if kind == "ndjson" else "entry"
                     self.report.rejected.append(Rejected(
-                        str(path), entry, f"invalid JSON at entry {entry}; the entries after it "
-                                          f"were not read: {exc}"))
+                        str(path), at, f"cannot be read from {what} {at} on: {exc}"))
                 if chunk:
                     yield str(path), chunk, counting
 

@@ -16,6 +16,7 @@ from server.fhir.errors import FhirError, gone, invalid, not_found
 from server.fhir.request import FhirRequest, FhirResponse
 from server.fhir.values import parse_count, parse_etag, parse_http_date, parse_instant
 from server.fhir.writes import current_or_error
+from server.search.query import Parser
 from server.storage.base import HistoryQuery, ResourceStore, Version
 
 # -- read ---------------------------------------------------------------------------------------
@@ -100,8 +101,11 @@ async def history(req: FhirRequest, store: ResourceStore) -> FhirResponse:
     for k, v in req.params:
         if k == "_since":
             since = parse_instant(v, "_since")
-        elif k == "_at":
-            at = parse_instant(v, "_at")
+        elif k == "_at":  # a period, as a date search reads the value
+            found = Parser().date("_at", v)
+            if found.prefix != "eq" or v[:2] == "eq":
+                raise invalid(f"_at: {v!r} is not a date, dateTime or instant", expression="_at")
+            at = (int(found.lo), int(found.hi))
         elif k == "_list":
             raise FhirError(400, "not-supported", "_list is not supported on history")
     count = parse_count(req.param("_count"), settings.default_page_size, settings.max_page_size)

@@ -99,7 +99,8 @@ class HistoryQuery:
     type: str | None = None
     id: str | None = None
     since: int | None = None  # include versions at or after (µs)
-    at: int | None = None  # include versions current at this time (µs): R4 ``_at``
+    #: Include the versions current at some point in this period (µs, inclusive): R4 ``_at``.
+    at: tuple[int, int] | None = None
     count: int = 20
     cursor: str | None = None  # opaque, from a previous page's ``next_cursor``
 

@@ -478,10 +478,10 @@ class SqliteStore:
             where.append("v.updated >= ?")
             params.append(query.since)
         if query.at is not None:
-            # Versions current at ``at``: the newest version of each resource not after it.
+            # Versions current at some point in [lo, hi]: made by hi, and not replaced by lo.
             where.append("v.updated <= ? AND NOT EXISTS (SELECT 1 FROM version w WHERE "
                          "w.rid = v.rid AND w.version > v.version AND w.updated <= ?)")
-            params += [query.at, query.at]
+            params += [query.at[1], query.at[0]]
         if query.cursor is not None:
             where.append("v.seq < ?")
             params.append(_decode_cursor(query.cursor))
