@@ -518,6 +518,13 @@ def test_format_negotiation(fhir: Fhir) -> None:
     assert fhir.get(f"Patient/{pid}", params={"_format": "json"}).json()["id"] == pid
     r = fhir.get(f"Patient/{pid}", headers={"Accept": "application/json"})
     assert r.status_code == 200 and r.json()["id"] == pid
+    # RFC 7231 §5.3.2: the highest quality wins, whatever the order; q=0 means "not this"
+    for accept, kind in (("application/fhir+xml;q=0.5, application/fhir+json;q=0.9", "json"),
+                         ("application/fhir+json;q=0, application/fhir+xml", "xml"),
+                         ("application/fhir+json; q=0.8, application/fhir+xml", "xml"),
+                         ("text/html, application/fhir+json;q=0.1", "json")):
+        r = fhir.get(f"Patient/{pid}", headers={"Accept": accept})
+        assert r.status_code == 200 and kind in r.headers["content-type"], (accept, r.headers)
     assert_outcome(fhir.get(f"Patient/{pid}", params={"_format": "text/html"}), 406)
     assert_outcome(fhir.request("POST", "Patient", content=b"name=x",
                                 headers={"Content-Type": "text/plain"}), 415)

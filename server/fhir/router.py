@@ -171,6 +171,25 @@ def routes() -> Routes:
     return Routes()
 
 
+def _accepted(accept: str) -> list[str]:
+    """The media types of an Accept header, most wanted first (RFC 7231 §5.3.2: by quality,
+    then in the order given); those with q=0 are refused, so left out."""
+    ranked: list[tuple[float, int, str]] = []
+    for i, part in enumerate(accept.split(",")):
+        kind, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > 0 and kind:
+            ranked.append((-q, i, kind.lower()))
+    return [kind for _, _, kind in sorted(ranked)]
+
+
 class FhirRouter:
     """ASGI app for everything under the FHIR base (``/fhir``)."""
 
@@ -310,7 +329,7 @@ class FhirRouter:
         accept = headers.get("accept")
         if not accept:
             return "json"
-        kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+        kinds = _accepted(accept)
         for kind in kinds:
             if kind in JSON_TYPES:
                 return "json"
