@@ -74,7 +74,7 @@ def test_metadata_says_which_search_parameters_are_not_supported(fhir: Fhir) -> 
     assert "near" in types["Location"]["documentation"]
     assert "special" in types["Location"]["documentation"]
     assert "documentation" not in types["Patient"]
-    for code in ("_text", "_content", "_query"):
+    for code in ("_text", "_content", "_query", "_filter", "_containedType", ":in"):
         assert code in rest["documentation"]
         assert code not in {p["name"] for p in types["Patient"]["searchParam"]}
 

@@ -267,6 +267,9 @@ def test_include_iterate_follows_ten_levels_and_says_where_it_stopped(fhir: Fhir
     bundle = search(fhir, "Organization", [("_id", "o5"),
                                            ("_include:iterate", "Organization:partof")])
     assert len(modes(bundle)) == 6 and not entries(bundle, "outcome")
+    bundle = search(fhir, "Organization", [("_id", "o10"),  # exactly ten rounds: all there
+                                           ("_include:iterate", "Organization:partof")])
+    assert len(modes(bundle)) == 11 and not entries(bundle, "outcome")
 
 
 def test_revinclude(network: Fhir) -> None:
@@ -321,6 +324,17 @@ def test_compartment_search(network: Fhir) -> None:
     assert link["relation"] == "self" and "/Patient/p1/*" in link["url"]
     r = network.get("Patient/p1/Organization")
     assert r.status_code in (400, 404) and r.json()["resourceType"] == "OperationOutcome"
+    # _type narrows a compartment's * search; elsewhere it is ignored and said so
+    only = search(network, "Patient/p1/*", {"_type": "Encounter"})
+    assert {e["resource"]["resourceType"] for e in entries(only)} == {"Encounter"}
+    refused(network, "Patient/p1/*", {"_type": "Organization"}, "_type")
+    for path in ("Patient", "Patient/p1/Observation"):
+        bundle = search(network, path, {"_type": "Encounter"})
+        self_url = next(x["url"] for x in bundle["link"] if x["relation"] == "self")
+        assert "_type" not in self_url, path
+        assert entries(bundle, "outcome")[0]["resource"]["issue"][0]["expression"] == ["_type"]
+        refused(network, path, {"_type": "Encounter"}, "_type",
+                headers={"Prefer": "handling=strict"})
 
 
 def test_system_search_with_type(network: Fhir) -> None:

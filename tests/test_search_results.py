@@ -188,6 +188,27 @@ def test_pages_stay_correct_while_data_changes(fhir: Fhir, sort: str) -> None:
     assert deleted and not deleted & set(seen)
 
 
+@pytest.mark.parametrize("sort", ["", "_id", "family"])
+def test_a_previous_page_whose_resources_are_gone_leads_on(fhir: Fhir, sort: str) -> None:
+    """Following "previous" when every resource before has been deleted gives the first page
+    of what is left, with its "next" link, not an empty page that leads nowhere."""
+    put_all(fhir, *families(6))
+    params = {"_count": "2", **({"_sort": sort} if sort else {})}
+    first = search(fhir, "Patient", params)
+    second = follow(fhir, link(first, "next") or "")
+    for i in ids(first):
+        assert fhir.delete(f"Patient/{i}").status_code in (200, 204)
+    back = follow(fhir, link(second, "previous") or "")
+    assert ids(back) == ids(second)
+    rest = ids(back)
+    bundle = back
+    while (url := link(bundle, "next")) is not None:
+        bundle = follow(fhir, url)
+        rest += ids(bundle)
+    assert sorted(rest) == sorted(f"n{i:02d}" for i in range(1, 7) if f"n{i:02d}" not in
+                                  ids(first))
+
+
 def test_count(fhir: Fhir) -> None:
     put_all(fhir, *families(5))
     bundle = search(fhir, "Patient", {"_count": "2"})

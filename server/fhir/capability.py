@@ -93,6 +93,12 @@ def _resource(type_: str) -> dict[str, Any]:
     return res
 
 
+#: Search features refused with 400 besides the parameters the registry leaves out.
+_REFUSED = ("Also refused (400): _filter, _containedType, _contained other than false, "
+            "functional lists (_list=$current-problems …), and the token modifiers :above, "
+            ":below, :in and :not-in.")
+
+
 def _not_supported(type_: str) -> str:
     """The search parameters of the type ("" for those of every type) that are not served."""
     return "Search parameters not supported: " + "; ".join(
@@ -109,7 +115,7 @@ def _rest(auth: bool) -> dict[str, Any]:
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": "Consilium FHIR R4 API for telemedicine networks. "
-                         + _not_supported(""),
+                         + _not_supported("") + " " + _REFUSED,
         "resource": [_resource(t) for t in structures().resource_types],
         "interaction": [{"code": c} for c in system_codes],
         "searchParam": [],

@@ -71,7 +71,19 @@ def searchset(req: FhirRequest, query: SearchQuery, page: SearchPage, path: str,
 
 async def search_type(req: FhirRequest, store: ResourceStore) -> FhirResponse:
     assert req.type
-    return await _run(req, store, query_of(req, (req.type,), req.params), req.type, req.params)
+    query = query_of(req, (req.type,), req.params)
+    _type_not_used(req, query)
+    return await _run(req, store, query, req.type, req.params)
+
+
+def _type_not_used(req: FhirRequest, query: SearchQuery) -> None:
+    """``_type`` chooses the types of a search across types; on one type it is ignored (and
+    reported, or refused under ``Prefer: handling=strict``)."""
+    if any(k == "_type" for k, _ in req.params):
+        if _strict(req):
+            raise invalid("_type applies to searches across types (/fhir?_type=…, "
+                          "[compartment]/[id]/*?_type=…), not to one type", expression="_type")
+        query.ignored.append("_type")
 
 
 async def search_system(req: FhirRequest, store: ResourceStore) -> FhirResponse:
@@ -101,7 +113,16 @@ async def search_compartment(req: FhirRequest, store: ResourceStore) -> FhirResp
     if req.compartment != "*" and req.compartment not in definition:
         raise FhirError(404, "not-supported",
                         f"{req.compartment} resources are not in the {req.type} compartment")
+    chosen = [t.strip() for k, v in req.params if k == "_type" for t in v.split(",") if t.strip()]
+    if chosen and req.compartment == "*":
+        for t in chosen:
+            if t not in definition:
+                raise invalid(f"_type: {t} resources are not in the {req.type} compartment",
+                              expression="_type")
+        types = tuple(t for t in types if t in chosen)
     query = query_of(req, types, req.params)
+    if req.compartment != "*":
+        _type_not_used(req, query)
     owner = ReferenceValue(req.type, req.id)
     options = []
     for t in types:

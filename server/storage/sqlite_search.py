@@ -12,7 +12,7 @@ import functools
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -811,6 +811,8 @@ def run_search(conn: sqlite3.Connection, query: SearchQuery) -> SearchPage:
         sql, args = page_sql(query, cursor, snapshot if cursor is not None else None,
                              plan=plan)
         rows = conn.execute(sql, args).fetchall()
+    if backwards and not rows:  # all before the cursor gone: the first page of what is left
+        return run_search(conn, replace(query, cursor=None))
     more = len(rows) > query.count
     rows = rows[: query.count]
     if backwards:
@@ -883,9 +885,13 @@ def _includes(conn: sqlite3.Connection, query: SearchQuery,
             break
         frontier = fresh
     else:
-        if any(i.iterate for i in (*query.includes, *query.revincludes)):
+        further = [v for i in query.includes if i.iterate
+                   for v in _forward(conn, i, frontier, query.base)]
+        further += [v for i in query.revincludes if i.iterate
+                    for v in _reverse(conn, i, frontier, query.base)]
+        if any((v.type, v.id) not in seen for v in further):
             notes.append(f":iterate stopped after {_ITERATE_ROUNDS} rounds; resources further "
-                         "along may be left out")
+                         "along are left out")
     return included, notes
 
 
