@@ -437,6 +437,17 @@ def test_head_entries_and_prefer_operation_outcome(fhir: Fhir) -> None:
         assert created["response"]["outcome"]["resourceType"] == "OperationOutcome", kind
 
 
+def test_conditional_references_outside_a_transaction_are_refused(fhir: Fhir) -> None:
+    fhir.post("Patient", patient("cx-1"))
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+           "subject": {"reference": "Patient?identifier=urn:mrn|cx-1"}}
+    r = fhir.post("Observation", obs)
+    assert r.status_code == 400 and "transaction" in r.json()["issue"][0]["diagnostics"]
+    r = fhir.post("", transaction(post("Observation", obs), kind="batch"))
+    assert r.json()["entry"][0]["response"]["status"].startswith("400")
+    assert count(fhir, "Observation") == 0
+
+
 def test_transaction_needs_the_scopes_of_every_entry(fhir: Fhir, settings) -> None:  # type: ignore[no-untyped-def]
     creator = issue_token(settings, "system/Patient.c")
     r = fhir.post("", transaction(post("Patient", patient("s-1")),

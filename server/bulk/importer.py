@@ -38,6 +38,7 @@ import ijson
 
 from server.fhir import codec
 from server.fhir.errors import FhirError
+from server.fhir.references import check_unconditional
 from server.storage.base import Serialized
 
 #: Lines per unit of work handed to a worker process, and so resources per store transaction
@@ -194,6 +195,7 @@ def _prepare_one(number: int, raw: bytes | dict[str, Any], models: bool) -> Prep
         if not structures().is_resource_type(type_):
             return "err", number, f"unknown resource type {type_!r}"
         indexes = prepare(resource, type_, models=models)
+        check_unconditional(resource)
     except FhirError as exc:
         return "err", number, "; ".join(
             f"{i.diagnostics}" + (f" ({', '.join(i.expression)})" if i.expression else "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.fhir import writes
+from server.fhir import references, writes
 from server.fhir.bundles import bundle, history_entry, link_url
 from server.fhir.errors import FhirError, gone, invalid, not_found
 from server.fhir.request import FhirRequest, FhirResponse
@@ -62,15 +62,20 @@ async def _run(store: ResourceStore, op: Any) -> FhirResponse:
 
 
 async def create(req: FhirRequest, store: ResourceStore) -> FhirResponse:
-    return await _run(store, writes.build_create(req))
+    return await _run(store, _unconditional(writes.build_create(req)))
 
 
 async def update(req: FhirRequest, store: ResourceStore) -> FhirResponse:
-    return await _run(store, writes.build_update(req))
+    return await _run(store, _unconditional(writes.build_update(req)))
 
 
 async def conditional_update(req: FhirRequest, store: ResourceStore) -> FhirResponse:
-    return await _run(store, writes.build_conditional_update(req))
+    return await _run(store, _unconditional(writes.build_conditional_update(req)))
+
+
+def _unconditional(op: Any) -> Any:
+    references.check_unconditional(op.resource)
+    return op
 
 
 async def patch(req: FhirRequest, store: ResourceStore) -> FhirResponse:

@@ -119,6 +119,21 @@ def rewrite(resource: dict[str, Any], resolve: Resolver) -> int:
     return changed
 
 
+#: A conditional reference: ``Type?criteria`` (the criteria may hold URLs: identifier systems).
+CONDITIONAL = re.compile(r"^[A-Z][A-Za-z]+\?")
+
+
+def check_unconditional(resource: dict[str, Any]) -> None:
+    """Refuse a conditional reference outside a transaction, which alone resolves them
+    (http.html#trules): stored as it is, it would point nowhere."""
+    from server.fhir.errors import invalid
+
+    for ref in references(resource):
+        if CONDITIONAL.match(ref):
+            raise invalid(f"the conditional reference {ref} is resolved only in a transaction "
+                          "Bundle: send the write in one, or refer to the resource by its id")
+
+
 def references(resource: dict[str, Any]) -> Iterator[str]:
     """Every Reference.reference value in the resource."""
     found: list[str] = []

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -42,8 +41,6 @@ from server.storage.base import (
 )
 
 MAX_ENTRIES = 20_000
-#: A conditional reference: ``Type?criteria`` (the criteria may hold URLs: identifier systems).
-_CONDITIONAL = re.compile(r"^[A-Z][A-Za-z]+\?")
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
@@ -349,7 +346,7 @@ def _conditional_references(entries: list[Entry]) -> set[str]:
     for e in entries:
         resource = e.req._resource
         if isinstance(resource, dict):
-            found |= {r for r in references.references(resource) if _CONDITIONAL.match(r)}
+            found |= {r for r in references.references(resource) if references.CONDITIONAL.match(r)}
     return found
 
 
