@@ -485,6 +485,35 @@ def test_number_prefixes_and_precision(risks: Fhir, value: str, expected: set[st
     assert found(risks, "RiskAssessment", {"probability": value}) == expected
 
 
+@pytest.mark.parametrize("value, expected", [
+    ("lt35", {"range"}),  # the range below 35 overlaps 30-50 (search.html#prefix)
+    ("gt45", {"range"}),
+    ("40", {"point"}),  # [39.5, 40.5) holds 40, not all of 30-50
+    ("ne40", {"range"}),
+    ("sa35", {"point"}),  # 30-50 does not start after 35; 40 does
+    ("sa25", {"range", "point"}),
+    ("eb55", {"range", "point"}),
+    ("eb45", {"point"}),
+    ("ge50", {"range"}),
+    ("le30", {"range"}),
+    ("ap52", {"range"}),  # 52 ± 10 % reaches into 30-50
+    ("ap60", set()),
+])
+def test_numbers_against_ranges(fhir: Fhir, value: str, expected: set[str]) -> None:
+    """A Range in a resource is an interval: the prefixes compare it as search.html#prefix
+    says, where a plain value is a point."""
+    def condition(id_: str, onset: dict[str, Any]) -> dict[str, Any]:
+        return {"resourceType": "Condition", "id": id_, "subject": {"reference": "Patient/p"},
+                **onset}
+
+    years = {"system": UCUM, "code": "a", "unit": "years"}
+    put_all(fhir,
+            condition("range", {"onsetRange": {"low": {"value": 30, **years},
+                                               "high": {"value": 50, **years}}}),
+            condition("point", {"onsetAge": {"value": 40, **years}}))
+    assert found(fhir, "Condition", {"onset-age": value}) == expected
+
+
 @pytest.fixture
 def measured(fhir: Fhir) -> Fhir:
     def quantity(id_: str, **q: Any) -> dict[str, Any]:
@@ -510,11 +539,11 @@ def measured(fhir: Fhir) -> Fhir:
     ("5.40||mg", {"mg", "mg-named", "unit-only"}),
     ("5.41||mg", set()),
     (f"gt5|{UCUM}|mg", {"mg", "mg-named", "big", "more"}),  # "more than 2" may be above 5
-    (f"lt5.4|{UCUM}|mg", {"less"}),
-    (f"le5.4|{UCUM}|mg", {"mg", "mg-named", "less"}),
+    (f"lt5.4|{UCUM}|mg", {"less", "more"}),  # and "more than 2" may be below 5.4
+    (f"le5.4|{UCUM}|mg", {"mg", "mg-named", "less", "more"}),
     (f"ge120|{UCUM}|mg", {"big", "more"}),
     (f"ne5.4|{UCUM}|mg", {"big", "less", "more"}),
-    (f"ap120|{UCUM}|mg", {"big"}),
+    (f"ap120|{UCUM}|mg", {"big", "more"}),  # "more than 2" overlaps 108-132
     (f"5.4|{UCUM}|mg,120|{UCUM}|mg", {"mg", "mg-named", "big"}),
 ])
 def test_quantity_with_and_without_system_and_code(measured: Fhir, value: str,

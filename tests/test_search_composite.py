@@ -193,7 +193,7 @@ def test_a_database_from_before_composites_gets_their_rows_and_spans_on_opening(
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
     pid = sqlite_schema.param_id("Observation", "component-code-value-quantity")
-    assert conn.execute("SELECT span FROM span WHERE pid = ?", (pid,)).fetchone() == (1.0,)
+    assert conn.execute("SELECT span FROM span WHERE pid = ?", (pid,)).fetchone() == (0.0,)
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'date_span'"
                         ).fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM idx_token WHERE pid = ?", (combo,)).fetchone() == (0,)
@@ -223,3 +223,51 @@ def test_many_matches_are_walked_in_rid_order_with_the_same_pages(
     monkeypatch.setattr(sqlite_search, "WALK_MIN", 1)
     assert pages(search) == listed
     assert sorted(listed) == ["heavy", "high", "normal", "weight"]
+
+
+def test_a_database_with_numbers_widened_by_precision_is_indexed_again_on_opening(
+        tmp_path: Any) -> None:
+    """Before schema 5 a number was stored as the range its precision implies (120 as
+    119.5-120.5), and a Range widened the same way: opening such a database writes the
+    number, quantity and composite rows again, as points and bounds, with their spans."""
+    import asyncio
+
+    from server.search.index import extract
+    from server.search.query import parse
+
+    path = tmp_path / "consilium.db"
+    store = SqliteStore(path)
+    body = pressure("old", 150, 95)
+    ranged = {"resourceType": "Condition", "id": "ranged", "subject": {"reference": "Patient/p"},
+              "onsetRange": {"low": {"value": 30, "system": UCUM, "code": "a"},
+                             "high": {"value": 50, "system": UCUM, "code": "a"}}}
+    store.run_sync(lambda tx: [tx.write(r["resourceType"], r["id"], dict(r), extract(r), "PUT")
+                               for r in (body, ranged)])
+    store.close_sync()
+    conn = sqlite3.connect(path)
+    for table in ("idx_quantity", "idx_composite"):  # as schema 4 wrote them
+        conn.execute(f"UPDATE {table} SET lo = lo - 0.5, hi = hi + 0.5")
+    conn.execute("UPDATE span SET span = span + 1")
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+
+    store = SqliteStore(path)
+    try:
+        def matches(type_: str, params: list[tuple[str, str]]) -> list[str]:
+            return [v.id for v in asyncio.run(store.search(parse((type_,), params))).matches]
+
+        assert matches("Observation", [("component-code-value-quantity", f"{SYSTOLIC}$150")]) \
+            == ["old"]
+        assert matches("Condition", [("onset-age", "lt35")]) == ["ranged"]
+        assert matches("Condition", [("onset-age", "40")]) == []
+    finally:
+        store.close_sync()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
+    assert conn.execute("SELECT lo, hi FROM idx_quantity WHERE lo != hi").fetchall() == [
+        (30.0, 50.0)]
+    assert conn.execute("SELECT count(*) FROM idx_quantity").fetchone()[0] >= 3
+    pid = sqlite_schema.param_id("Observation", "component-code-value-quantity")
+    assert conn.execute("SELECT span FROM span WHERE pid = ?", (pid,)).fetchone() == (0.0,)
+    conn.close()

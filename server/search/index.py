@@ -411,10 +411,26 @@ def number_range(value: Any) -> tuple[float, float]:
 
 
 def _number_range(value: Any) -> tuple[float, float] | None:
-    kind = type(value)
-    if kind is int:
+    if type(value) is int:
         return value - 0.5, value + 0.5
+    d = _decimal(value)
+    if d is None:
+        return None
+    exponent = d.as_tuple().exponent
+    assert isinstance(exponent, int)
+    half = Decimal((0, (5,), exponent - 1))
     try:
+        return float(d - half), float(d + half)
+    except ArithmeticError:  # beyond the decimal context (1e1000000): no range
+        return None
+
+
+def _decimal(value: Any) -> Decimal | None:
+    """A finite number as written (a float as Python writes it), or None."""
+    kind = type(value)
+    try:
+        if kind is int:
+            return Decimal(value)
         if kind is float:
             value = Decimal(repr(value))
         elif kind is str:
@@ -426,28 +442,34 @@ def _number_range(value: Any) -> tuple[float, float] | None:
     except InvalidOperation:
         return None
     exponent = value.as_tuple().exponent
-    if not isinstance(exponent, int) or not value.is_finite():
+    return value if isinstance(exponent, int) and value.is_finite() else None
+
+
+def _exact(value: Any) -> float | None:
+    """A number in a resource, as it is: a search value's precision sets the range it matches
+    (search.html#number); the value it is compared with is a point."""
+    d = _decimal(value)
+    if d is None:
         return None
-    half = Decimal((0, (5,), exponent - 1))
     try:
-        return float(value - half), float(value + half)
-    except ArithmeticError:  # beyond the decimal context (1e1000000): no range
+        return float(d)
+    except ArithmeticError:
         return None
 
 
 def _number(v: Any) -> list[Row]:
-    r = _number_range(v)
-    return [r] if r is not None else []
+    x = _exact(v)
+    return [(x, x)] if x is not None else []
 
 
 def _range_bounds(v: Any) -> tuple[float, float] | None:
-    """A Range covers low..high at their precision; a missing side is open."""
+    """A Range covers low..high; a missing side is open."""
     low, high = v.get("low"), v.get("high")
-    lo_r = _number_range(low.get("value")) if type(low) is dict else None
-    hi_r = _number_range(high.get("value")) if type(high) is dict else None
-    if lo_r is None and hi_r is None:
+    lo = _exact(low.get("value")) if type(low) is dict else None
+    hi = _exact(high.get("value")) if type(high) is dict else None
+    if lo is None and hi is None:
         return None
-    return (lo_r[0] if lo_r else _NEG_F, hi_r[1] if hi_r else _POS_F)
+    return (_NEG_F if lo is None else lo, _POS_F if hi is None else hi)
 
 
 def _number_range_value(v: Any) -> list[Row]:
@@ -468,10 +490,10 @@ def _quantity(v: Any) -> list[Row]:
     ``5.4||mg`` finds it (search.html#quantity: the code matches Quantity.code or unit)."""
     if type(v) is not dict:
         return []
-    r = _number_range(v.get("value"))
-    if r is None:
+    x = _exact(v.get("value"))
+    if x is None:
         return []
-    lo, hi = r
+    lo = hi = x
     comparator = v.get("comparator")
     if comparator in ("<", "<="):
         lo = _NEG_F
@@ -488,8 +510,8 @@ def _quantity(v: Any) -> list[Row]:
 def _money(v: Any) -> list[Row]:
     if type(v) is not dict:
         return []
-    r = _number_range(v.get("value"))
-    return [(ISO_4217, v.get("currency"), r[0], r[1])] if r is not None else []
+    x = _exact(v.get("value"))
+    return [(ISO_4217, v.get("currency"), x, x)] if x is not None else []
 
 
 def _quantity_range(v: Any) -> list[Row]:

@@ -429,7 +429,7 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with connect(self.path) as conn:
-            sqlite_schema.migrate(conn, _index_composites)
+            sqlite_schema.migrate(conn, _reindex)
         self._reader = connect(self.path, readonly=True)
         self._reader_lock = threading.Lock()
         from server.storage import sqlite_search
@@ -535,14 +535,20 @@ class SqliteStore:
         self._reader.close()
 
 
-def _index_composites(conn: sqlite3.Connection) -> None:
-    """Write the composite index rows of the current resources (schema 3 adds them)."""
+def _reindex(conn: sqlite3.Connection, kinds: tuple[str, ...]) -> None:
+    """Write again the index rows of these kinds for the current resources (and the spans of
+    their parameters), as the extraction of this version gives them."""
     from server.search.index import extract
     from server.search.registry import registry
 
+    tables = [sqlite_schema.INDEX_TABLES[kind][0] for kind in kinds]
+    conn.execute("DELETE FROM span WHERE pid IN (" + " UNION ".join(
+        f"SELECT DISTINCT pid FROM {table}" for table in tables) + ")")
+    for table in tables:
+        conn.execute(f"DELETE FROM {table}")
     reg = registry()
     types = [t for t in reg.resource_types
-             if any(p.type == "composite" for p in reg.params_for(t).values())]
+             if any(p.type in kinds for p in reg.params_for(t).values())]
     done = 0
     for type in types:
         after = 0
@@ -552,13 +558,15 @@ def _index_composites(conn: sqlite3.Connection) -> None:
                 (type, after)).fetchall():
             index_rows: dict[str, list[tuple[Any, ...]]] = {}
             for rid, body in rows:
-                composite = extract(codec.loads(body))["composite"]
-                sqlite_schema.collect_index_rows(index_rows, rid, type, {"composite": composite})
+                found = extract(codec.loads(body))
+                sqlite_schema.collect_index_rows(index_rows, rid, type,
+                                                 {kind: found[kind] for kind in kinds})
             sqlite_schema.insert_index_rows(conn, index_rows)
             after = rows[-1][0]
             done += len(rows)
     if done:
-        log.info("composite search index written", extra={"resources": done})
+        log.info("search index rows written again", extra={"resources": done,
+                                                           "kinds": list(kinds)})
 
 
 def _decode_cursor(cursor: str) -> int:

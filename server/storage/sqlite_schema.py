@@ -16,7 +16,7 @@ from typing import Any
 
 from server.search.plan import NEG_INF, POS_INF
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource (
@@ -164,11 +164,13 @@ def composite_row(type: str, code: str, parts: tuple[tuple[Any, ...], ...]) -> t
 
 
 def migrate(conn: sqlite3.Connection,
-            composites: Callable[[sqlite3.Connection], None]) -> None:
-    """Bring the database to :data:`SCHEMA_VERSION`. ``composites`` writes the composite index
-    rows (new in 3) of the resources an older database holds. New in 4: the spans of numbers,
-    quantities and composites (those of dates are from 2, in a table then named date_span), and
-    no rows for the parameters that are unions of others."""
+            reindex: Callable[[sqlite3.Connection, tuple[str, ...]], None]) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION`. ``reindex`` writes again the index rows of
+    some kinds for the resources an older database holds. New in 3: composite rows. New in 4:
+    the spans of numbers, quantities and composites (those of dates are from 2, in a table then
+    named date_span), and no rows for the parameters that are unions of others. New in 5: a
+    number or quantity is stored as it is (lo = hi), no longer widened by its precision, and a
+    Range as its bounds."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
@@ -177,8 +179,6 @@ def migrate(conn: sqlite3.Connection,
     conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then find it done
     try:
         current = _check_version(conn)
-        if 0 < current < 3:
-            composites(conn)
         if 0 < current < 4:
             unions = _union_pids()  # searched through their sources' rows now
             for table, _ in INDEX_TABLES.values():
@@ -186,9 +186,8 @@ def migrate(conn: sqlite3.Connection,
             conn.execute("DROP TABLE IF EXISTS date_span")
             conn.execute("INSERT OR REPLACE INTO span SELECT pid, max(hi - lo) FROM idx_date "
                          "WHERE lo > ? AND hi < ? GROUP BY pid", (NEG_INF, POS_INF))
-            for kind in ("number", "quantity", "composite"):
-                conn.execute(f"INSERT OR REPLACE INTO span SELECT pid, max(hi - lo) FROM "
-                             f"{INDEX_TABLES[kind][0]} GROUP BY pid")
+        if 0 < current < 5:
+            reindex(conn, ("number", "quantity", "composite"))
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

@@ -370,11 +370,12 @@ class Compiler:
         return f"({self.range(v, lo, hi, kind, span)})"
 
     def range(self, v: RangeValue, lo: str, hi: str, kind: str, span: str | None = None) -> str:
-        """Prefix semantics of search.html#prefix. Dates compare ranges; numbers and quantities
-        compare the stored value (the middle of its precision range) with the search range.
+        """Prefix semantics of search.html#prefix: the range of the search value (its precision)
+        against the range of the value in the resource (a date's precision; a number's Range or
+        comparator, or the number itself).
 
         Some conditions carry a redundant bound (``lo <= ?`` where ``hi <= ?`` already implies
-        it, or ``lo >= ? - span`` where the middle is at least ?) so that SQLite can read a
+        it, or ``lo >= ? - span`` where hi is at least ?) so that SQLite can read a
         range of the (pid, lo) or (pid, hi) index."""
         a = self.arg
         p = v.prefix
@@ -396,28 +397,31 @@ class Compiler:
                 return f"{hi} < {a(v.lo)}"
             gap = _ap_gap(v)
             return f"({lo} <= {a(v.hi + gap)} AND {hi} >= {a(v.lo - gap)})"
-        x = f"(({lo} + {hi}) / 2.0)"
+        # Numbers and quantities: a value in a resource is a point (lo = hi), a Range or a
+        # comparator (``>5``) an interval; the search value's precision makes its range.
         value = (v.lo + v.hi) / 2
 
-        def floor(bound: float) -> str:  # x >= bound: lo >= bound - span
+        def floor(bound: float) -> str:  # hi >= bound: lo >= bound - span
             return f"{lo} >= {a(bound)} - {span} AND " if span else ""
 
-        # lo <= x: every bound "x < b" also holds for lo, which the index can range over.
-        if p == "eq":
-            return f"({floor(v.lo)}{lo} < {a(v.hi)} AND {x} >= {a(v.lo)} AND {x} < {a(v.hi)})"
+        if p == "eq":  # the search range holds the whole value
+            return f"({lo} >= {a(v.lo)} AND {lo} < {a(v.hi)} AND {hi} < {a(v.hi)})"
         if p == "ne":
-            return f"({x} < {a(v.lo)} OR {x} >= {a(v.hi)})"
-        if p in ("gt", "sa"):
-            return f"({floor(value)}{x} > {a(value)})"
-        if p in ("lt", "eb"):
-            return f"({lo} < {a(value)} AND {x} < {a(value)})"
+            return f"NOT ({lo} >= {a(v.lo)} AND {hi} < {a(v.hi)})"
+        if p == "gt":  # some of the value is above
+            return f"({floor(value)}{hi} > {a(value)})"
+        if p == "lt":
+            return f"{lo} < {a(value)}"
         if p == "ge":
-            return f"({floor(v.lo)}{x} >= {a(v.lo)})"
+            return f"({floor(v.lo)}{hi} >= {a(v.lo)})"
         if p == "le":
-            return f"({lo} < {a(v.hi)} AND {x} < {a(v.hi)})"
+            return f"{lo} < {a(v.hi)}"
+        if p == "sa":  # all of the value is above
+            return f"{lo} > {a(value)}"
+        if p == "eb":
+            return f"({lo} < {a(value)} AND {hi} < {a(value)})"
         gap = abs(value) * 0.1
-        return (f"({floor(value - gap)}{lo} <= {a(value + gap)} AND {x} >= {a(value - gap)} "
-                f"AND {x} <= {a(value + gap)})")
+        return f"({floor(value - gap)}{lo} <= {a(value + gap)} AND {hi} >= {a(value - gap)})"
 
     def chain(self, c: Chain, res: str) -> str:
         return f"{res}.rid IN ({self.chain_rids(c)})"
