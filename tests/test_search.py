@@ -578,6 +578,7 @@ def test_uri_exact_below_and_above(fhir: Fhir) -> None:
             value_set("b", "http://example.org/fhir/ValueSet/b"),
             value_set("other", "http://example.org/other/c"),
             value_set("root", "http://example.org/fhir"),
+            value_set("slash", "http://example.org/"),
             {"resourceType": "ValueSet", "id": "nourl", "status": "draft"})
     assert found(fhir, "ValueSet", {"url": "http://example.org/fhir/ValueSet/a"}) == {"a"}
     assert found(fhir, "ValueSet", {"url": "http://example.org/fhir/valueset/a"}) == set()
@@ -585,10 +586,12 @@ def test_uri_exact_below_and_above(fhir: Fhir) -> None:
     assert found(fhir, "ValueSet", {"url:below": "http://example.org/fhir/ValueSet"}) == {
         "a", "b"}
     assert found(fhir, "ValueSet", {"url:below": "http://example.org/"}) == {
-        "a", "b", "other", "root"}
+        "a", "b", "other", "root", "slash"}
+    # an ancestor may be written with a trailing slash (http://example.org/)
     assert found(fhir, "ValueSet", {"url:above": "http://example.org/fhir/ValueSet/a/_history/1"}
-                 ) == {"a", "root"}
-    assert found(fhir, "ValueSet", {"url:above": "http://example.org/other/c"}) == {"other"}
+                 ) == {"a", "root", "slash"}
+    assert found(fhir, "ValueSet", {"url:above": "http://example.org/other/c"}) == {
+        "other", "slash"}
     assert found(fhir, "ValueSet", {"url:missing": "true"}) == {"nourl"}
 
 

@@ -489,12 +489,13 @@ def _ap_gap(v: RangeValue) -> float:
 
 
 def _uri_prefixes(uri: str) -> list[str]:
+    """The URI and its ancestors (``:above``), each also as written with a trailing slash."""
     out = [uri]
     while "/" in uri.rstrip("/"):
         uri = uri.rstrip("/").rsplit("/", 1)[0]
         if uri.endswith(":/") or uri.endswith(":"):
             break
-        out.append(uri)
+        out += [uri, uri + "/"]
     return out
 
 
