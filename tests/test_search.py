@@ -514,6 +514,37 @@ def test_numbers_against_ranges(fhir: Fhir, value: str, expected: set[str]) -> N
     assert found(fhir, "Condition", {"onset-age": value}) == expected
 
 
+def test_open_ended_ranges_reach_any_number(fhir: Fhir) -> None:
+    """A Range without a high (or a comparator like <400) has values beyond any search value,
+    however large, and its open side must not be lost to rounding."""
+    def risk(id_: str, range_: dict[str, Any]) -> dict[str, Any]:
+        return {"resourceType": "RiskAssessment", "id": id_, "status": "final",
+                "subject": {"reference": "Patient/p"},
+                "prediction": [{"probabilityRange": range_}]}
+
+    put_all(fhir, risk("from-1e19", {"low": {"value": 1e19}}),
+            risk("up-to-400", {"high": {"value": 400}}),
+            risk("ten-twenty", {"low": {"value": 10}, "high": {"value": 20}}),
+            observation("below-400", valueQuantity={"value": 400, "comparator": "<",
+                                                    "system": UCUM, "code": "mg"}))
+    assert found(fhir, "RiskAssessment", {"probability": "gt2e19"}) == {"from-1e19"}
+    assert found(fhir, "RiskAssessment", {"probability": "1e19"}) == set()
+    assert "from-1e19" in found(fhir, "RiskAssessment", {"probability": "ne1e19"})
+    for value in ("gt300", "ge300", "ap350"):
+        assert "up-to-400" in found(fhir, "RiskAssessment", {"probability": value}), value
+    assert found(fhir, "Observation", {"value-quantity": f"gt300|{UCUM}|mg"}) == {"below-400"}
+    # descending order takes a Range's high end: the open one first
+    bundle = search(fhir, "RiskAssessment", {"_sort": "-probability"})
+    assert ids(bundle)[:1] == ["from-1e19"] and ids(bundle)[-1] == "ten-twenty"
+
+
+def test_a_quantity_range_takes_its_unit_from_either_side(fhir: Fhir) -> None:
+    put_all(fhir, {"resourceType": "Condition", "id": "c", "subject": {"reference": "Patient/p"},
+                   "onsetRange": {"low": {"value": 10},
+                                  "high": {"value": 20, "system": UCUM, "code": "a"}}})
+    assert found(fhir, "Condition", {"onset-age": f"gt15|{UCUM}|a"}) == {"c"}
+
+
 @pytest.fixture
 def measured(fhir: Fhir) -> Fhir:
     def quantity(id_: str, **q: Any) -> dict[str, Any]:

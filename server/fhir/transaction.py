@@ -121,6 +121,10 @@ def _entry_request(req: FhirRequest, index: int, raw: Any) -> Entry:
                             route.compartment, parse_qsl(query, keep_blank_values=True), headers,
                             body, req.base, req.principal, req.settings, _resource=resource,
                             context=req.context)
+    try:  # refused now, before anything is written, rather than when answering
+        transform_for(entry_req.params)
+    except FhirError as exc:
+        raise entry_error(index, f"{method} {url}", exc) from None
     full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
     return Entry(index, method, url, full_url, entry_req, route.name)
 
@@ -176,7 +180,7 @@ def _response_entry(req: FhirRequest, resp: FhirResponse, entry: FhirRequest) ->
         response["etag"] = resp.headers["ETag"]
     # Prefer: return= shapes what writes give back; a read or search answers with its result.
     want = req.prefer.get("return", "representation") if resp.honour_prefer else "representation"
-    if entry.method == "HEAD":
+    if entry.method == "HEAD" or resp.status == 304:
         want = "minimal"
     elif want == "OperationOutcome":
         response["outcome"] = information(f"{entry.interaction} succeeded")
@@ -386,9 +390,10 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
             v = result[0] if isinstance(result, tuple) else result
             want = planned.get(e.index)
             if want is not None and isinstance(v, Version) and (v.type, v.id) != want:
+                before = "nothing" if want == _NOTHING else f"{want[0]}/{want[1]}"
                 raise entry_error(e.index, f"{e.method} {e.url}", FhirError(
-                    409, "conflict", f"its criteria matched {want[0]}/{want[1]} before the "
-                    f"transaction's writes and {v.type}/{v.id} after them"))
+                    409, "conflict", f"its criteria matched {before} before the transaction's "
+                    f"writes and {v.type}/{v.id} after them"))
 
         # The writes whose resources hold conditional references wait until the other writes
         # are done: their criteria see what the transaction deleted and created.
@@ -434,6 +439,9 @@ def _settle_identities(tx: Transaction, entries: list[Entry],
             raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
         if identity is None:
             continue
+        if identity == _NOTHING:
+            planned[e.index] = identity
+            continue
         other = by_identity.setdefault(identity, e.index)
         if other != e.index:
             raise invalid(f"Bundle.entry[{other}] and Bundle.entry[{e.index}] both change "
@@ -447,6 +455,10 @@ def _settle_identities(tx: Transaction, entries: list[Entry],
     return planned
 
 
+#: The identity of a conditional patch or delete whose criteria matched nothing.
+_NOTHING = ("", "")
+
+
 def _target(tx: Transaction, e: Entry) -> tuple[str, str] | None:
     """The resource a write entry changes (or a conditional create matches); None when its
     criteria match nothing (or too much: the entry fails when it runs)."""
@@ -455,6 +467,8 @@ def _target(tx: Transaction, e: Entry) -> tuple[str, str] | None:
         return type_, op.target(tx)
     if e.interaction in ("conditional-patch", "conditional-delete"):
         matches = tx.search(op.query, 2)
+        if not matches:
+            return _NOTHING
         return (type_, matches[0].id) if len(matches) == 1 else None
     return (type_, e.req.id) if e.req.id else None
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import unicodedata
 from collections.abc import Callable, Iterable
 from datetime import date
@@ -41,8 +42,10 @@ Out = dict[str, dict[Row, None]]
 
 _DAY_US = 86_400_000_000
 _EPOCH = date(1970, 1, 1).toordinal()
-_NEG_F = float(NEG_INF)
-_POS_F = float(POS_INF)
+#: The open side of a number Range or of a comparator (``>5``): the largest floats, so that no
+#: number is beyond them and arithmetic on them (hi - lo, a bound less a span) stays exact.
+_NEG_F = -sys.float_info.max
+_POS_F = sys.float_info.max
 
 
 # ---------------------------------------------------------------------------------------- strings
@@ -520,8 +523,9 @@ def _quantity_range(v: Any) -> list[Row]:
     bounds = _range_bounds(v)
     if bounds is None:
         return []
-    low, high = v.get("low"), v.get("high")
-    side: dict[str, Any] = low if type(low) is dict else high if type(high) is dict else {}
+    # The unit is the one side that states it (both should agree).
+    sides = [side for side in (v.get("low"), v.get("high")) if type(side) is dict]
+    side = next((s for s in sides if s.get("code") or s.get("system")), sides[0])
     return [(side.get("system"), side.get("code"), bounds[0], bounds[1])]
 
 

@@ -86,6 +86,15 @@ def connect(path: Path, *, readonly: bool = False, bulk: int = 0) -> sqlite3.Con
     return conn
 
 
+def _vread(conn: sqlite3.Connection, type: str, id: str, version: int) -> Version | None:
+    if not 0 < version < 2**63:  # no such version (and beyond SQLite's integers)
+        return None
+    row = conn.execute(_READ_VERSION, (version, type, id)).fetchone()
+    if row is None:
+        return None
+    return Version(type, id, row[0], row[1], bool(row[2]), row[3], row[4])
+
+
 def _as_dict(type: str, resource: dict[str, Any] | Serialized) -> dict[str, Any]:
     if not isinstance(resource, Serialized):
         return resource
@@ -160,10 +169,7 @@ class SqliteTransaction:
         return Version(type, id, row[0], row[1], bool(row[2]), row[3], row[4])
 
     def vread(self, type: str, id: str, version: int) -> Version | None:
-        row = self.conn.execute(_READ_VERSION, (version, type, id)).fetchone()
-        if row is None:
-            return None
-        return Version(type, id, row[0], row[1], bool(row[2]), row[3], row[4])
+        return _vread(self.conn, type, id, version)
 
     def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
               method: str) -> Version:
@@ -460,10 +466,7 @@ class SqliteStore:
 
     async def vread(self, type: str, id: str, version: int) -> Version | None:
         with self._reader_lock:
-            row = self._reader.execute(_READ_VERSION, (version, type, id)).fetchone()
-        if row is None:
-            return None
-        return Version(type, id, row[0], row[1], bool(row[2]), row[3], row[4])
+            return _vread(self._reader, type, id, version)
 
     async def history(self, query: HistoryQuery) -> HistoryPage:
         where: list[str] = []

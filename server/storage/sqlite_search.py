@@ -471,8 +471,7 @@ class Compiler:
             return f"{res}.updated"
         table = INDEX_TABLES[key.kind][0]
         column = {"string": "value", "token": "code", "reference": "target_type || '/' || "
-                  "target_id", "date": "hi" if key.descending else "lo",
-                  "number": "lo", "quantity": "lo", "uri": "uri"}[key.kind]
+                  "target_id", "uri": "uri"}.get(key.kind, "hi" if key.descending else "lo")
         agg = "max" if key.descending else "min"
         pids = [p for t in types for p in pids_of(t, key.code)]
         # "+pid": read the few rows of this resource through the rid index. Left indexable,
@@ -594,7 +593,8 @@ def _sort_table(query: SearchQuery) -> tuple[str, str] | None:
         return None
     key = query.sort[0]
     if key.kind not in ("date", *_SORT_COLUMNS) or not one_row(query.types[0], key.code) \
-            or len(pids_of(query.types[0], key.code)) != 1:
+            or len(pids_of(query.types[0], key.code)) != 1 \
+            or key.kind == "number" and key.descending:  # by hi: no (pid, hi) index
         return None
     column = ("hi" if key.descending else "lo") if key.kind == "date" else _SORT_COLUMNS[key.kind]
     return INDEX_TABLES[key.kind][0], column
