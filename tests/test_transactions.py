@@ -448,6 +448,63 @@ def test_conditional_references_outside_a_transaction_are_refused(fhir: Fhir) ->
     assert count(fhir, "Observation") == 0
 
 
+def _json_patch(ops: list[dict]) -> dict:
+    return {"resourceType": "Binary", "contentType": "application/json-patch+json",
+            "data": base64.b64encode(orjson.dumps(ops)).decode()}
+
+
+def test_patch_values_are_resolved_like_resources(fhir: Fhir) -> None:
+    """The references a PATCH entry brings (in its operations' values) are rewritten from
+    fullUrls and resolved when conditional, as a resource's are; outside a transaction a
+    conditional one is refused."""
+    p = fhir.post("Patient", patient("pv-1")).json()
+    fhir.post("Organization", {"resourceType": "Organization", "name": "Hohhot",
+                               "identifier": [{"system": "urn:org", "value": "hh"}]})
+    o = urn()
+    r = fhir.post("", transaction(
+        post("Organization", {"resourceType": "Organization", "name": "Tabriz"}, o),
+        {"resource": _json_patch([
+            {"op": "add", "path": "/managingOrganization", "value": {"reference": o}},
+            {"op": "add", "path": "/generalPractitioner",
+             "value": [{"reference": "Organization?identifier=urn:org|hh"}]}]),
+         "request": {"method": "PATCH", "url": f"Patient/{p['id']}"}}))
+    assert r.status_code == 200, r.text
+    oid = r.json()["entry"][0]["response"]["location"].split("/")[1]
+    now = fhir.get(f"Patient/{p['id']}").json()
+    assert now["managingOrganization"]["reference"] == f"Organization/{oid}"
+    hh = fhir.get("Organization", params={"identifier": "urn:org|hh"}).json()["entry"][0]
+    assert now["generalPractitioner"][0]["reference"] == f"Organization/{hh['resource']['id']}"
+    r = fhir.request("PATCH", f"Patient/{p['id']}", content=orjson.dumps([
+        {"op": "add", "path": "/managingOrganization",
+         "value": {"reference": "Organization?identifier=urn:org|hh"}}]),
+        headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code == 400, r.text
+    # a conditional patch that matched nothing before may not land on a resource just created
+    r = fhir.post("", transaction(
+        post("Patient", patient("pv-new"), urn()),
+        {"resource": _json_patch([{"op": "add", "path": "/active", "value": True}]),
+         "request": {"method": "PATCH", "url": "Patient?identifier=urn:mrn|pv-new"}}))
+    assert r.status_code in (404, 409), r.text
+    assert count(fhir, "Patient", identifier="urn:mrn|pv-new") == 0
+
+
+def test_bad_result_parameters_in_entries_are_refused_before_writing(fhir: Fhir) -> None:
+    r = fhir.post("", transaction(post("Patient?_summary=bogus", patient("bp-1"))))
+    assert r.status_code == 400, r.text
+    r = fhir.post("", transaction(post("Patient", patient("bp-2")),
+                                  {"request": {"method": "GET", "url": "Patient?_summary=bogus"}}))
+    assert r.status_code == 400, r.text
+    assert count(fhir, "Patient", identifier="urn:mrn|bp-1") == 0
+    assert count(fhir, "Patient", identifier="urn:mrn|bp-2") == 0
+    p = fhir.post("Patient", patient("bp-3")).json()
+    r = fhir.post("", transaction(
+        post("Patient", patient("bp-4")),
+        {"request": {"method": "GET", "url": f"Patient/{p['id']}/_history/99999999999999999999"}},
+        kind="batch"))
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["201", "404"]
+
+
 def test_transaction_needs_the_scopes_of_every_entry(fhir: Fhir, settings) -> None:  # type: ignore[no-untyped-def]
     creator = issue_token(settings, "system/Patient.c")
     r = fhir.post("", transaction(post("Patient", patient("s-1")),

@@ -23,6 +23,7 @@ import collections
 import gc
 import gzip
 import io
+import logging
 import multiprocessing
 import os
 import queue
@@ -40,6 +41,8 @@ from server.fhir import codec
 from server.fhir.errors import FhirError
 from server.fhir.references import check_unconditional
 from server.storage.base import Serialized
+
+log = logging.getLogger(__name__)
 
 #: Lines per unit of work handed to a worker process, and so resources per store transaction
 #: (``consilium import --chunk``). A commit writes every page it touched once, and index rows
@@ -442,6 +445,13 @@ class Importer:
         except FhirError as exc:
             self.report.rejected.append(Rejected(name, number, f"{bundle.get('type')} Bundle "
                                                                f"rejected: {exc}"))
+        except Exception as exc:  # a fault of ours: this line is reported, the rest imported
+            log.exception("import.bundle.failed", extra={"event": "import.bundle.failed",
+                                                          "source": name, "line": number})
+            self.report.rejected.append(Rejected(
+                name, number, f"{bundle.get('type')} Bundle failed on an internal error "
+                              f"({type(exc).__name__}); a transaction left nothing, a batch "
+                              "may have written some entries"))
 
     async def _atomic(self, results: Iterator[list[Prepared]],
                       meta: collections.deque[tuple[str, _Counting | None]],

@@ -345,13 +345,30 @@ def _identities(entries: list[Entry]) -> dict[str, str]:
     return mapping
 
 
+def _refers_to(e: Entry) -> list[str]:
+    """The references an entry brings: its resource's, or those in a patch's values."""
+    resource = getattr(e.op, "resource", None)
+    if isinstance(resource, dict):
+        return list(references.references(resource))
+    if isinstance(e.op, writes.Patch):
+        return list(_reference_values(e.op.values()))
+    return []
+
+
+def _reference_values(node: Any) -> Any:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                yield value
+            else:
+                yield from _reference_values(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _reference_values(value)
+
+
 def _conditional_references(entries: list[Entry]) -> set[str]:
-    found: set[str] = set()
-    for e in entries:
-        resource = e.req._resource
-        if isinstance(resource, dict):
-            found |= {r for r in references.references(resource) if references.CONDITIONAL.match(r)}
-    return found
+    return {r for e in entries for r in _refers_to(e) if references.CONDITIONAL.match(r)}
 
 
 async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirResponse:
@@ -377,9 +394,23 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
     conditional_refs = {ref: parse_conditional(ref.split("?")[0], ref.split("?", 1)[1],
                                                f"the conditional reference {ref}", req.base)
                         for ref in _conditional_references(entries)}
+    fixes: dict[str, str] = {}  # what references became once settled in the store
+
+    def link(ref: str) -> str | None:
+        target = mapping.get(ref, ref)
+        target = fixes.get(target, target)
+        return target if target != ref else None
+
+    def patched(resource: dict[str, Any]) -> None:  # a patch's values, resolved like the rest
+        references.rewrite(resource, link)
+        references.check_unconditional(resource)
+
+    for e in entries:
+        if isinstance(e.op, writes.Patch):
+            e.op.check_references = patched
 
     def apply(tx: Transaction) -> list[Any]:
-        planned = _settle_identities(tx, entries, mapping)
+        planned = _settle_identities(tx, entries, mapping, fixes)
         results: list[Any] = [None] * len(entries)
 
         def run(e: Entry) -> None:
@@ -403,7 +434,7 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
         for e in ordered:
             if _ORDER[e.method] < 3 and e.index not in later:
                 run(e)
-        _resolve_references(tx, waiting, conditional_refs)
+        _resolve_references(tx, waiting, conditional_refs, fixes)
         for e in ordered:
             if e.index in later or _ORDER[e.method] == 3:
                 run(e)
@@ -416,13 +447,11 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
 
 
 def _holds(e: Entry, conditional_refs: dict[str, Any]) -> bool:
-    resource = getattr(e.op, "resource", None)
-    return bool(conditional_refs) and isinstance(resource, dict) and any(
-        r in conditional_refs for r in references.references(resource))
+    return bool(conditional_refs) and any(r in conditional_refs for r in _refers_to(e))
 
 
-def _settle_identities(tx: Transaction, entries: list[Entry],
-                       mapping: dict[str, str]) -> dict[int, tuple[str, str]]:
+def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str, str],
+                       fixes: dict[str, str]) -> dict[int, tuple[str, str]]:
     """Inside the store transaction, before any write: the resource each DELETE, POST, PUT and
     PATCH entry changes, conditional ones resolved against the data as it was. Two entries on
     one resource fail the transaction (http.html#trules); references to the ``fullUrl`` of a
@@ -451,6 +480,7 @@ def _settle_identities(tx: Transaction, entries: list[Entry],
         ref = f"{identity[0]}/{identity[1]}"
         if e.full_url and mapping.get(e.full_url, ref) != ref:
             fix[mapping[e.full_url]] = ref
+    fixes.update(fix)
     _rewrite(entries, fix)
     return planned
 
@@ -474,7 +504,7 @@ def _target(tx: Transaction, e: Entry) -> tuple[str, str] | None:
 
 
 def _resolve_references(tx: Transaction, entries: list[Entry],
-                        conditional_refs: dict[str, Any]) -> None:
+                        conditional_refs: dict[str, Any], fixes: dict[str, str]) -> None:
     """After the other writes: each conditional reference must match exactly one resource."""
     fix: dict[str, str] = {}
     for ref, query in conditional_refs.items():
@@ -485,6 +515,7 @@ def _resolve_references(tx: Transaction, entries: list[Entry],
                             f"the conditional reference {ref} matches {len(matches)} "
                             "resources; it must match exactly one")
         fix[ref] = f"{matches[0].type}/{matches[0].id}"
+    fixes.update(fix)
     _rewrite(entries, fix)
 
 

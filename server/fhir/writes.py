@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonpatch
 
-from server.fhir import codec, hooks
+from server.fhir import codec, hooks, references
 from server.fhir.errors import FhirError, conflict, gone, invalid, not_found, precondition_failed
 from server.fhir.prepare import check_type, prepare
 from server.fhir.request import JSON_PATCH, JSON_TYPES, XML_TYPES, FhirRequest, FhirResponse
@@ -305,6 +306,13 @@ class Patch:
     query: SearchQuery | None = None
     if_match: int | None = None
     caller: Caller = NOBODY
+    #: What the references of the patched resource go through: refused when conditional (a
+    #: transaction resolves them, and its ``fullUrl`` ones, here instead).
+    check_references: Callable[[dict[str, Any]], None] = references.check_unconditional
+
+    def values(self) -> Any:
+        """The JSON the patch brings in (its operations, or the merge document)."""
+        return self.patch.doc if isinstance(self.patch, MergePatch) else self.patch.patch
 
     def apply(self, tx: Transaction) -> tuple[Version, bool]:
         if self.query is not None:
@@ -330,6 +338,7 @@ class Patch:
             raise FhirError(422, "processing", "the patch must not change the resourceType")
         if patched.get("id") != id_:
             raise FhirError(422, "processing", "the patch must not change the id")
+        self.check_references(patched)
         return _store(tx, self.caller, self.type, id_, patched, prepare(patched, self.type),
                       "PATCH", current), False
 
