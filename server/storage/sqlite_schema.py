@@ -175,6 +175,9 @@ def migrate(conn: sqlite3.Connection,
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
     _check_version(conn)
+    # Another process may be migrating a large database (a minute a million resources): wait
+    # for it rather than fail after the usual 30 s.
+    conn.execute("PRAGMA busy_timeout = 3600000")
     conn.executescript(_SCHEMA)
     conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then find it done
     try:
