@@ -12,7 +12,7 @@ from typing import Any
 
 from server.fhir import references, writes
 from server.fhir.bundles import bundle, history_entry, link_url
-from server.fhir.errors import FhirError, gone, invalid, not_found
+from server.fhir.errors import FhirError, invalid, not_found
 from server.fhir.request import FhirRequest, FhirResponse
 from server.fhir.values import parse_count, parse_etag, parse_http_date, parse_instant
 from server.fhir.writes import current_or_error
@@ -48,11 +48,8 @@ async def vread(req: FhirRequest, store: ResourceStore) -> FhirResponse:
     except ValueError:
         raise not_found(req.type, f"{req.id}/_history/{req.version_id}") from None
     v = await store.vread(req.type, req.id, number)
-    if v is None:
-        raise not_found(req.type, f"{req.id}/_history/{req.version_id}")
-    if v.deleted:
-        raise gone(req.type, req.id, v.version)
-    return FhirResponse(200, version=v)
+    return FhirResponse(200, version=writes.version_or_error(v, req.type, req.id,
+                                                            req.version_id))
 
 
 # -- create / update / patch / delete -----------------------------------------------------------

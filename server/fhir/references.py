@@ -123,15 +123,37 @@ def rewrite(resource: dict[str, Any], resolve: Resolver) -> int:
 CONDITIONAL = re.compile(r"^[A-Z][A-Za-z]+\?")
 
 
+def conditional_references(resource: dict[str, Any]) -> list[str]:
+    """The conditional references (``Type?criteria``) among the resource's references."""
+    if not any(CONDITIONAL.match(r) for r in reference_strings(resource)):
+        return []  # nothing could be one: spare every write the slower typed walk
+    return [r for r in references(resource) if CONDITIONAL.match(r)]
+
+
 def check_unconditional(resource: dict[str, Any]) -> None:
     """Refuse a conditional reference outside a transaction, which alone resolves them
     (http.html#trules): stored as it is, it would point nowhere."""
     from server.fhir.errors import invalid
 
-    for ref in references(resource):
-        if CONDITIONAL.match(ref):
-            raise invalid(f"the conditional reference {ref} is resolved only in a transaction "
-                          "Bundle: send the write in one, or refer to the resource by its id")
+    for ref in conditional_references(resource)[:1]:
+        raise invalid(f"the conditional reference {ref} is resolved only in a transaction "
+                      "Bundle: send the write in one, or refer to the resource by its id")
+
+
+def reference_strings(node: Any) -> Iterator[str]:
+    """Every string under a ``reference`` key anywhere in a JSON value, in no order: the
+    Reference.reference values, and a few elements of other types with that name
+    (Expression.reference …). Untyped and quick: for JSON that is not a resource (a patch's
+    values), or to rule references out before the typed walk."""
+    todo = [node]
+    while todo:
+        item = todo.pop()
+        for key, value in item.items() if type(item) is dict else enumerate(item):
+            kind = type(value)
+            if kind is dict or kind is list:
+                todo.append(value)
+            elif key == "reference" and kind is str:
+                yield value
 
 
 def references(resource: dict[str, Any]) -> Iterator[str]:

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 
 from server.fhir import references, writes
 from server.fhir.bundles import Stored, materialise
-from server.fhir.errors import FhirError, Issue, gone, information, invalid, not_found
+from server.fhir.errors import FhirError, Issue, information, invalid
 from server.fhir.prepare import prepare
 from server.fhir.request import JSON_PATCH, FhirRequest, FhirResponse
 from server.fhir.summary import transform_for
@@ -213,7 +213,8 @@ async def _batch_entry(req: FhirRequest, index: int, raw: Any, store: ResourceSt
     try:
         entry = _entry_request(req, index, raw)
         resource = entry.req._resource
-        for ref in references.references(resource) if isinstance(resource, dict) else ():
+        for ref in references.references(resource) if full_urls and isinstance(
+                resource, dict) else ():
             if ref in full_urls:
                 raise invalid(f"this entry refers to Bundle.entry[{full_urls[ref]}] ({ref}); "
                               "the entries of a batch are processed on their own and cannot "
@@ -261,11 +262,7 @@ class _VRead(_Read):
 
     def apply(self, tx: Transaction) -> Version:
         v = tx.vread(self.type, self.id, int(self.vid)) if self.vid.isdigit() else None
-        if v is None:
-            raise not_found(self.type, f"{self.id}/_history/{self.vid}")
-        if v.deleted:
-            raise gone(self.type, self.id, v.version)
-        return v
+        return writes.version_or_error(v, self.type, self.id, self.vid)
 
     def respond(self, v: Version) -> FhirResponse:
         return FhirResponse(200, version=v)
@@ -345,30 +342,15 @@ def _identities(entries: list[Entry]) -> dict[str, str]:
     return mapping
 
 
-def _refers_to(e: Entry) -> list[str]:
-    """The references an entry brings: its resource's, or those in a patch's values."""
+def _conditional(e: Entry) -> set[str]:
+    """The conditional references an entry brings: in its resource, or in a patch's values."""
     resource = getattr(e.op, "resource", None)
     if isinstance(resource, dict):
-        return list(references.references(resource))
+        return set(references.conditional_references(resource))
     if isinstance(e.op, writes.Patch):
-        return list(_reference_values(e.op.values()))
-    return []
-
-
-def _reference_values(node: Any) -> Any:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
-                yield value
-            else:
-                yield from _reference_values(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _reference_values(value)
-
-
-def _conditional_references(entries: list[Entry]) -> set[str]:
-    return {r for e in entries for r in _refers_to(e) if references.CONDITIONAL.match(r)}
+        return {r for r in references.reference_strings(e.op.values())
+                if references.CONDITIONAL.match(r)}
+    return set()
 
 
 async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirResponse:
@@ -391,9 +373,14 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
                 e.op.id = e.op_id
             else:
                 e.op.fresh_id = e.op_id
+    conditional = {e.index: _conditional(e) for e in entries}
     conditional_refs = {ref: parse_conditional(ref.split("?")[0], ref.split("?", 1)[1],
                                                f"the conditional reference {ref}", req.base)
-                        for ref in _conditional_references(entries)}
+                        for refs in conditional.values() for ref in refs}
+    # The writes whose resources hold conditional references wait until the other writes are
+    # done: their criteria see what the transaction deleted and created.
+    waiting = [e for e in entries if conditional[e.index]]
+    later = {e.index for e in waiting}
     fixes: dict[str, str] = {}  # what references became once settled in the store
 
     def link(ref: str) -> str | None:
@@ -426,10 +413,6 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
                     409, "conflict", f"its criteria matched {before} before the transaction's "
                     f"writes and {v.type}/{v.id} after them"))
 
-        # The writes whose resources hold conditional references wait until the other writes
-        # are done: their criteria see what the transaction deleted and created.
-        waiting = [e for e in entries if _holds(e, conditional_refs)]
-        later = {e.index for e in waiting}
         ordered = sorted(entries, key=lambda x: _ORDER[x.method])
         for e in ordered:
             if _ORDER[e.method] < 3 and e.index not in later:
@@ -444,10 +427,6 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
     out = [_response_entry(req, e.op.respond(result), e.req)
            for e, result in zip(entries, results, strict=True)]
     return FhirResponse(200, resource=_bundle("transaction", out))
-
-
-def _holds(e: Entry, conditional_refs: dict[str, Any]) -> bool:
-    return bool(conditional_refs) and any(r in conditional_refs for r in _refers_to(e))
 
 
 def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str, str],

@@ -47,6 +47,16 @@ def current_or_error(v: Version | None, type: str, id: str) -> Version:
     return v
 
 
+def version_or_error(v: Version | None, type: str, id: str, vid: str) -> Version:
+    """What a vread of version ``vid`` (as the URL writes it) found: 404 if nothing, 410 for a
+    deletion."""
+    if v is None:
+        raise not_found(type, f"{id}/_history/{vid}")
+    if v.deleted:
+        raise gone(type, id, v.version)
+    return v
+
+
 def _written(result: tuple[Version, bool]) -> FhirResponse:
     version, created = result
     return FhirResponse(201 if created else 200, version=version, location=created,

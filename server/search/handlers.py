@@ -86,11 +86,13 @@ def _type_not_used(req: FhirRequest, query: SearchQuery) -> None:
         query.ignored.append("_type")
 
 
+def _types_asked(req: FhirRequest) -> list[str]:
+    """The resource types ``_type`` names (repeated or comma-separated)."""
+    return [t.strip() for k, v in req.params if k == "_type" for t in v.split(",") if t.strip()]
+
+
 async def search_system(req: FhirRequest, store: ResourceStore) -> FhirResponse:
-    names: list[str] = []
-    for k, v in req.params:
-        if k == "_type":
-            names += [t.strip() for t in v.split(",") if t.strip()]
+    names = _types_asked(req)
     if not names:
         raise FhirError(400, "not-supported",
                         "a search across all types needs _type (e.g. _type=Patient,Practitioner)",
@@ -113,7 +115,7 @@ async def search_compartment(req: FhirRequest, store: ResourceStore) -> FhirResp
     if req.compartment != "*" and req.compartment not in definition:
         raise FhirError(404, "not-supported",
                         f"{req.compartment} resources are not in the {req.type} compartment")
-    chosen = [t.strip() for k, v in req.params if k == "_type" for t in v.split(",") if t.strip()]
+    chosen = _types_asked(req)
     if chosen and req.compartment == "*":
         for t in chosen:
             if t not in definition:
