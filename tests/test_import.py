@@ -77,6 +77,20 @@ def test_ndjson_good_lines_are_kept_and_bad_lines_listed(tmp_path: Path) -> None
         store.close_sync()
 
 
+def test_conditional_references_are_refused_however_written(tmp_path: Path) -> None:
+    """A conditional reference is resolved only in a transaction Bundle: an imported line
+    holding one is rejected, its '?' written plainly or as a JSON escape."""
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+           "subject": {"reference": "Patient?identifier=urn:mrn|1"}}
+    src = write_ndjson(tmp_path / "in.ndjson", [
+        obs, json.dumps(obs).replace("?", "\\u003f"), json.dumps(obs).replace("?", "\\u003F"),
+        {**obs, "subject": {"reference": "Patient/imp-1"}, "note": [{"text": "why?"}]}])
+    out = consilium(str(src), data_dir=tmp_path / "data")
+    assert out.returncode == 1, out.stderr
+    assert "imported 1 resources" in out.stdout and "rejected 3" in out.stdout
+    assert sum("resolved only in a transaction" in line for line in out.stderr.splitlines()) == 3
+
+
 def test_atomic_import_is_all_or_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     lines: list[object] = [patient(i) for i in range(600)]

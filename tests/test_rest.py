@@ -200,7 +200,8 @@ def test_decimal_precision_survives(fhir: Fhir) -> None:
 
 @pytest.mark.parametrize("text", [
     b'{"value":1.50}', b'{"value": 2.0 }', b'[1,-0.10]', b'{"v":12345678901234567}',
-    b'{"v":0.1234567890123456}', b"1.50", b" -2.0",
+    b'{"v":0.1234567890123456}', b"1.50", b" -2.0", b'{"v":[123456789012345678901234]}',
+    b'{"v":-12345678901234567890}', b'"1.50"',
 ])
 def test_numbers_a_float_would_change_are_read_exactly(text: bytes) -> None:
     from server.fhir import codec
@@ -209,7 +210,7 @@ def test_numbers_a_float_would_change_are_read_exactly(text: bytes) -> None:
 
 
 @pytest.mark.parametrize("text, number", [(b'{"v":[1e3]}', "1e3"), (b'{"v":1.5E-3}', "1.5E-3"),
-                                          (b"1e5", "1e5")])
+                                          (b"1e5", "1e5"), (b'{"v":1e400}', "1e400")])
 def test_exponents_are_read_as_decimals(text: bytes, number: str) -> None:
     from decimal import Decimal
 
@@ -219,6 +220,16 @@ def test_exponents_are_read_as_decimals(text: bytes, number: str) -> None:
     value = got if not isinstance(got, dict) else got["v"]
     value = value[0] if isinstance(value, list) else value
     assert isinstance(value, Decimal) and value == Decimal(number)
+
+
+@pytest.mark.parametrize("text", [b'{"v":NaN}', b'{"v":1.50,"w":NaN}', b'[1e400,Infinity]',
+                                  b'{"v":-Infinity,"w":2.0}', b'{"v":1.50', b'',
+                                  b'{"v":1.50,"w":' + b"9" * 5000 + b"}"])
+def test_what_json_does_not_have_is_refused(text: bytes) -> None:
+    from server.fhir import codec
+
+    with pytest.raises(codec.JsonError):
+        codec.loads(text)
 
 
 def test_read_errors(fhir: Fhir) -> None:

@@ -198,7 +198,9 @@ def _prepare_one(number: int, raw: bytes | dict[str, Any], models: bool) -> Prep
         if not structures().is_resource_type(type_):
             return "err", number, f"unknown resource type {type_!r}"
         indexes = prepare(resource, type_, models=models)
-        check_unconditional(resource)
+        # A conditional reference holds a '?': a line without one (nor an escape) has none.
+        if not isinstance(raw, bytes) or b"?" in raw or b"\\u" in raw:
+            check_unconditional(resource)
     except FhirError as exc:
         return "err", number, "; ".join(
             f"{i.diagnostics}" + (f" ({', '.join(i.expression)})" if i.expression else "")
@@ -263,9 +265,13 @@ def _prepare_and_write(job: tuple[int, list[Item], bool]) -> Written:
     prepared = _prepare_chunk(job)
     if any(kind == "bundle" for kind, _, _ in prepared):
         return -1, prepared
-    written = _write_in_turn(k, [payload for kind, _, payload in prepared if kind == "ok"])
+    items = [payload for kind, _, payload in prepared if kind == "ok"]
     rejected = [p for p in prepared if p[0] == "err"]
     del prepared
+    written = _write_in_turn(k, items)
+    # The writer thread may hold the list a moment longer: what it holds goes now, before the
+    # collection, which would otherwise walk every object of the chunk.
+    items.clear()
     gc.collect(1)
     return written, rejected
 

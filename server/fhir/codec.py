@@ -1,9 +1,10 @@
 """JSON in and out, keeping FHIR decimals exactly as written.
 
 FHIR requires a decimal's precision to survive a round trip (``1.50`` stays ``1.50``). orjson reads
-numbers as binary floats, which is exact for most inputs and fast; where the text holds a number
-a float would change (trailing zeros, exponents, more than 15 digits), the document is read again
-with the standard library, decimals as :class:`decimal.Decimal`, and written back verbatim.
+numbers as binary floats, which is exact for most inputs and fast; where it read a float and the
+text holds a number a float would change (trailing zeros, exponents, more than 15 digits), the
+document is read again with the standard library, decimals as :class:`decimal.Decimal`, and
+written back verbatim.
 """
 
 from __future__ import annotations
@@ -31,13 +32,46 @@ def loads(data: bytes | str) -> Any:
     if isinstance(data, str):
         data = data.encode()
     try:
-        if _LOSSY.search(b"[" + data) is None:
-            return orjson.loads(data)
-        return json.loads(data, parse_float=Decimal)
-    except (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:  # perhaps a number beyond a float (1e400)
+            if _LOSSY.search(b"[" + data) is None:
+                raise
+        else:  # the text is searched only when something was read as a float (one in ten)
+            if not _has_float(doc) or _LOSSY.search(b"[" + data) is None:
+                return doc
+        return json.loads(data, parse_float=Decimal, parse_int=_integer,
+                          parse_constant=_no_constant)
+    except ValueError as exc:  # the decoders' errors, and integers of over 4,300 digits
         raise JsonError(str(exc)) from None
     except RecursionError:
         raise JsonError("JSON nested too deeply") from None
+
+
+def _has_float(doc: Any) -> bool:
+    """Whether a parsed document holds a float (orjson also reads integers beyond 64 bits so)."""
+    if type(doc) is not dict and type(doc) is not list:
+        return type(doc) is float
+    todo = [doc]
+    while todo:
+        item = todo.pop()
+        for value in item.values() if type(item) is dict else item:
+            kind = type(value)
+            if kind is dict or kind is list:
+                todo.append(value)
+            elif kind is float:
+                return True
+    return False
+
+
+def _integer(text: str) -> int | Decimal:
+    """An integer, or beyond 64 bits (which orjson does not write) a decimal."""
+    value = int(text)
+    return value if -2**63 <= value < 2**64 else Decimal(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
 
 
 class Raw:
