@@ -246,6 +246,24 @@ def test_each_chunk_is_one_transaction(tmp_path: Path) -> None:
     assert [stamps.count(s) for s in sorted(set(stamps))] == [500, 500, 200]
 
 
+def test_chunks_run_on_from_file_to_file(tmp_path: Path) -> None:
+    """A chunk does not end with its file (a small file would make a small transaction, which
+    the workers do not keep the store busy with): 300 and 900 lines in chunks of 500 make three
+    transactions; a rejected line is still listed under its own file and line."""
+    data = tmp_path / "data"
+    first = write_ndjson(tmp_path / "a.ndjson", [patient(i) for i in range(300)])
+    second = write_ndjson(tmp_path / "b.ndjson", [
+        *(patient(i) for i in range(300, 450)), {**patient(450), "gender": "robot"},
+        *(patient(i) for i in range(451, 1200))])
+    out = consilium(str(first), str(second), "--chunk", "500", data_dir=data)
+    assert out.returncode == 1, out.stderr
+    assert [line.split(": ")[0] for line in out.stderr.splitlines() if "robot" in line] == [
+        f"{second}:151"]
+    stamps = sorted(r["meta"]["lastUpdated"] for r in read_all(data).values())
+    assert len(stamps) == 1199
+    assert [stamps.count(s) for s in sorted(set(stamps))] == [499, 500, 200]
+
+
 def test_chunks_of_large_lines_end_by_size(tmp_path: Path, monkeypatch: Any) -> None:
     """A chunk ends at its number of lines or at CHUNK_BYTES of NDJSON, whichever comes first,
     so the chunks in flight stay small whatever the lines hold."""
@@ -255,7 +273,7 @@ def test_chunks_of_large_lines_end_by_size(tmp_path: Path, monkeypatch: Any) -> 
     big = "x" * (CHUNK_BYTES // 5)
     src = write_ndjson(tmp_path / "big.ndjson", [
         {"resourceType": "Basic", "id": f"b{i}", "code": {"text": big}} for i in range(12)])
-    chunks = [chunk for _, chunk, _ in importer.Importer(None, None)._chunks([src])]
+    chunks = [chunk for chunk, _ in importer.Importer(None, None)._chunks([src])]
     sizes = [sum(len(line) for _, line in chunk) for chunk in chunks]  # type: ignore[arg-type]
     assert [len(chunk) for chunk in chunks] == [5, 5, 2]
     assert max(sizes) < CHUNK_BYTES + len(big) + 100
@@ -275,7 +293,7 @@ def test_chunks_of_a_large_bundle_file_end_by_size(tmp_path: Path, monkeypatch: 
         for i in range(12)]}).encode()
     src = tmp_path / ("big.json.gz" if gz else "big.json")
     src.write_bytes(gzip.compress(body) if gz else body)
-    chunks = [chunk for _, chunk, _ in importer.Importer(None, None)._chunks([src])]
+    chunks = [chunk for chunk, _ in importer.Importer(None, None)._chunks([src])]
     sizes = [sum(len(json.dumps(r)) for _, r in chunk) for chunk in chunks]
     assert sum(len(chunk) for chunk in chunks) == 12
     assert len(chunks) >= 3

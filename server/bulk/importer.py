@@ -2,7 +2,8 @@
 
 Sources are read as streams: NDJSON line by line (``.ndjson``, ``.ndjson.gz``), Bundle files
 (``.json``) entry by entry with an incremental parser, so memory does not grow with the file.
-Files are cut into chunks of lines that a pool of worker processes takes in turn. A worker
+Files are cut into chunks of lines, which run on from one file into the next, and a pool of
+worker processes takes them in turn. A worker
 parses, validates and indexes its chunk (validation is the R4 validator of
 server.fhir.validation; its second opinion from the fhir.resources R4B models, three times its
 cost, is added by ``model_check``), then writes it to the store as one transaction, in file order:
@@ -60,6 +61,14 @@ class Rejected:
     source: str
     line: int  # line of an NDJSON file, or entry number (1-based) of a Bundle file
     message: str
+
+
+@dataclass
+class _Source:
+    """The items of a chunk read from one file."""
+    name: str
+    counting: _Counting
+    items: int = 0
 
 
 @dataclass
@@ -255,7 +264,8 @@ def _open_writer(settings: Any, turns: _Turns, chunk: int) -> None:
     _worker["loop"] = asyncio.new_event_loop()
 
 
-Written = tuple[int, list[Prepared]]  # (resources written, rejected lines) | (-1, everything)
+#: (resources written, the rejected lines) | (-1, everything), each with its place in the chunk
+Written = tuple[int, list[tuple[int, Prepared]]]
 
 
 def _prepare_and_write(job: tuple[int, list[Item], bool]) -> Written:
@@ -264,9 +274,9 @@ def _prepare_and_write(job: tuple[int, list[Item], bool]) -> Written:
     k = job[0]
     prepared = _prepare_chunk(job)
     if any(kind == "bundle" for kind, _, _ in prepared):
-        return -1, prepared
+        return -1, list(enumerate(prepared))
     items = [payload for kind, _, payload in prepared if kind == "ok"]
-    rejected = [p for p in prepared if p[0] == "err"]
+    rejected = [(i, p) for i, p in enumerate(prepared) if p[0] == "err"]
     del prepared
     written = _write_in_turn(k, items)
     # The writer thread may hold the list a moment longer: what it holds goes now, before the
@@ -310,8 +320,9 @@ class Importer:
         self.progress = progress or (lambda done_bytes, imported, rejected: None)
         self.report = Report()
 
-    # ``sources``: (name, iterator of items, bytes-read counter)
-    def _chunks(self, paths: list[Path]) -> Iterator[tuple[str, list[Item], _Counting | None]]:
+    def _items(self, paths: list[Path]) -> Iterator[tuple[str, _Counting, Item, int]]:
+        """Every item of every file: (file, its bytes-read counter, item, its bytes of JSON).
+        A file that cannot be imported, or the rest of one that breaks, is listed as rejected."""
         for path in paths:
             try:
                 kind = "ndjson" if _is_ndjson(path) else _json_kind(path)
@@ -322,28 +333,44 @@ class Importer:
             with stream:
                 if kind in (*_BUNDLE_KINDS, "resource"):  # one item: the whole file
                     try:
-                        yield str(path), [(1, stream.read())], counting
+                        data = stream.read()
                     except _UNREADABLE as exc:
                         self.report.rejected.append(Rejected(str(path), 1, f"cannot be read: "
                                                                            f"{exc}"))
+                        continue
+                    yield str(path), counting, (1, data), len(data)
                     continue
                 items = _ndjson_sized(stream) if kind == "ndjson" else _bundle_items(stream)
-                chunk: list[Item] = []
-                start = last = 0
+                last = read = 0
                 try:
-                    for item, read in items:
-                        chunk.append(item)
-                        last = item[0]
-                        if len(chunk) >= self.chunk or read - start >= CHUNK_BYTES:
-                            yield str(path), chunk, counting
-                            chunk, start = [], read
+                    for item, upto in items:
+                        yield str(path), counting, item, upto - read
+                        last, read = item[0], upto
                 except (ijson.JSONError, *_UNREADABLE) as exc:  # broken after a good start
                     at = last + 1
                     what = "line" if kind == "ndjson" else "entry"
                     self.report.rejected.append(Rejected(
                         str(path), at, f"cannot be read from {what} {at} on: {exc}"))
-                if chunk:
-                    yield str(path), chunk, counting
+
+    def _chunks(self, paths: list[Path]) -> Iterator[tuple[list[Item], list[_Source]]]:
+        """The items in chunks of ``chunk`` items or CHUNK_BYTES of JSON, each with the files
+        its items come from, in order. A chunk runs on into the next file: a small file, or a
+        file's last lines, would otherwise make a small chunk, written while the workers are
+        still preparing the next one, and the store would wait."""
+        chunk: list[Item] = []
+        sources: list[_Source] = []
+        size = 0
+        for name, counting, item, length in self._items(paths):
+            if not sources or sources[-1].name != name:
+                sources.append(_Source(name, counting))
+            chunk.append(item)
+            sources[-1].items += 1
+            size += length
+            if len(chunk) >= self.chunk or size >= CHUNK_BYTES:
+                yield chunk, sources
+                chunk, sources, size = [], [], 0
+        if chunk:
+            yield chunk, sources
 
     async def run(self, paths: list[Path]) -> Report:
         _warm_up()
@@ -361,18 +388,18 @@ class Importer:
         read: dict[int, int] = {}  # bytes read so far, per file
         # At most this many chunks are read ahead of the writes: memory stays bounded.
         slots = threading.Semaphore(self.workers * 2)
-        meta: collections.deque[tuple[str, _Counting | None]] = collections.deque()
+        meta: collections.deque[list[_Source]] = collections.deque()
 
         def jobs() -> Iterator[tuple[int, list[Item], bool]]:
-            for k, (name, chunk, counting) in enumerate(self._chunks(paths)):
+            for k, (chunk, sources) in enumerate(self._chunks(paths)):
                 slots.acquire()
-                meta.append((name, counting))
+                meta.append(sources)
                 yield k, chunk, self.model_check
 
-        def consumed(counting: _Counting | None) -> None:
+        def consumed(sources: list[_Source]) -> None:
             slots.release()
-            if counting is not None:
-                read[id(counting)] = counting.count
+            for source in sources:
+                read[id(source.counting)] = source.counting.count
             self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
 
         if self.atomic:  # one transaction: the workers prepare, this process writes
@@ -383,30 +410,34 @@ class Importer:
             with ctx.Pool(self.workers, initializer=_open_writer,
                           initargs=(self.settings, turns, self.chunk)) as pool:
                 for k, (written, prepared) in enumerate(pool.imap(_prepare_and_write, jobs())):
-                    name, counting = meta.popleft()
+                    sources = meta.popleft()
                     if written < 0:  # a chunk with Bundles, ours to write in its turn
                         try:
-                            batch = await self._sort(name, prepared)
+                            batch = await self._sort(sources, prepared)
                             written = await self.store.run(
                                 lambda tx, b=batch: _write_all(tx, b)) if batch else 0
                         finally:
                             turns.done(k)
                     else:
-                        await self._sort(name, prepared)
+                        await self._sort(sources, prepared)
                     self.report.imported += written
-                    consumed(counting)
+                    consumed(sources)
         self.report.seconds = time.monotonic() - started
         self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
         return self.report
 
-    async def _sort(self, name: str, prepared: list[Prepared], atomic: bool = False) -> list[Any]:
+    async def _sort(self, sources: list[_Source], prepared: list[tuple[int, Prepared]],
+                    atomic: bool = False) -> list[Any]:
         """The resources of a prepared chunk; rejected lines noted; Bundles processed (refused
-        in an ``atomic`` import, which is one transaction and cannot hold theirs)."""
+        in an ``atomic`` import, which is one transaction and cannot hold theirs). ``prepared``:
+        results, each with the place in the chunk of the item it is for."""
         batch = []
-        for kind, number, payload in prepared:
+        for at, (kind, number, payload) in prepared:
             if kind == "ok":
                 batch.append(payload)
-            elif kind == "err":
+                continue
+            name = _name_at(sources, at)
+            if kind == "err":
                 self.report.rejected.append(Rejected(name, number, payload))
             elif atomic:
                 self.report.rejected.append(Rejected(
@@ -460,8 +491,8 @@ class Importer:
                               "may have written some entries"))
 
     async def _atomic(self, results: Iterator[list[Prepared]],
-                      meta: collections.deque[tuple[str, _Counting | None]],
-                      consumed: Callable[[_Counting | None], None]) -> None:
+                      meta: collections.deque[list[_Source]],
+                      consumed: Callable[[list[_Source]], None]) -> None:
         """Everything in one store transaction, fed through a queue while the pool prepares.
         After a rejected line nothing more is written, but the rest is still checked so that
         every bad line is reported; then the transaction is rolled back."""
@@ -484,17 +515,26 @@ class Importer:
         await asyncio.sleep(0)
         try:
             for prepared in results:
-                name, counting = meta.popleft()
-                batch = await self._sort(name, prepared, atomic=True)
+                sources = meta.popleft()
+                batch = await self._sort(sources, list(enumerate(prepared)), atomic=True)
                 if not self.report.rejected:
                     await asyncio.to_thread(feed.put, batch)
-                consumed(counting)
+                consumed(sources)
         finally:
             await asyncio.to_thread(feed.put, None)
         try:
             self.report.imported = await job
         except Abort:
             self.report.imported = 0
+
+
+def _name_at(sources: list[_Source], at: int) -> str:
+    """The file of the item at this place in a chunk."""
+    for source in sources:
+        if at < source.items:
+            return source.name
+        at -= source.items
+    raise IndexError(at)
 
 
 def _wrote(entry: dict[str, Any], response: dict[str, Any]) -> bool:
