@@ -268,6 +268,9 @@ def test_token_booleans_and_codes_with_an_implicit_system(coded: Fhir) -> None:
     assert found(coded, "Patient", {"gender": "http://hl7.org/fhir/administrative-gender|"}) == {
         "male", "female"}
     assert found(coded, "Patient", {"gender": "http://example.org/other|male"}) == set()
+    # The code's system is implicit, not absent: |male asks for a code without one.
+    assert found(coded, "Patient", {"gender": "|male"}) == set()
+    assert found(coded, "Patient", {"gender:not": "|male"}) == {"male", "female", "blank"}
     assert found(coded, "Observation", {"status": "final"}) == {
         "weight", "height", "local", "snomed", "textonly"}
 

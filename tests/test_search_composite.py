@@ -271,3 +271,42 @@ def test_a_database_with_numbers_widened_by_precision_is_indexed_again_on_openin
     pid = sqlite_schema.param_id("Observation", "component-code-value-quantity")
     assert conn.execute("SELECT span FROM span WHERE pid = ?", (pid,)).fetchone() == (0.0,)
     conn.close()
+
+
+def test_a_database_with_codes_also_stored_without_their_implicit_system_is_indexed_again(
+        tmp_path: Any) -> None:
+    """Before schema 6 a code with an implicit system (Patient.gender) had a second token row
+    without it, so |male found it: opening such a database writes the token rows again."""
+    import asyncio
+
+    from server.search.index import extract
+    from server.search.query import parse
+
+    path = tmp_path / "consilium.db"
+    store = SqliteStore(path)
+    body = {"resourceType": "Patient", "id": "p", "gender": "male"}
+    store.run_sync(lambda tx: tx.write("Patient", "p", dict(body), extract(body), "PUT"))
+    store.close_sync()
+    conn = sqlite3.connect(path)
+    gender = "http://hl7.org/fhir/administrative-gender"
+    assert conn.execute("INSERT INTO idx_token SELECT pid, code, '', rid FROM idx_token "
+                        "WHERE system = ?", (gender,)).rowcount == 1  # as schema 5 wrote them
+    conn.execute("PRAGMA user_version = 5")
+    conn.commit()
+    conn.close()
+
+    store = SqliteStore(path)
+    try:
+        def matches(value: str) -> list[str]:
+            query = parse(("Patient",), [("gender", value)])
+            return [v.id for v in asyncio.run(store.search(query)).matches]
+
+        assert matches("|male") == []
+        assert matches("male") == matches(f"{gender}|male") == ["p"]
+    finally:
+        store.close_sync()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
+    assert conn.execute("SELECT system FROM idx_token WHERE code = 'male'").fetchall() == [
+        (gender,)]
+    conn.close()

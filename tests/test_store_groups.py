@@ -142,3 +142,4 @@ def test_a_caller_that_stops_waiting_leaves_the_writer_working(store: SqliteStor
 
     assert asyncio.run(main()) == ["a", "b", "c"]
     assert names(store, "Gamma") == ["c"]
+

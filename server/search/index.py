@@ -134,9 +134,9 @@ def _contact_point(v: Any) -> list[Row]:
 def _primitive_token(v: Any, t: TypeInfo) -> list[Row]:
     if type(v) is not str or not v:
         return []
-    if t.system is not None:  # required binding to a value set of one code system
-        return [(None, v), (t.system, v)]
-    return [(None, v)]
+    # A required binding to a value set of one code system gives the code that system
+    # (search.html#token): [system]|code and code find it, |code (no system) does not.
+    return [(t.system, v)]
 
 
 def _boolean(v: Any, t: TypeInfo) -> list[Row]:
