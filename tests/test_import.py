@@ -264,6 +264,39 @@ def test_chunks_run_on_from_file_to_file(tmp_path: Path) -> None:
     assert [stamps.count(s) for s in sorted(set(stamps))] == [499, 500, 200]
 
 
+@pytest.mark.parametrize("chunk", ["20000", "2"])
+def test_files_of_every_kind_in_one_chunk_report_their_own_lines(tmp_path: Path,
+                                                                 chunk: str) -> None:
+    """NDJSON, gzip, a collection Bundle, a single resource and a transaction Bundle share a
+    chunk (or chunks of two lines run across them): each rejected line or entry is listed under
+    its file, and the transaction is processed in its place, after the lines before it."""
+    bad = {**patient(0), "gender": "robot"}
+    first = write_ndjson(tmp_path / "a.ndjson", [patient(1), bad, patient(2)])
+    gz = tmp_path / "b.ndjson.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write("\n".join(json.dumps(x) for x in (bad, patient(3))) + "\n")
+    collection = tmp_path / "c.json"
+    collection.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": patient(4)}, {"resource": patient(5)}, {"resource": bad}]}))
+    one = tmp_path / "d.json"
+    one.write_text(json.dumps({**patient(1), "name": [{"family": "Replaced"}]}))
+    tx = tmp_path / "e.json"
+    tx.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**patient(2), "name": [{"family": "ByTransaction"}]},
+         "request": {"method": "PUT", "url": "Patient/imp-2"}}]}))
+    last = write_ndjson(tmp_path / "f.ndjson", [bad, patient(6)])
+    data = tmp_path / "data"
+    out = consilium(*map(str, (first, gz, collection, one, tx, last)), "--chunk", chunk,
+                    data_dir=data)
+    assert out.returncode == 1, out.stderr
+    robots = sorted(line.split(": ")[0] for line in out.stderr.splitlines() if "robot" in line)
+    assert robots == [f"{first}:2", f"{gz}:1", f"{collection}:3", f"{last}:1"]
+    stored = read_all(data)
+    assert {i for _, i in stored} == {f"imp-{i}" for i in range(1, 7)}
+    assert stored[("Patient", "imp-1")]["name"][0]["family"] == "Replaced"
+    assert stored[("Patient", "imp-2")]["name"][0]["family"] == "ByTransaction"
+
+
 def test_chunks_of_large_lines_end_by_size(tmp_path: Path, monkeypatch: Any) -> None:
     """A chunk ends at its number of lines or at CHUNK_BYTES of NDJSON, whichever comes first,
     so the chunks in flight stay small whatever the lines hold."""
