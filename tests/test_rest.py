@@ -682,3 +682,40 @@ def test_minimal_resources_of_domain_types_round_trip(fhir: Fhir, type_: str) ->
     r = fhir.post(type_, {"resourceType": type_, **minimal})
     assert r.status_code == 201, r.text
     assert fhir.get(f"{type_}/{r.json()['id']}").json() == r.json()
+
+
+def test_numbers_survive_a_round_trip_whatever_their_form() -> None:
+    """Documents of numbers in every form JSON allows (integers of any length, fractions with
+    and without trailing zeros, exponents), read and written again: each number keeps its value
+    and its digits (an exponent may come out in another form: 186E+20 as 1.86E+22)."""
+    import json
+    import random
+    from decimal import Decimal
+    from typing import Any
+
+    from server.fhir import codec
+
+    def digits(text: bytes) -> Any:
+        return json.loads(text, parse_float=lambda s: Decimal(s).as_tuple(),
+                          parse_int=lambda s: Decimal(s).as_tuple())
+
+    rng = random.Random(7)
+
+    def number() -> str:
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 22)))
+        whole = digits.lstrip("0") or "0"
+        sign = rng.choice(["", "-"]) if whole != "0" else ""
+        text = sign + whole
+        if rng.random() < 0.6:
+            text += "." + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 18)))
+        if rng.random() < 0.2:
+            text += rng.choice("eE") + rng.choice(["", "+", "-"]) + str(rng.randint(0, 400))
+        return text
+
+    for _ in range(3000):
+        numbers = [number() for _ in range(rng.randint(1, 4))]
+        text = ('{"a":[' + ",".join(numbers) + '],"b":{"c":' + numbers[0] + ',"d":"x"}}').encode()
+        written = codec.dumps(codec.loads(text))
+        assert digits(written) == digits(text), text
+        if b"e" not in text.lower():
+            assert written == text
