@@ -359,6 +359,48 @@ def test_memory_stays_flat_with_file_size(tmp_path: Path) -> None:
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
 
 
+def test_an_import_killed_midway_leaves_whole_chunks_and_can_be_run_again(tmp_path: Path) -> None:
+    """kill -9 of the importing process and its workers while chunks are being written: each
+    chunk is one transaction, so the store holds whole chunks (resources and their index rows),
+    and importing the file again completes it."""
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    from server.storage.sqlite_schema import param_id
+
+    n, chunk = 60_000, 1000
+    src = write_ndjson(tmp_path / "many.ndjson", [patient(i) for i in range(n)])
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "server", "import", "--quiet", "--data-dir",
+                             str(data), "--workers", "2", "--chunk", str(chunk), str(src)],
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def stored() -> int:
+        try:
+            with sqlite3.connect(f"file:{data / 'consilium.db'}?mode=ro", uri=True) as conn:
+                return int(conn.execute("SELECT count(*) FROM resource").fetchone()[0])
+        except sqlite3.Error:  # not created yet
+            return 0
+
+    deadline = time.monotonic() + 120
+    while stored() < 3 * chunk and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    conn = sqlite3.connect(data / "consilium.db")
+    count = conn.execute("SELECT count(*) FROM resource").fetchone()[0]
+    assert 0 < count < n and count % chunk == 0, count
+    assert conn.execute("SELECT count(DISTINCT rid) FROM idx_string WHERE pid = ?",
+                        (param_id("Patient", "family"),)).fetchone()[0] == count
+    conn.close()
+    again = consilium(str(src), data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert len(read_all(data)) == n
+
+
 @pytest.mark.slow
 def test_import_while_a_server_runs(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--workers", "1")
