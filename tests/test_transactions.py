@@ -162,6 +162,40 @@ def test_conditional_create_in_a_transaction_points_references_at_the_match(fhir
     assert count(fhir, "Patient", identifier="urn:mrn|c-1") == 1
 
 
+@pytest.mark.parametrize("exists, also", [(False, "family=Tsetseg"), (True, "family=Tsetseg"),
+                                          (False, "active=true")])
+def test_the_same_conditional_create_twice_makes_one_resource(fhir: Fhir, exists: bool,
+                                                              also: str) -> None:
+    """Two entries creating a resource if none matches the same criteria (in any order) stand
+    for one resource: the first creates it (or both find the one that exists), and references
+    to either entry's fullUrl point at it, even when what it creates does not meet its
+    criteria (active=true here)."""
+    existing = fhir.post("Patient", patient("twice-1")).json() if exists else None
+    first, second = urn(), urn()
+    r = fhir.post("", transaction(
+        post("Patient", patient("twice-1"), first,
+             ifNoneExist=f"identifier=urn:mrn|twice-1&{also}"),
+        post("Patient", patient("twice-1"), second,
+             ifNoneExist=f"{also}&identifier=urn:mrn|twice-1"),
+        post("Observation", {"resourceType": "Observation", "status": "final",
+                             "code": {"text": "t"}, "subject": {"reference": second}}, urn()),
+        post("Observation", {"resourceType": "Observation", "status": "final",
+                             "code": {"text": "t"}, "subject": {"reference": first}}, urn())))
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    statuses = [e["response"]["status"] for e in entries[:2]]
+    assert statuses == (["200 OK", "200 OK"] if exists else ["201 Created", "200 OK"])
+    where = {e["response"]["location"].split("/_history")[0] for e in entries[:2]}
+    assert len(where) == 1
+    (location,) = where
+    if existing is not None:
+        assert location == f"Patient/{existing['id']}"
+    assert count(fhir, "Patient", identifier="urn:mrn|twice-1") == 1
+    for e in entries[2:]:
+        oid = e["response"]["location"].split("/")[1]
+        assert fhir.get(f"Observation/{oid}").json()["subject"]["reference"] == location
+
+
 def test_conditional_update_and_delete_in_a_transaction(fhir: Fhir) -> None:
     target = fhir.post("Patient", patient("u-1")).json()
     gone = fhir.post("Patient", patient("d-1")).json()

@@ -60,6 +60,7 @@ class Entry:
     interaction: str
     op: Any = None
     op_id: str | None = None  # the id assigned before the store confirms it
+    same_as: int | None = None  # the earlier entry of the same conditional create
 
     def where(self) -> str:
         return f"Bundle.entry[{self.index}]"
@@ -399,8 +400,12 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
     def apply(tx: Transaction) -> list[Any]:
         planned = _settle_identities(tx, entries, mapping, fixes)
         results: list[Any] = [None] * len(entries)
+        later.update(e.index for e in entries if e.same_as in later)  # after the first
 
         def run(e: Entry) -> None:
+            if e.same_as is not None:  # answered as the first: 200 with what it made or found
+                results[e.index] = (results[e.same_as][0], False)
+                return
             try:
                 results[e.index] = result = e.op.apply(tx)
             except FhirError as exc:
@@ -437,19 +442,32 @@ def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str,
     conditional create or update are pointed at the id it resolved to."""
     planned: dict[int, tuple[str, str]] = {}
     by_identity: dict[tuple[str, str], int] = {}
+    by_criteria: dict[tuple[Any, ...], tuple[int, tuple[str, str]]] = {}
     fix: dict[str, str] = {}
     for e in entries:
         if _ORDER[e.method] > 2:
             continue
+        criteria = _create_criteria(e)
+        if criteria in by_criteria:
+            # The same conditional create again stands for the same resource: the entry is
+            # answered with what the first one wrote or found, and writes nothing.
+            e.same_as, identity = by_criteria[criteria]
+            planned[e.index] = identity
+            if e.full_url:
+                fix[mapping[e.full_url]] = f"{identity[0]}/{identity[1]}"
+            continue
         try:
-            identity = _target(tx, e)
+            target = _target(tx, e)
         except FhirError as exc:
             raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
-        if identity is None:
+        if target is None:
             continue
+        identity = target
         if identity == _NOTHING:
             planned[e.index] = identity
             continue
+        if criteria is not None:
+            by_criteria[criteria] = e.index, identity
         other = by_identity.setdefault(identity, e.index)
         if other != e.index:
             raise invalid(f"Bundle.entry[{other}] and Bundle.entry[{e.index}] both change "
@@ -462,6 +480,14 @@ def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str,
     fixes.update(fix)
     _rewrite(entries, fix)
     return planned
+
+
+def _create_criteria(e: Entry) -> tuple[Any, ...] | None:
+    """A conditional create's type and criteria (in any order), to find the same one twice."""
+    condition = e.req.header("if-none-exist") if e.interaction == "create" else None
+    if condition is None:
+        return None
+    return e.req.type, *sorted(parse_qsl(condition, keep_blank_values=True))
 
 
 #: The identity of a conditional patch or delete whose criteria matched nothing.
