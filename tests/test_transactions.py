@@ -166,8 +166,8 @@ def test_conditional_create_in_a_transaction_points_references_at_the_match(fhir
                                           (False, "active=true")])
 def test_the_same_conditional_create_twice_makes_one_resource(fhir: Fhir, exists: bool,
                                                               also: str) -> None:
-    """Two entries creating a resource if none matches the same criteria (in any order) stand
-    for one resource: the first creates it (or both find the one that exists), and references
+    """Two entries creating a resource if none matches the same criteria (in any order, in
+    ifNoneExist or in the URL) stand for one resource: the first creates it (or both find the one that exists), and references
     to either entry's fullUrl point at it, even when what it creates does not meet its
     criteria (active=true here)."""
     existing = fhir.post("Patient", patient("twice-1")).json() if exists else None
@@ -175,8 +175,7 @@ def test_the_same_conditional_create_twice_makes_one_resource(fhir: Fhir, exists
     r = fhir.post("", transaction(
         post("Patient", patient("twice-1"), first,
              ifNoneExist=f"identifier=urn:mrn|twice-1&{also}"),
-        post("Patient", patient("twice-1"), second,
-             ifNoneExist=f"{also}&identifier=urn:mrn|twice-1"),
+        post(f"Patient?{also}&identifier=urn:mrn|twice-1", patient("twice-1"), second),
         post("Observation", {"resourceType": "Observation", "status": "final",
                              "code": {"text": "t"}, "subject": {"reference": second}}, urn()),
         post("Observation", {"resourceType": "Observation", "status": "final",

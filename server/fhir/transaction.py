@@ -483,11 +483,10 @@ def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str,
 
 
 def _create_criteria(e: Entry) -> tuple[Any, ...] | None:
-    """A conditional create's type and criteria (in any order), to find the same one twice."""
-    condition = e.req.header("if-none-exist") if e.interaction == "create" else None
-    if condition is None:
-        return None
-    return e.req.type, *sorted(parse_qsl(condition, keep_blank_values=True))
+    """A conditional create's type and search clauses, however its criteria were written (the
+    If-None-Exist header or the URL's parameters, in any order), to find the same one twice."""
+    query = e.op.query if e.interaction == "create" else None
+    return None if query is None else (e.req.type, frozenset(query.clauses))
 
 
 #: The identity of a conditional patch or delete whose criteria matched nothing.
