@@ -451,18 +451,17 @@ def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str,
         if criteria in by_criteria:
             # The same conditional create again stands for the same resource: the entry is
             # answered with what the first one wrote or found, and writes nothing.
-            e.same_as, identity = by_criteria[criteria]
-            planned[e.index] = identity
+            e.same_as, first = by_criteria[criteria]
+            planned[e.index] = first
             if e.full_url:
-                fix[mapping[e.full_url]] = f"{identity[0]}/{identity[1]}"
+                fix[mapping[e.full_url]] = f"{first[0]}/{first[1]}"
             continue
         try:
-            target = _target(tx, e)
+            identity = _target(tx, e)
         except FhirError as exc:
             raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
-        if target is None:
+        if identity is None:
             continue
-        identity = target
         if identity == _NOTHING:
             planned[e.index] = identity
             continue
