@@ -284,10 +284,13 @@ def test_a_database_with_codes_also_stored_without_their_implicit_system_is_inde
 
     path = tmp_path / "consilium.db"
     store = SqliteStore(path)
-    body = {"resourceType": "Patient", "id": "p", "gender": "male"}
+    body = {"resourceType": "Patient", "id": "p", "gender": "male", "birthDate": "1970-03-01"}
     store.run_sync(lambda tx: tx.write("Patient", "p", dict(body), extract(body), "PUT"))
     store.close_sync()
     conn = sqlite3.connect(path)
+    birthdate = sqlite_schema.param_id("Patient", "birthdate")
+    spans = conn.execute("SELECT * FROM span").fetchall()
+    assert [pid for pid, _ in spans] == [birthdate]
     gender = "http://hl7.org/fhir/administrative-gender"
     assert conn.execute("INSERT INTO idx_token SELECT pid, code, '', rid FROM idx_token "
                         "WHERE system = ?", (gender,)).rowcount == 1  # as schema 5 wrote them
@@ -309,4 +312,5 @@ def test_a_database_with_codes_also_stored_without_their_implicit_system_is_inde
     assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
     assert conn.execute("SELECT system FROM idx_token WHERE code = 'male'").fetchall() == [
         (gender,)]
+    assert conn.execute("SELECT * FROM span").fetchall() == spans  # the dates' are kept
     conn.close()

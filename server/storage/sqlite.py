@@ -545,8 +545,11 @@ def _reindex(conn: sqlite3.Connection, kinds: tuple[str, ...]) -> None:
     from server.search.registry import registry
 
     tables = [sqlite_schema.INDEX_TABLES[kind][0] for kind in kinds]
-    conn.execute("DELETE FROM span WHERE pid IN (" + " UNION ".join(
-        f"SELECT DISTINCT pid FROM {table}" for table in tables) + ")")
+    spanned = [sqlite_schema.INDEX_TABLES[kind][0] for kind in kinds
+               if kind in sqlite_schema.SPANNED_KINDS]
+    if spanned:
+        conn.execute("DELETE FROM span WHERE pid IN (" + " UNION ".join(
+            f"SELECT DISTINCT pid FROM {table}" for table in spanned) + ")")
     for table in tables:
         conn.execute(f"DELETE FROM {table}")
     reg = registry()

@@ -118,9 +118,10 @@ _INSERT = {
           f"VALUES (?, {', '.join('coalesce(?, {0!r})' for _ in cols)}, ?)".format("")
     for kind, (table, cols) in INDEX_TABLES.items()
 }
-#: Where lo (then hi) sits in the table rows of the kinds whose spans are kept.
-_RANGE_AT = {kind: 1 + INDEX_TABLES[kind][1].index("lo")
-             for kind in ("date", "number", "quantity", "composite")}
+#: The kinds whose spans are kept (the span table).
+SPANNED_KINDS = ("date", "number", "quantity", "composite")
+#: Where lo (then hi) sits in their table rows.
+_RANGE_AT = {kind: 1 + INDEX_TABLES[kind][1].index("lo") for kind in SPANNED_KINDS}
 _DELETE = [f"DELETE FROM {table} WHERE rid = ?" for table, _ in INDEX_TABLES.values()]
 
 
