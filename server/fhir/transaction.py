@@ -28,7 +28,7 @@ from server.fhir.bundles import Stored, materialise
 from server.fhir.errors import FhirError, Issue, information, invalid
 from server.fhir.prepare import prepare
 from server.fhir.request import JSON_PATCH, FhirRequest, FhirResponse
-from server.fhir.summary import transform_for
+from server.fhir.summary import Transform, transform_for
 from server.fhir.values import parse_http_date, parse_instant
 from server.search.query import parse_conditional
 from server.storage.base import (
@@ -61,6 +61,7 @@ class Entry:
     op: Any = None
     op_id: str | None = None  # the id assigned before the store confirms it
     same_as: int | None = None  # the earlier entry of the same conditional create
+    transform: Transform | None = None  # what its _summary or _elements keep of the answer
 
     def where(self) -> str:
         return f"Bundle.entry[{self.index}]"
@@ -123,11 +124,11 @@ def _entry_request(req: FhirRequest, index: int, raw: Any) -> Entry:
                             body, req.base, req.principal, req.settings, _resource=resource,
                             context=req.context)
     try:  # refused now, before anything is written, rather than when answering
-        transform_for(entry_req.params)
+        transform = transform_for(entry_req.params)
     except FhirError as exc:
         raise entry_error(index, f"{method} {url}", exc) from None
     full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
-    return Entry(index, method, url, full_url, entry_req, route.name)
+    return Entry(index, method, url, full_url, entry_req, route.name, transform=transform)
 
 
 def _patch_body(index: int, resource: Any) -> tuple[str, bytes]:
@@ -166,10 +167,10 @@ def _entries(req: FhirRequest) -> tuple[str, list[Any]]:
 
 # -- responses -----------------------------------------------------------------------------------
 
-def _response_entry(req: FhirRequest, resp: FhirResponse, entry: FhirRequest) -> dict[str, Any]:
+def _response_entry(req: FhirRequest, resp: FhirResponse, entry: Entry) -> dict[str, Any]:
     """The response entry of one request entry: its ``_summary`` or ``_elements`` applied."""
     response: dict[str, Any] = {"status": _status(resp.status)}
-    transform = transform_for(entry.params) if entry.params else None
+    transform = entry.transform
     v = resp.version
     out: dict[str, Any] = {}
     if v is not None:
@@ -226,7 +227,7 @@ async def _batch_entry(req: FhirRequest, index: int, raw: Any, store: ResourceSt
         resp = await route.handler(entry.req, store)
     except FhirError as exc:
         return _error_entry(exc)
-    return _response_entry(req, resp, entry.req)
+    return _response_entry(req, resp, entry)
 
 
 async def batch(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirResponse:
@@ -429,7 +430,7 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
         return results
 
     results = await store.run(apply)
-    out = [_response_entry(req, e.op.respond(result), e.req)
+    out = [_response_entry(req, e.op.respond(result), e)
            for e, result in zip(entries, results, strict=True)]
     return FhirResponse(200, resource=_bundle("transaction", out))
 
