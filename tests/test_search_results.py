@@ -296,6 +296,29 @@ def test_elements_name_choice_elements_by_their_base_and_keep_mandatory_ones(fhi
     assert kept("note") == {"note", "status", "code"}
 
 
+def test_elements_leave_included_resources_whole_and_summary_trims_them_too(fhir: Fhir) -> None:
+    """search.html#elements: "The list of elements does not apply to included resources";
+    _summary, which says nothing of the kind, trims every resource of the Bundle."""
+    put(fhir, patient("inc", name=[{"family": "Included"}], gender="male",
+                      maritalStatus={"text": "single"}))
+    put(fhir, {"resourceType": "Observation", "id": "inc-o", "status": "final",
+               "code": {"text": "pulse"}, "subject": {"reference": "Patient/inc"},
+               "valueQuantity": {"value": 70}, "note": [{"text": "resting"}]})
+
+    def by_mode(params: dict[str, str]) -> dict[str, dict[str, Any]]:
+        bundle = search(fhir, "Observation", {"_id": "inc-o", "_include": "Observation:subject",
+                                              **params})
+        return {e["search"]["mode"]: e["resource"] for e in bundle["entry"]}
+
+    found = by_mode({"_elements": "subject"})
+    assert set(found["match"]) == {"resourceType", "id", "meta", "subject", "status", "code"}
+    assert found["include"]["name"] == [{"family": "Included"}]
+    assert found["include"]["maritalStatus"] == {"text": "single"}
+    assert not any(t.get("code") == "SUBSETTED" for t in found["include"]["meta"].get("tag", []))
+    summarised = by_mode({"_summary": "true"})
+    assert "note" not in summarised["match"] and "maritalStatus" not in summarised["include"]
+
+
 def test_contained_searches_are_refused_clearly(fhir: Fhir) -> None:
     for params in ({"_contained": "true"}, {"_contained": "both"},
                    {"_containedType": "contained"}):

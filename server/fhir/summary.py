@@ -78,6 +78,14 @@ def elements_filter(names: set[str]) -> Transform:
     return apply
 
 
+def spares_included(params: list[tuple[str, str]]) -> bool:
+    """Whether a search's transform leaves its included resources whole: ``_elements`` does
+    ("The list of elements does not apply to included resources", search.html#elements);
+    ``_summary``, which summarises the whole Bundle, does not."""
+    summary = any(k == "_summary" and v != "false" for k, v in params)
+    return not summary and any(k == "_elements" for k, _ in params)
+
+
 def transform_for(params: list[tuple[str, str]]) -> Transform | None:
     """The transform ``_summary``/``_elements`` ask for, or None for the whole resource."""
     mode = None

@@ -11,6 +11,7 @@ from server.fhir.bundles import Stored, bundle, full_url, link_url
 from server.fhir.errors import FhirError, Issue, invalid, outcome
 from server.fhir.request import FhirRequest, FhirResponse
 from server.fhir.structures import structures
+from server.fhir.summary import spares_included
 from server.search.plan import AnyOf, Match, ReferenceValue, SearchQuery
 from server.search.query import parse
 from server.storage.base import ResourceStore, SearchPage
@@ -59,7 +60,11 @@ def searchset(req: FhirRequest, query: SearchQuery, page: SearchPage, path: str,
     entries: list[dict[str, Any]] = [
         {"fullUrl": full_url(req.base, v.type, v.id), "resource": Stored(v),
          "search": {"mode": "match"}} for v in page.matches]
-    entries += [{"fullUrl": full_url(req.base, v.type, v.id), "resource": Stored(v),
+    # Included resources go out whole under _elements: as dicts, which the transform that the
+    # response applies to the Bundle's stored resources passes by.
+    whole = page.included and spares_included(params)
+    entries += [{"fullUrl": full_url(req.base, v.type, v.id),
+                 "resource": Stored(v).to_dict() if whole else Stored(v),
                  "search": {"mode": "include"}} for v in page.included]
     issues = [Issue("not-supported", f"search parameter {name} is not known and was ignored",
                     severity="warning", expression=[name]) for name in query.ignored]
