@@ -338,8 +338,18 @@ def test_delete_is_a_version_and_read_gives_410(fhir: Fhir) -> None:
     assert revived.json()["meta"]["versionId"] == "3"
 
 
+def test_deleting_what_never_existed_is_done_already(fhir: Fhir) -> None:
+    """http.html#delete: "Upon successful deletion, or if the resource does not exist at all,
+    the server should return either a 200 OK ..."."""
+    r = fhir.delete("Patient/never-was")
+    assert_outcome(r, 200, "informational")
+    assert "etag" not in r.headers
+    assert fhir.get("Patient/never-was").status_code == 404  # and nothing was made up
+    assert fhir.get("Patient/never-was/_history").status_code == 404
+
+
 def test_delete_errors(fhir: Fhir) -> None:
-    assert_outcome(fhir.delete("Patient/never-was"), 404, "not-found")
+    assert_outcome(fhir.delete("Patient/never-was", headers={"If-Match": 'W/"1"'}), 412)
     pid = created(fhir)["id"]
     assert_outcome(fhir.delete(f"Patient/{pid}", headers={"If-Match": 'W/"9"'}), 412)
     assert fhir.get(f"Patient/{pid}").status_code == 200

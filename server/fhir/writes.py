@@ -394,8 +394,8 @@ class Delete:
         if self.if_match is not None and (current is None or current.version != self.if_match):
             raise precondition_failed(f"If-Match asks for version {self.if_match} of "
                                       f"{self.type}/{id_}")
-        if current is None:
-            raise not_found(self.type, id_)
+        if current is None:  # http.html#delete: as for a deleted one, 200 (nothing to do)
+            return None
         if current.deleted:
             return current  # deleting again changes nothing
         return _store(tx, self.caller, self.type, id_, None, None, "DELETE", current)
@@ -405,7 +405,8 @@ class Delete:
 
         if version is None:
             return FhirResponse(200, resource=information(
-                f"no {self.type} matches the criteria; nothing deleted"))
+                f"no {self.type} matches the criteria; nothing deleted" if self.id is None
+                else f"{self.type}/{self.id} does not exist; nothing deleted"))
         return FhirResponse(200, resource=information(
             f"{self.type}/{version.id} deleted (version {version.version})"),
             headers={"ETag": version.etag})
