@@ -380,6 +380,9 @@ def births(fhir: Fhir) -> Fhir:
     ("gt2000-02-29", set()),
     ("lt2000-03", {"day", "month", "year", "november", "leap"}),
     ("ap1974-12-25", {"day", "month", "year", "november"}),
+    # search.html#prefix: "lt2013-01-14T10:00", "gt2013-01-14T10:00": 2013-01-14 matches both
+    ("lt1974-12-25T10:00", {"day", "month", "year", "november"}),
+    ("gt1974-12-25T10:00", {"day", "month", "year", "leap"}),
 ])
 def test_date_prefixes_at_precision_boundaries(births: Fhir, value: str,
                                                expected: set[str]) -> None:
@@ -437,6 +440,12 @@ def effective(fhir: Fhir) -> Fhir:
                                 "closed"}),
     ("eb2019-07", {"ended", "closed"}),
     ("lt2019-03-01T08:30:00Z", {"ended", "closed"}),
+    # "Time can consist of hours and minutes with no seconds": the minute (search.html#date)
+    ("2020-01-01T10:00Z", {"morning"}),
+    ("2020-01-01T10:00", {"morning"}),  # without a zone: UTC, as with seconds
+    ("2020-01-02T08:00+03:30", {"late"}),  # 04:30 UTC
+    ("gt2020-01-01T10:00Z", {"late", "ongoing"}),
+    ("lt2019-03-01T08:30Z", {"ended", "closed"}),
 ])
 def test_dates_periods_and_time_zones(effective: Fhir, value: str, expected: set[str]) -> None:
     assert found(effective, "Observation", {"date": value}) == expected
@@ -445,7 +454,8 @@ def test_dates_periods_and_time_zones(effective: Fhir, value: str, expected: set
 @pytest.mark.parametrize("value", ["notadate", "2020-13", "2001-02-29", "2000-02-30",
                                    "2020-01-01T25:00:00Z", "2020-01-01T10:00:00+5", "xx2020",
                                    "ge", "2020/01/01", "2020-01-01T10:00:00+25:00",
-                                   "2020-01-01T10:00:00+14:30", "2020-01-01T10:00:00-09:60"])
+                                   "2020-01-01T10:00:00+14:30", "2020-01-01T10:00:00-09:60",
+                                   "2020-01-01T10Z", "2020-01-01T10:00.5Z", "2020-01-01T"])
 def test_malformed_dates_are_refused(births: Fhir, value: str) -> None:
     refused(births, "Patient", {"birthdate": value}, "birthdate")
 
@@ -583,6 +593,52 @@ def measured(fhir: Fhir) -> Fhir:
 def test_quantity_with_and_without_system_and_code(measured: Fhir, value: str,
                                                     expected: set[str]) -> None:
     assert found(measured, "Observation", {"value-quantity": value}) == expected
+
+
+@pytest.fixture
+def thresholds(fhir: Fhir) -> Fhir:
+    def quantity(id_: str, value: float, code: str) -> dict[str, Any]:
+        return observation(id_, valueQuantity={"value": value, "system": UCUM, "code": code})
+
+    def risk(id_: str, probability: float) -> dict[str, Any]:
+        return {"resourceType": "RiskAssessment", "id": id_, "status": "final",
+                "subject": {"reference": "Patient/p1"},
+                "prediction": [{"probabilityDecimal": probability}]}
+
+    put_all(fhir,
+            quantity("99.5", 99.5, "mm[Hg]"), quantity("100", 100, "mm[Hg]"),
+            quantity("100.5", 100.5, "mm[Hg]"),
+            quantity("5.35", 5.35, "mg"), quantity("5.4", 5.4, "mg"), quantity("5.45", 5.45, "mg"),
+            risk("0.75", 0.75), risk("0.8", 0.8), risk("0.84", 0.84), risk("0.85", 0.85),
+            # 870.7303 is not the midpoint of its precision range in binary floating point
+            risk("870.7303", 870.7303))
+    return fhir
+
+
+@pytest.mark.parametrize("path, name, value, expected", [
+    # search.html#number: "ge100: Values that are greater or equal to exactly 100"; "the
+    # implicit precision of the number is ignored" with lt, gt, ge, le, sa and eb.
+    ("Observation", "value-quantity", "ge100", {"100", "100.5"}),
+    ("Observation", "value-quantity", "le100", {"99.5", "100", "5.35", "5.4", "5.45"}),
+    ("Observation", "value-quantity", "le5", set()),
+    # search.html#quantity: "le5.4|http://unitsofmeasure.org|mg … less than 5.4 mg exactly"
+    ("Observation", "value-quantity", f"le5.4|{UCUM}|mg", {"5.35", "5.4"}),
+    ("Observation", "value-quantity", f"ge5.4|{UCUM}|mg", {"5.4", "5.45"}),
+    ("Observation", "value-quantity", f"gt5.4|{UCUM}|mg", {"5.45"}),
+    ("Observation", "value-quantity", f"lt5.4|{UCUM}|mg", {"5.35"}),
+    ("RiskAssessment", "probability", "ge0.8", {"0.8", "0.84", "0.85", "870.7303"}),
+    ("RiskAssessment", "probability", "le0.8", {"0.75", "0.8"}),
+    ("RiskAssessment", "probability", "ge870.7303", {"870.7303"}),
+    ("RiskAssessment", "probability", "le870.7303", {"0.75", "0.8", "0.84", "0.85",
+                                                      "870.7303"}),
+    ("RiskAssessment", "probability", "gt870.7303", set()),
+    ("RiskAssessment", "probability", "lt870.7303", {"0.75", "0.8", "0.84", "0.85"}),
+    ("RiskAssessment", "probability", "sa870.7303", set()),
+    ("RiskAssessment", "probability", "eb870.7303", {"0.75", "0.8", "0.84", "0.85"}),
+])
+def test_comparisons_ignore_the_implicit_precision(thresholds: Fhir, path: str, name: str,
+                                                   value: str, expected: set[str]) -> None:
+    assert found(thresholds, path, {name: value}) == expected
 
 
 @pytest.mark.parametrize("name, value", [

@@ -100,10 +100,12 @@ def test_chains_and_has_are_limited_to_three_links(fhir: Fhir) -> None:
     deep = "partof.partof.partof.partof.name"
     body = refused(fhir, "Organization", {deep: "org 0"}, deep)
     assert "3 links" in body["issue"][0]["diagnostics"]
+    assert f"search parameter {deep}:" in body["issue"][0]["diagnostics"]
     has = "_has:Organization:partof:" * 3 + "_id"
     assert found(fhir, "Organization", {has: "o3"}) == {"o0"}
     deeper = "_has:Organization:partof:" * 4 + "_id"
-    refused(fhir, "Organization", {deeper: "o4"}, deeper)
+    body = refused(fhir, "Organization", {deeper: "o4"}, deeper)
+    assert f"search parameter {deeper}:" in body["issue"][0]["diagnostics"]
 
 
 def test_chains_skip_deleted_and_foreign_targets(network: Fhir) -> None:
@@ -394,3 +396,49 @@ def test_post_search_form_encoded(network: Fhir) -> None:
     r = network.post("Patient/_search", content="birthdate=notadate",
                      headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize("content_type", [
+    "Application/X-WWW-Form-Urlencoded", "application/x-www-form-urlencoded; charset=utf-8",
+    "application/x-www-form-urlencoded;charset=UTF-8"])
+def test_post_search_media_type_is_case_insensitive(network: Fhir, content_type: str) -> None:
+    """Media types and their parameters are compared case-insensitively (RFC 9110 #8.3.1)."""
+    r = network.post("Patient/_search", content="name=peter&family=pan",
+                     headers={"Content-Type": content_type})
+    assert r.status_code == 200, r.text
+    assert ids(r.json()) == ["p3"]
+
+
+@pytest.mark.parametrize("path", ["Patient/_search?family=pan", "_search?_type=Patient&family=pan"])
+def test_post_search_with_an_empty_body_uses_the_url(network: Fhir, path: str) -> None:
+    for headers in ({}, {"Content-Type": "application/fhir+json"},
+                    {"Content-Type": "application/x-www-form-urlencoded"}):
+        r = network.post(path, content=b"", headers=headers)
+        assert r.status_code == 200, (headers, r.text)
+        assert ids(r.json()) == ["p3"], headers
+
+
+@pytest.mark.parametrize("path", ["Patient/_search", "_search?_type=Patient"])
+@pytest.mark.parametrize("content_type, content", [
+    ("application/fhir+json", "gender=female"), ("text/plain", "name=peter"),
+    ("application/json", '{"name": "peter"}'), (None, "name=peter")])
+def test_post_search_refuses_a_body_that_is_not_form_encoded(
+        network: Fhir, path: str, content_type: str | None, content: str) -> None:
+    """http.html#search: the parameters of POST _search are an
+    application/x-www-form-urlencoded body. Another body cannot be read as criteria, and
+    searching without them would answer with every resource: 415."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = network.post(path, content=content, headers=headers)
+    assert r.status_code == 415, r.text
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["code"] == "not-supported"
+    assert "application/x-www-form-urlencoded" in body["issue"][0]["diagnostics"]
+
+
+
+def test_post_search_refuses_a_form_body_that_is_not_utf8(network: Fhir) -> None:
+    r = network.post("Patient/_search", content=b"name=M\xfcller",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400, r.text
+    assert "UTF-8" in r.json()["issue"][0]["diagnostics"]

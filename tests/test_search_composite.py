@@ -78,6 +78,22 @@ def test_code_and_value_of_the_observation_itself(vitals: Fhir) -> None:
     assert found(vitals, "Observation", {"code-value-quantity": f"{SYSTOLIC}$gt0"}) == set()
 
 
+def test_quantity_parts_compare_with_the_exact_value(fhir: Fhir) -> None:
+    """A composite's quantity part follows search.html#number: ge and le ignore the implicit
+    precision ("ge140": greater or equal to exactly 140)."""
+    put_all(fhir, *(pressure(f"s{v}", v, 80) for v in (139.6, 140, 140.4)),
+            *(observation(f"w{v}", code=loinc("29463-7"), valueQuantity={
+                "value": v, "unit": "kg", "system": UCUM, "code": "kg"}) for v in (71.6, 72, 72.4)))
+    params = "component-code-value-quantity"
+    assert found(fhir, "Observation", {params: f"{SYSTOLIC}$ge140"}) == {"s140", "s140.4"}
+    assert found(fhir, "Observation", {params: f"{SYSTOLIC}$le140"}) == {"s139.6", "s140"}
+    weight = f"{LOINC}|29463-7"
+    assert found(fhir, "Observation", {"code-value-quantity": f"{weight}$ge72"}) == {
+        "w72", "w72.4"}
+    assert found(fhir, "Observation", {"code-value-quantity": f"{weight}$le72"}) == {
+        "w71.6", "w72"}
+
+
 def test_combo_pairs_code_with_value_and_each_component_with_its_value(vitals: Fhir) -> None:
     combo = "combo-code-value-quantity"
     assert found(vitals, "Observation", {combo: "29463-7$gt100"}) == {"heavy"}

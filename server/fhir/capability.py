@@ -93,10 +93,13 @@ def _resource(type_: str) -> dict[str, Any]:
     return res
 
 
-#: Search features refused with 400 besides the parameters the registry leaves out.
-_REFUSED = ("Also refused (400): _filter, _containedType, _contained other than false, "
-            "functional lists (_list=$current-problems …), and the token modifiers :above, "
-            ":below, :in and :not-in.")
+#: How a search treats what is not supported, besides the parameters the registry leaves out.
+_UNSUPPORTED_SEARCH = (
+    "Unknown and unsupported search parameters (_text, _content and _filter among them) are "
+    "ignored and reported in the searchset Bundle, or refused (400) under Prefer: "
+    "handling=strict. Always refused (400): _query, _containedType, _contained other than "
+    "false, functional lists (_list=$current-problems …), and the token modifiers :above, "
+    ":below, :in and :not-in.")
 
 
 def _not_supported(type_: str) -> str:
@@ -115,7 +118,7 @@ def _rest(auth: bool) -> dict[str, Any]:
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": "Consilium FHIR R4 API for telemedicine networks. "
-                         + _not_supported("") + " " + _REFUSED,
+                         + _not_supported("") + " " + _UNSUPPORTED_SEARCH,
         "resource": [_resource(t) for t in structures().resource_types],
         "interaction": [{"code": c} for c in system_codes],
         "searchParam": [],

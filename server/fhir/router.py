@@ -49,6 +49,24 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON_CT = b"application/fhir+json; charset=utf-8"
 _XML_CT = b"application/fhir+xml; charset=utf-8"
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _search_form(body: bytes, content_type: str) -> list[tuple[str, str]]:
+    """The parameters in the body of ``POST [type]/_search`` (http.html#search): a form, its
+    media type compared case-insensitively (RFC 9110 section 8.3.1); an empty body adds none.
+    Any other body is refused, not dropped: the search would go on without its criteria and
+    answer with every resource."""
+    if not body.strip():
+        return []
+    if content_type.split(";", 1)[0].strip().lower() != _FORM:
+        raise FhirError(415, "not-supported", "the search parameters of a POST _search must be "
+                        f"form-encoded (Content-Type: {_FORM}), or sent in the URL")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid("the form body of a POST _search is not UTF-8 text") from None
+    return parse_qsl(text, keep_blank_values=True)
 
 
 class Route:
@@ -230,11 +248,14 @@ class FhirRouter:
             params = parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else []
             body = await self._body(receive, headers) if method in ("POST", "PUT", "PATCH") \
                 else b""
-            if method == "POST" and headers.get("content-type", "").startswith(
-                    "application/x-www-form-urlencoded") and route.interaction is not None \
-                    and route.interaction.code.startswith("search"):
-                params += parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-                body = b""
+            if route.interaction is not None and route.interaction.code.startswith("search"):
+                if method == "POST":
+                    params += _search_form(body, headers.get("content-type", ""))
+                    body = b""
+                # "Empty parameters are not an error - they are just ignored by the server"
+                # (search.html#errors): left out here, they reach neither the search nor its
+                # _summary, nor the Bundle's links.
+                params = [(k, v) for k, v in params if v]
             req = FhirRequest(method, name, route.type, route.id, route.vid, route.op,
                               route.compartment, params, headers, body, self._base(scope, headers),
                               principal, self.settings, context=self.context)

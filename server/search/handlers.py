@@ -66,8 +66,8 @@ def searchset(req: FhirRequest, query: SearchQuery, page: SearchPage, path: str,
     entries += [{"fullUrl": full_url(req.base, v.type, v.id),
                  "resource": Stored(v).to_dict() if whole else Stored(v),
                  "search": {"mode": "include"}} for v in page.included]
-    issues = [Issue("not-supported", f"search parameter {name} is not known and was ignored",
-                    severity="warning", expression=[name]) for name in query.ignored]
+    issues = [Issue("not-supported", f"search parameter {name} was ignored: {why}",
+                    severity="warning", expression=[name]) for name, why in query.ignored.items()]
     issues += [Issue("too-costly", note, severity="warning") for note in page.notes]
     if issues:
         entries.append({"resource": outcome(issues), "search": {"mode": "outcome"}})
@@ -88,7 +88,7 @@ def _type_not_used(req: FhirRequest, query: SearchQuery) -> None:
         if _strict(req):
             raise invalid("_type applies to searches across types (/fhir?_type=…, "
                           "[compartment]/[id]/*?_type=…), not to one type", expression="_type")
-        query.ignored.append("_type")
+        query.ignored["_type"] = "_type applies to searches across types, not to one type"
 
 
 def _types_asked(req: FhirRequest) -> list[str]:

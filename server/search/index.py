@@ -413,6 +413,15 @@ def number_range(value: Any) -> tuple[float, float]:
     return found
 
 
+def number_value(text: str) -> float:
+    """A search value's number as written, read as a resource's number is (:func:`_exact`).
+    Raises ValueError for anything else."""
+    found = _exact(text)
+    if found is None:
+        raise ValueError(f"not a number: {text!r}")
+    return found
+
+
 def _number_range(value: Any) -> tuple[float, float] | None:
     if type(value) is int:
         return value - 0.5, value + 0.5

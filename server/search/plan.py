@@ -35,6 +35,9 @@ class RangeValue:
     hi: float
     system: str | None = None  # quantity only
     code: str | None = None
+    #: A number's or quantity's value itself, which the prefixes other than eq and ne compare
+    #: with ("the implicit precision of the number is ignored", search.html#number).
+    exact: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +154,9 @@ class SearchQuery:
     total: str = "auto"  # none, estimate, accurate; auto: accurate when cheap
     includes: list[Include] = field(default_factory=list)
     revincludes: list[Include] = field(default_factory=list)
-    #: Parameters that were not understood and ignored (reported in the bundle).
-    ignored: list[str] = field(default_factory=list)
+    #: Parameters that were not understood or not supported and ignored, as written, each with
+    #: why (reported in the bundle).
+    ignored: dict[str, str] = field(default_factory=dict)
     summary_count: bool = False
     #: This server's FHIR base with a trailing slash: absolute references under it are local
     #: ones. None when unknown; then only relative references count as local.

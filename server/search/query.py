@@ -40,7 +40,14 @@ PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 #: Parameters that shape the result rather than select resources.
 RESULT_PARAMS = {"_sort", "_count", "_include", "_revinclude", "_summary", "_elements", "_total",
                  "_contained", "_containedType", "_format", "_pretty", "_cursor", "_type"}
-UNSUPPORTED = {"_text", "_content", "_filter", "_query", "_containedType"}
+#: Refused whatever the handling: a server SHALL refuse a ``_query`` it does not know
+#: (search.html#query), and contained resources are not searched.
+REFUSED = {"_query", "_containedType"}
+#: Not supported, and why: ignored and reported as unknown parameters are (search.html#errors:
+#: "servers SHOULD ignore unknown or unsupported parameters"), refused under strict handling.
+NOT_SUPPORTED = {"_text": "full-text search is not implemented",
+                 "_content": "full-text search is not implemented",
+                 "_filter": "_filter expressions are not implemented"}
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
     "token": {"text", "not", "of-type", "missing"},
@@ -54,9 +61,11 @@ _MODIFIERS = {
 }
 #: Links in a chain or nested ``_has`` (SQLite's parser cannot take the SQL of four).
 _MAX_CHAIN = 3
-#: The forms of search.html#date: a date, or a dateTime with seconds (a time without them is
-#: not a FHIR dateTime); the index reads the value itself.
-_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+#: The forms of search.html#date: a date, or a date and time with or without seconds ("Time
+#: can consist of hours and minutes with no seconds, unlike the XML Schema dateTime type"), a
+#: fraction only after seconds; the index reads the value itself.
+_DATE = re.compile(
+    r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
 def split_unescaped(text: str, sep: str) -> list[str]:
@@ -92,7 +101,8 @@ class Parser:
         self.reg = registry()
         self.base = base.rstrip("/") + "/" if base else None
         self.strict = strict
-        self.ignored: list[str] = []
+        #: The parameters ignored (as written), each with why.
+        self.ignored: dict[str, str] = {}
         #: The parameter as the client wrote it, named in errors about its chained parts.
         self.top: str | None = None
         #: One of several searched types: a ``_has`` that cannot point at it skips it.
@@ -133,9 +143,10 @@ class Parser:
         prefix, text = self._prefixed(name, raw)
         try:
             lo, hi = index.number_range(text)
+            exact = index.number_value(text)
         except ValueError:
             raise self._bad(name, raw, "is not a number") from None
-        return RangeValue(prefix, lo, hi)
+        return RangeValue(prefix, lo, hi, exact=exact)
 
     def quantity(self, name: str, raw: str) -> RangeValue:
         parts = split_unescaped(raw, "|")
@@ -144,7 +155,7 @@ class Parser:
         number = self.number(name, parts[0])
         system = unescape(parts[1]) or None if len(parts) == 3 else None
         code = unescape(parts[2]) or None if len(parts) == 3 else None
-        return RangeValue(number.prefix, number.lo, number.hi, system, code)
+        return RangeValue(number.prefix, number.lo, number.hi, system, code, number.exact)
 
     def reference(self, name: str, raw: str, target: str | None,
                   targets: Iterable[str]) -> ReferenceValue:
@@ -227,8 +238,8 @@ class Parser:
     def clause(self, type_: str, name: str, raw: str, depth: int = 0) -> Clause | None:
         """The clause for one ``name=value`` pair on ``type_``, or None if it is ignored."""
         if depth > _MAX_CHAIN:
-            raise invalid(f"search parameter {name}: chains are limited to {_MAX_CHAIN} links",
-                          expression=self.top or name)
+            raise invalid(f"search parameter {self.top or name}: chains are limited to "
+                          f"{_MAX_CHAIN} links", expression=self.top or name)
         if name.startswith("_has:"):
             return self._has(type_, name, raw, depth)
         if name.split(":")[0] == "_list":
@@ -349,9 +360,15 @@ class Parser:
         name = self.top or name
         if self.strict:
             raise invalid(f"unknown search parameter {name!r}: {why}", expression=name)
-        if name not in self.ignored:
-            self.ignored.append(name)
-        return None
+        self.ignored.setdefault(name, why)
+
+    def not_supported(self, name: str, why: str) -> None:
+        """A parameter of the specification this server does not support."""
+        bare = name.split(":")[0]
+        if self.strict:
+            raise FhirError(400, "not-supported", f"{bare} is not supported: {why}",
+                            expression=name)
+        self.ignored.setdefault(name, f"{bare} is not supported ({why})")
 
     # -- result parameters ----------------------------------------------------------------------
 
@@ -408,10 +425,17 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
     parser = Parser(base, strict)
     q = SearchQuery(types)
     for name, raw in params:
+        # "Empty parameters are not an error - they are just ignored by the server"
+        # (search.html#errors): silently, as if not given.
+        if raw == "":
+            continue
         parser.top = None
         bare = name.split(":")[0]
-        if bare in UNSUPPORTED:
+        if bare in REFUSED:
             raise FhirError(400, "not-supported", f"{bare} is not supported", expression=name)
+        if bare in NOT_SUPPORTED:
+            parser.not_supported(name, NOT_SUPPORTED[bare])
+            continue
         if bare in RESULT_PARAMS:
             if bare == "_sort":
                 q.sort = parser.sort(types, raw)
@@ -468,6 +492,12 @@ def parse_conditional(type_: str, criteria: str | list[tuple[str, str]], what: s
     params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
     if not params:
         raise invalid(f"{what} needs search criteria")
+    for name, value in params:
+        # A search leaves an empty parameter out; criteria that a write acts on are refused
+        # instead, as leaving one out would widen what the write may change.
+        if value == "":
+            raise invalid(f"{what}: search parameter {name} has an empty value",
+                          expression=name)
     query = parse((type_,), params, base=base, strict=True)
     if not query.clauses:
         raise invalid(f"{what} needs search criteria that select resources")

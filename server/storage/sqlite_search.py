@@ -398,8 +398,12 @@ class Compiler:
             gap = _ap_gap(v)
             return f"({lo} <= {a(v.hi + gap)} AND {hi} >= {a(v.lo - gap)})"
         # Numbers and quantities: a value in a resource is a point (lo = hi), a Range or a
-        # comparator (``>5``) an interval; the search value's precision makes its range.
-        value = (v.lo + v.hi) / 2
+        # comparator (``>5``) an interval. The search value's precision makes its range for eq
+        # and ne; the other prefixes ignore it and compare with the number itself
+        # (search.html#number: "ge100: greater or equal to exactly 100"). Not the middle of the
+        # range: in binary floating point that is often a little off the number.
+        assert v.exact is not None, "numbers and quantities are parsed with their exact value"
+        value = v.exact
 
         def floor(bound: float) -> str:  # hi >= bound: lo >= bound - span
             return f"{lo} >= {a(bound)} - {span} AND " if span else ""
@@ -412,10 +416,10 @@ class Compiler:
             return f"({floor(value)}{hi} > {a(value)})"
         if p == "lt":
             return f"{lo} < {a(value)}"
-        if p == "ge":
-            return f"({floor(v.lo)}{hi} >= {a(v.lo)})"
+        if p == "ge":  # some of the value is at or above
+            return f"({floor(value)}{hi} >= {a(value)})"
         if p == "le":
-            return f"{lo} < {a(v.hi)}"
+            return f"{lo} <= {a(value)}"
         if p == "sa":  # all of the value is above
             return f"{lo} > {a(value)}"
         if p == "eb":
