@@ -137,6 +137,35 @@ def test_bundles_gzip_and_reimport(tmp_path: Path) -> None:
     assert read_all(data)[("Organization", "org-1")]["meta"]["versionId"] == "1"
 
 
+def test_transaction_bundles_resolve_references_as_the_api_does(tmp_path: Path) -> None:
+    """A transaction Bundle is processed as POST [base] processes it (server.fhir.transaction):
+    a relative reference in an entry with a RESTful fullUrl is to the entry whose fullUrl is
+    [root]/[type]/[id] (bundle.html §2.36.4.1), even when another server's; a reference to a
+    urn:uuid that is no entry's fullUrl rejects the Bundle."""
+    root = "http://example.org/fhir"
+    tx = tmp_path / "transaction.json"
+    tx.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": f"{root}/Observation/o1",
+         "resource": {"resourceType": "Observation", "id": "o1", "status": "final",
+                      "code": {"text": "x"}, "subject": {"reference": "Patient/p1"}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"fullUrl": f"{root}/Patient/p1", "resource": {"resourceType": "Patient", "id": "p1"},
+         "request": {"method": "POST", "url": "Patient"}}]}))
+    dangling = tmp_path / "dangling.json"
+    dangling.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "y"},
+                      "subject": {"reference": "urn:uuid:7d0c5bb4-5d0e-4c46-a3c2-5cd0c1a2b3c4"}},
+         "request": {"method": "POST", "url": "Observation"}}]}))
+    data = tmp_path / "data"
+    out = consilium(str(tx), str(dangling), data_dir=data)
+    assert "dangling.json" in out.stderr and "urn:uuid:7d0c5bb4" in out.stderr, out.stderr
+    stored = read_all(data)
+    (pid,) = [i for t, i in stored if t == "Patient"]
+    assert pid != "p1"
+    (obs,) = [r for (t, _), r in stored.items() if t == "Observation"]
+    assert obs["subject"]["reference"] == f"Patient/{pid}"
+
+
 def test_later_lines_win_across_chunks_and_bundles(tmp_path: Path) -> None:
     """Workers write their chunks in file order, and a chunk with a transaction Bundle waits
     its turn too: the resource given three times ends as the last line says, version 3."""

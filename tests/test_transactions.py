@@ -354,6 +354,163 @@ def test_conditional_references_are_resolved_after_the_writes(fhir: Fhir) -> Non
     assert [e["resource"]["id"] for e in entries[2]["resource"]["entry"]] == [oid]
 
 
+#: The FHIR base the test client's requests see (http://testserver is TestClient's host).
+BASE = "http://testserver/fhir"
+
+
+def observation(subject: str, **extra: object) -> dict:
+    return {"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+            "subject": {"reference": subject}, **extra}
+
+
+def stored(fhir: Fhir, entry: dict) -> dict:
+    """The resource a response entry's location names, as stored."""
+    return fhir.get(entry["response"]["location"].rsplit("/_history", 1)[0]).json()
+
+
+@pytest.mark.parametrize("root", [BASE, "http://example.org/fhir"])
+def test_relative_references_resolve_against_the_restful_full_url(fhir: Fhir, root: str) -> None:
+    """bundle.html §2.36.4.1: a [type]/[id] reference in an entry whose fullUrl is RESTful is
+    [root]/[type]/[id], [root] taken from that fullUrl; if an entry has that fullUrl, the
+    reference is to it, and is rewritten to the id the server assigns (http.html#trules)."""
+    fhir.put("Patient/rel-1", {**patient("unrelated"), "id": "rel-1"})
+    r = fhir.post("", transaction(
+        post("Observation", {**observation("Patient/rel-1"), "id": "o-rel-1"},
+             f"{root}/Observation/o-rel-1"),
+        post("Patient", {**patient("rel-new"), "id": "rel-1"}, f"{root}/Patient/rel-1"),
+        # not the fullUrl of any entry: left as it is
+        post("Observation", {**observation("Patient/rel-elsewhere"), "id": "o-rel-2"},
+             f"{root}/Observation/o-rel-2")))
+    assert r.status_code == 200, r.text
+    obs, pat, other = r.json()["entry"]
+    pid = pat["response"]["location"].split("/")[1]
+    assert pid != "rel-1"
+    assert stored(fhir, obs)["subject"]["reference"] == f"Patient/{pid}"
+    assert stored(fhir, other)["subject"]["reference"] == "Patient/rel-elsewhere"
+    assert fhir.get("Patient/rel-1").json()["identifier"][0]["value"] == "unrelated"
+
+
+def test_relative_references_in_urn_entries_resolve_against_the_server_base(fhir: Fhir) -> None:
+    """An entry with a urn:uuid fullUrl has no [root] of its own: its relative references are
+    relative to the server's base, so Patient/x is the entry whose fullUrl is [base]/Patient/x,
+    and not an entry of another server's."""
+    r = fhir.post("", transaction(
+        post("Observation", observation("Patient/ub-1"), urn()),
+        post("Patient", patient("ub-1"), f"{BASE}/Patient/ub-1"),
+        post("Observation", observation("Patient/ub-2"), urn()),
+        post("Patient", patient("ub-2"), "http://example.org/fhir/Patient/ub-2")))
+    assert r.status_code == 200, r.text
+    obs1, pat1, obs2, _ = r.json()["entry"]
+    pid = pat1["response"]["location"].split("/")[1]
+    assert stored(fhir, obs1)["subject"]["reference"] == f"Patient/{pid}"
+    assert stored(fhir, obs2)["subject"]["reference"] == "Patient/ub-2"
+
+
+def test_version_specific_references_to_entries_stay_version_specific(fhir: Fhir) -> None:
+    """http.html#trules: "Version-specific references should remain as version-specific
+    references after the references have been updated"; bundle.html §2.36.4.1: the version is
+    removed before matching fullUrls. The version kept is the one the entry's write makes."""
+    existing = fhir.put("Patient/vs-old", {**patient("vs-old"), "id": "vs-old"}).json()
+    assert existing["meta"]["versionId"] == "1"
+    new_url = "http://example.org/fhir/Patient/vs-new"
+    r = fhir.post("", transaction(
+        post("Observation", observation(f"{new_url}/_history/1", performer=[
+            {"reference": new_url}, {"reference": "Patient/vs-old/_history/1"}]), urn()),
+        post("Observation", observation("Patient/vs-new/_history/3"),
+             "http://example.org/fhir/Observation/vs-o"),
+        post("Patient", patient("vs-new"), new_url),
+        put("Patient/vs-old", {**existing, "active": True}, f"{BASE}/Patient/vs-old")))
+    assert r.status_code == 200, r.text
+    obs, relative, pat, _ = r.json()["entry"]
+    pid = pat["response"]["location"].split("/")[1]
+    first = stored(fhir, obs)
+    assert first["subject"]["reference"] == f"Patient/{pid}/_history/1"
+    assert first["performer"][0]["reference"] == f"Patient/{pid}"
+    # the PUT makes version 2 of Patient/vs-old: the reference is to what it wrote
+    assert first["performer"][1]["reference"] == "Patient/vs-old/_history/2"
+    assert stored(fhir, relative)["subject"]["reference"] == f"Patient/{pid}/_history/1"
+    assert fhir.get("Patient/vs-old/_history/2").json()["active"] is True
+
+
+def test_a_failing_conditional_reference_names_its_entry(fhir: Fhir) -> None:
+    """Like every failing entry, the one holding a conditional reference that matches no or
+    several resources is named (the transaction fails: http.html#trules)."""
+    fhir.post("Patient", patient("cn-2"))
+    fhir.post("Patient", patient("cn-2"))
+    for criteria, status in (("urn:mrn|cn-none", 404), ("urn:mrn|cn-2", 412)):
+        r = fhir.post("", transaction(
+            post("Patient", patient("cn-1"), urn()),
+            post("Observation", observation("Patient?identifier=urn:mrn|cn-1"), urn()),
+            post("Observation", observation(f"Patient?identifier={criteria}"), urn())))
+        assert r.status_code == status, r.text
+        issue = r.json()["issue"][0]
+        assert issue["diagnostics"].startswith("Bundle.entry[2] (POST Observation): ")
+        assert criteria in issue["diagnostics"]
+        assert issue["expression"] == ["Bundle.entry[2]"]
+    assert count(fhir, "Patient", identifier="urn:mrn|cn-1") == 0
+
+
+def test_two_conditional_updates_creating_the_same_resource_are_refused(fhir: Fhir) -> None:
+    """Both would create the resource their criteria match: the message says so, not that
+    their criteria matched something before the transaction's writes."""
+    r = fhir.post("", transaction(
+        put("Patient?identifier=urn:mrn|cu-1", patient("cu-1", gender="male")),
+        put("Patient?identifier=urn:mrn|cu-1", patient("cu-1", gender="female"))))
+    assert r.status_code == 409, r.text
+    diagnostics = r.json()["issue"][0]["diagnostics"]
+    assert "Bundle.entry[0]" in diagnostics and "Bundle.entry[1]" in diagnostics
+    assert "before the transaction's writes and" not in diagnostics
+    assert "create" in diagnostics
+    assert count(fhir, "Patient", identifier="urn:mrn|cu-1") == 0
+
+
+@pytest.mark.parametrize("full_url, resource_id, url", [
+    (f"{BASE}/Patient/fu-a", "fu-b", "Patient/fu-b"),
+    ("http://example.org/fhir/Patient/fu-a", "fu-b", "Patient/fu-b"),
+    (f"{BASE}/Observation/fu-b", "fu-b", "Patient/fu-b"),
+])
+def test_a_full_url_disagreeing_with_the_entry_id_is_refused(fhir: Fhir, full_url: str,
+                                                             resource_id: str, url: str) -> None:
+    """Bundle.entry.fullUrl: "The fullUrl SHALL NOT disagree with the id in the resource"."""
+    r = fhir.post("", transaction(
+        put(url, {**patient("fu-1"), "id": resource_id}, full_url),
+        post("Observation", observation(full_url), urn())))
+    assert r.status_code == 400, r.text
+    issue = r.json()["issue"][0]
+    assert issue["diagnostics"].startswith(f"Bundle.entry[0] (PUT {url}): ")
+    assert full_url in issue["diagnostics"]
+    assert issue["expression"] == ["Bundle.entry[0].fullUrl"]
+    assert count(fhir, "Patient") == 0 and count(fhir, "Observation") == 0
+    # a POST's fullUrl names its resource too
+    r = fhir.post("", transaction(post("Patient", {**patient("fu-2"), "id": "fu-c"},
+                                       f"{BASE}/Patient/fu-d")))
+    assert r.status_code == 400, r.text
+    # agreeing, or a urn:uuid (a name of its own), is fine
+    r = fhir.post("", transaction(put("Patient/fu-b", {**patient("fu-1"), "id": "fu-b"},
+                                      f"{BASE}/Patient/fu-b"),
+                                  put("Patient/fu-e", {**patient("fu-3"), "id": "fu-e"}, urn())))
+    assert r.status_code == 200, r.text
+
+
+def test_a_reference_to_a_urn_that_is_no_full_url_is_refused(fhir: Fhir) -> None:
+    """A urn:uuid or urn:oid means something only inside its Bundle: a reference to one that
+    is no entry's fullUrl could never resolve, so the entry holding it is refused."""
+    for dangling in (urn(), "urn:oid:1.2.3.4.5"):
+        r = fhir.post("", transaction(
+            post("Patient", patient("dg-1"), urn()),
+            post("Observation", observation(dangling), urn())))
+        assert r.status_code == 400, r.text
+        issue = r.json()["issue"][0]
+        assert issue["diagnostics"].startswith("Bundle.entry[1] (POST Observation): ")
+        assert dangling in issue["diagnostics"]
+        assert issue["expression"][0].startswith("Bundle.entry[1]")
+    assert count(fhir, "Patient", identifier="urn:mrn|dg-1") == 0
+    # a uri that is not a reference (an identifier system) may well be a urn:oid
+    r = fhir.post("", transaction(post("Patient", {**patient("dg-2"), "identifier": [
+        {"system": "urn:oid:2.16.840.1.113883.4.1", "value": "123"}]})))
+    assert r.status_code == 200, r.text
+
+
 def test_conditional_reads_in_bundles_and_prefer_applies_to_writes(fhir: Fhir) -> None:
     p = fhir.post("Patient", patient("cr-1")).json()
     read = {"method": "GET", "url": f"Patient/{p['id']}"}

@@ -92,8 +92,11 @@ def _walk(obj: dict[str, Any], elements: dict[str, Element], fn: Visitor) -> Non
             _walk(item, el.children or structures().children(el), fn)
 
 
-def rewrite(resource: dict[str, Any], resolve: Resolver) -> int:
-    """Replace every reference ``resolve`` maps to something else; returns how many changed."""
+def rewrite(resource: dict[str, Any], resolve: Resolver,
+            unresolved: Callable[[str], None] | None = None) -> int:
+    """Replace every reference ``resolve`` maps to something else; returns how many changed.
+    ``unresolved`` is shown each Reference.reference that ``resolve`` maps to nothing (to
+    refuse the ones that can never resolve), in the same walk."""
     changed = 0
 
     def fix(holder: Holder, key: Any, type_name: str) -> None:
@@ -111,7 +114,10 @@ def rewrite(resource: dict[str, Any], resolve: Resolver) -> int:
             holder[key] = _LINK.sub(link, value)
             return
         new = resolve(value)
-        if new is not None and new != value:
+        if new is None:
+            if unresolved is not None and type_name == "Reference":
+                unresolved(value)
+        elif new != value:
             holder[key] = new
             changed += 1
 
@@ -154,6 +160,18 @@ def reference_strings(node: Any) -> Iterator[str]:
                 todo.append(value)
             elif key == "reference" and kind is str:
                 yield value
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Every string anywhere in a JSON value, keys aside, in no order."""
+    todo = [node]
+    while todo:
+        item = todo.pop()
+        for value in item.values() if type(item) is dict else item:
+            if type(value) is str:
+                yield value
+            elif type(value) is dict or type(value) is list:
+                todo.append(value)
 
 
 def references(resource: dict[str, Any]) -> Iterator[str]:

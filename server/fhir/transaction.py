@@ -3,13 +3,14 @@
 A transaction is all or nothing. Its entries are routed like HTTP requests and built into the
 same prepared operations as single requests (server.fhir.writes); identities are assigned first
 (every ``fullUrl`` of an entry that creates or updates gets its final ``Type/id``) and references
-to them are rewritten wherever they occur, then everything is validated and indexed, and finally
-one store transaction settles the ids of conditional creates and updates, applies the entries in
-the order the specification gives (DELETE, POST, PUT/PATCH, GET; conditional references
-``Type?criteria`` are resolved after the other writes, so their criteria see them, and the
-writes holding them come next, before the GETs) and commits. An
-entry that fails fails the whole Bundle with an OperationOutcome naming it; so does a resource
-changed by two entries, conditional ones included.
+to them are rewritten wherever they occur (relative ones resolved as bundle.html §2.36.4.1 says,
+version-specific ones kept so: see `_Links`; one to a urn:uuid or urn:oid that is no entry's is
+refused), then everything is validated and indexed, and finally one store transaction settles
+the ids of conditional creates and updates, applies the entries in the order the specification
+gives (DELETE, POST, PUT/PATCH, GET; conditional references ``Type?criteria`` are resolved after
+the other writes, so their criteria see them, and the writes holding them come next, before the
+GETs) and commits. An entry that fails fails the whole Bundle with an OperationOutcome naming it;
+so does a resource changed by two entries, conditional ones included.
 
 A batch runs each entry on its own, exactly as the same request would run alone, and reports
 each entry's outcome; valid entries are kept whatever happens to the others.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -28,6 +31,7 @@ from server.fhir.bundles import Stored, materialise
 from server.fhir.errors import FhirError, Issue, information, invalid
 from server.fhir.prepare import prepare
 from server.fhir.request import JSON_PATCH, FhirRequest, FhirResponse
+from server.fhir.structures import structures
 from server.fhir.summary import Transform, transform_for
 from server.fhir.values import parse_http_date, parse_instant
 from server.search.query import parse_conditional
@@ -48,6 +52,12 @@ _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 4
             "Type", 422: "Unprocessable Entity", 500: "Internal Server Error"}
 _IN_TRANSACTION = {"create", "update", "conditional-update", "patch", "conditional-patch",
                    "delete", "conditional-delete", "read", "vread", "search-type"}
+#: A RESTful URL, [root]/[type]/[id] (bundle.html#references).
+_RESTFUL = re.compile(r"(.+://.+)/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
+#: A relative reference, [type]/[id].
+_RELATIVE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")
+#: The fullUrls that are names of their own, meaningful only inside their Bundle.
+_URNS = ("urn:uuid:", "urn:oid:")
 
 
 @dataclass
@@ -344,6 +354,114 @@ def _identities(entries: list[Entry]) -> dict[str, str]:
     return mapping
 
 
+def _restful(full_url: str | None) -> re.Match[str] | None:
+    """A fullUrl's [root], [type] and [id] when it is a RESTful URL; None for a urn:uuid or
+    urn:oid (or a URL of anything but a resource)."""
+    m = _RESTFUL.fullmatch(full_url) if full_url and "://" in full_url else None
+    return m if m and structures().is_resource_type(m.group(2)) else None
+
+
+def _check_full_url(e: Entry) -> None:
+    """Bundle.entry.fullUrl "SHALL NOT disagree with the id in the resource": a RESTful one is
+    the URL of the resource the entry writes, and references to it are taken to mean that."""
+    m = _restful(e.full_url)
+    if m is None or _ORDER[e.method] > 2:
+        return
+    resource = e.req._resource if isinstance(e.req._resource, dict) else {}
+    type_, id_ = e.req.type, e.req.id or resource.get("id")
+    if m.group(2) != type_ or id_ is not None and m.group(3) != id_:
+        names = f"{type_}/{id_}" if id_ is not None else f"a {type_}"
+        raise invalid(f"{e.where()} ({e.method} {e.url}): the fullUrl {e.full_url} disagrees "
+                      f"with the entry, which writes {names}; a fullUrl that is not a urn:uuid "
+                      "or urn:oid must be the URL of the entry's resource",
+                      expression=f"{e.where()}.fullUrl")
+
+
+class _Links:
+    """What the references to the entries become (bundle.html §2.36.4.1, http.html#trules).
+
+    A reference is to an entry when it is the entry's fullUrl or, relative (``Type/id``), when
+    it is one once made absolute: against the [root] of the referring entry's fullUrl if that is
+    RESTful, else against the server's base. It is rewritten to the entry's ``Type/id``.
+
+    A version-specific reference (``…/_history/n``) is matched without its version and stays
+    version-specific (http.html#trules). The version it keeps is the one the entry's write makes,
+    so that it refers to what the transaction wrote: the client could not know that number for a
+    resource the server creates or for the next version of one, and whatever it wrote (often the
+    version on another server) names something else here. That version is known once the entry
+    is written, so for now the reference becomes ``Type/id/_history/n``, noted in ``versioned``,
+    and the entries holding one wait until the other writes are done (`_pin_versions`).
+    """
+
+    def __init__(self, entries: list[Entry], mapping: dict[str, str], base: str):
+        self.mapping, self.base = mapping, base
+        self.index = {e.full_url: e.index for e in entries if e.full_url in mapping}
+        self.versioned: dict[str, int] = {}  # as written for now -> the entry it is to
+        self.holders: set[int] = set()  # the entries holding version-specific ones
+
+    def resolver(self, e: Entry) -> references.Resolver:
+        """The references of entry ``e`` to entries, with what they become; others to None."""
+        mapping = self.mapping
+        m = _restful(e.full_url)
+        root = m.group(1) if m else self.base
+
+        def resolve(ref: str) -> str | None:
+            url, history, version = ref.partition("/_history/")
+            if url not in mapping:
+                if not _RELATIVE.fullmatch(url) or f"{root}/{url}" not in mapping:
+                    return None
+                url = f"{root}/{url}"
+            if not history:
+                return mapping[url]
+            for_now = f"{mapping[url]}/_history/{version}"
+            self.versioned[for_now] = self.index[url]
+            self.holders.add(e.index)
+            return for_now
+
+        return resolve
+
+
+def _refuse_dangling(e: Entry) -> Callable[[str], None]:
+    """What a reference of entry ``e`` that is to no entry goes through: one to a urn:uuid or
+    urn:oid, names that mean nothing outside their Bundle, could never resolve."""
+    def refuse(ref: str) -> None:
+        if ref.startswith(_URNS):
+            raise entry_error(e.index, f"{e.method} {e.url}", invalid(
+                f"the reference {ref} is to no entry of this Bundle (none that writes a "
+                "resource has that fullUrl), and a urn:uuid or urn:oid means nothing outside "
+                "its Bundle: it could never resolve"))
+    return refuse
+
+
+def _patch_check(e: Entry, links: _Links,
+                 fixes: dict[str, str]) -> Callable[[dict[str, Any]], None]:
+    """What the resource a PATCH entry makes goes through: the references its patch brings in
+    are resolved as a resource's are, and settled as theirs (``fixes``). Those the resource
+    already held are not the Bundle's to rewrite, unless the patch brings the same string: the
+    patch's values are untyped JSON, so they are told apart by value, in the typed walk of the
+    patched resource."""
+    assert isinstance(e.op, writes.Patch)
+    resolve, refuse = links.resolver(e), _refuse_dangling(e)
+    brought = set(references.strings(e.op.values()))
+    refs = set(references.reference_strings(e.op.values()))
+    for value in brought:  # now, before anything is written: notes the version-specific ones
+        if resolve(value) is None and value in refs:
+            refuse(value)
+
+    def link(ref: str) -> str | None:
+        if ref not in brought:
+            return None
+        target = resolve(ref) or ref
+        target = fixes.get(target, target)
+        return target if target != ref else None
+
+    def check(resource: dict[str, Any]) -> None:
+        references.rewrite(resource, link)
+        references.check_unconditional(resource)
+
+    return check
+
+
 def _conditional(e: Entry) -> set[str]:
     """The conditional references an entry brings: in its resource, or in a patch's values."""
     resource = getattr(e.op, "resource", None)
@@ -361,10 +479,14 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
         if e.interaction not in _IN_TRANSACTION:
             raise entry_error(e.index, f"{e.method} {e.url}", FhirError(
                 400, "not-supported", f"{e.interaction} is not allowed inside a transaction"))
+        _check_full_url(e)
     mapping = _identities(entries)
+    links = _Links(entries, mapping, req.base)
     for e in entries:
-        if isinstance(e.req._resource, dict) and mapping:
-            references.rewrite(e.req._resource, mapping.get)
+        resource = e.req._resource
+        if isinstance(resource, dict) and (mapping or any(
+                r.startswith(_URNS) for r in references.reference_strings(resource))):
+            references.rewrite(resource, links.resolver(e), _refuse_dangling(e))
     for e in entries:
         try:
             e.op = _build(e)
@@ -375,28 +497,17 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
                 e.op.id = e.op_id
             else:
                 e.op.fresh_id = e.op_id
-    conditional = {e.index: _conditional(e) for e in entries}
-    conditional_refs = {ref: parse_conditional(ref.split("?")[0], ref.split("?", 1)[1],
-                                               f"the conditional reference {ref}", req.base)
-                        for refs in conditional.values() for ref in refs}
-    # The writes whose resources hold conditional references wait until the other writes are
-    # done: their criteria see what the transaction deleted and created.
-    waiting = [e for e in entries if conditional[e.index]]
-    later = {e.index for e in waiting}
     fixes: dict[str, str] = {}  # what references became once settled in the store
-
-    def link(ref: str) -> str | None:
-        target = mapping.get(ref, ref)
-        target = fixes.get(target, target)
-        return target if target != ref else None
-
-    def patched(resource: dict[str, Any]) -> None:  # a patch's values, resolved like the rest
-        references.rewrite(resource, link)
-        references.check_unconditional(resource)
-
     for e in entries:
         if isinstance(e.op, writes.Patch):
-            e.op.check_references = patched
+            e.op.check_references = _patch_check(e, links, fixes)
+    conditional = {e.index: _conditional(e) for e in entries}
+    conditional_refs = _conditional_queries(entries, conditional, req.base)
+    # The writes whose resources hold conditional references wait until the other writes are
+    # done: their criteria see what the transaction deleted and created. So do those holding
+    # version-specific references to entries: the versions are known once those are written.
+    waiting = [e for e in entries if conditional[e.index] or e.index in links.holders]
+    later = {e.index for e in waiting}
 
     def apply(tx: Transaction) -> list[Any]:
         planned = _settle_identities(tx, entries, mapping, fixes)
@@ -414,16 +525,14 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
             v = result[0] if isinstance(result, tuple) else result
             want = planned.get(e.index)
             if want is not None and isinstance(v, Version) and (v.type, v.id) != want:
-                before = "nothing" if want == _NOTHING else f"{want[0]}/{want[1]}"
-                raise entry_error(e.index, f"{e.method} {e.url}", FhirError(
-                    409, "conflict", f"its criteria matched {before} before the transaction's "
-                    f"writes and {v.type}/{v.id} after them"))
+                raise entry_error(e.index, f"{e.method} {e.url}", _moved(tx, want, v, planned))
 
         ordered = sorted(entries, key=lambda x: _ORDER[x.method])
         for e in ordered:
             if _ORDER[e.method] < 3 and e.index not in later:
                 run(e)
         _resolve_references(tx, waiting, conditional_refs, fixes)
+        _pin_versions(entries, waiting, results, links.versioned, fixes)
         for e in ordered:
             if e.index in later or _ORDER[e.method] == 3:
                 run(e)
@@ -507,20 +616,76 @@ def _target(tx: Transaction, e: Entry) -> tuple[str, str] | None:
     return (type_, e.req.id) if e.req.id else None
 
 
+def _conditional_queries(entries: list[Entry], conditional: dict[int, set[str]],
+                         base: str) -> dict[str, tuple[Any, Entry]]:
+    """Each conditional reference's search, with the first entry holding it (named if it
+    fails)."""
+    queries: dict[str, tuple[Any, Entry]] = {}
+    for e in entries:
+        for ref in conditional[e.index] - queries.keys():
+            type_, _, criteria = ref.partition("?")
+            try:
+                queries[ref] = parse_conditional(type_, criteria,
+                                                 f"the conditional reference {ref}", base), e
+            except FhirError as exc:
+                raise entry_error(e.index, f"{e.method} {e.url}", exc) from None
+    return queries
+
+
 def _resolve_references(tx: Transaction, entries: list[Entry],
-                        conditional_refs: dict[str, Any], fixes: dict[str, str]) -> None:
+                        conditional_refs: dict[str, tuple[Any, Entry]],
+                        fixes: dict[str, str]) -> None:
     """After the other writes: each conditional reference must match exactly one resource."""
     fix: dict[str, str] = {}
-    for ref, query in conditional_refs.items():
+    for ref, (query, e) in conditional_refs.items():
         matches = tx.search(query, 2)
         if len(matches) != 1:
-            raise FhirError(412 if matches else 404,
-                            "multiple-matches" if matches else "not-found",
-                            f"the conditional reference {ref} matches {len(matches)} "
-                            "resources; it must match exactly one")
+            raise entry_error(e.index, f"{e.method} {e.url}", FhirError(
+                412 if matches else 404, "multiple-matches" if matches else "not-found",
+                f"the conditional reference {ref} matches {len(matches)} resources; it must "
+                "match exactly one"))
         fix[ref] = f"{matches[0].type}/{matches[0].id}"
     fixes.update(fix)
     _rewrite(entries, fix)
+
+
+def _pin_versions(entries: list[Entry], waiting: list[Entry], results: list[Any],
+                  versioned: dict[str, int], fixes: dict[str, str]) -> None:
+    """After the other writes: the version-specific references to entries, held by the
+    ``waiting`` entries, name the version each entry's write made (or, for a conditional create
+    that matched, found): see `_Links`."""
+    fix: dict[str, str] = {}
+    for ref, index in versioned.items():
+        result = results[index]
+        v = result[0] if isinstance(result, tuple) else result
+        if not isinstance(v, Version):  # it waits too: its version is not known yet
+            target = entries[index]
+            raise entry_error(index, f"{target.method} {target.url}", FhirError(
+                400, "not-supported", f"{ref} refers to a version of this entry, which holds "
+                "conditional or version-specific references itself, so it is written after "
+                "the entries that refer to it: its version is not known when they are"))
+        fix[ref] = f"{v.type}/{v.id}/_history/{v.version}"
+    fixes.update(fix)
+    _rewrite(waiting, fix)
+
+
+def _moved(tx: Transaction, want: tuple[str, str], v: Version,
+           planned: dict[int, tuple[str, str]]) -> FhirError:
+    """The error of a conditional entry whose criteria, once the transaction's other writes
+    are done, select ``v`` rather than ``want``, what they selected before them."""
+    found = f"{v.type}/{v.id}"
+    before = None if want == _NOTHING else tx.read(*want)
+    if want != _NOTHING and (before is None or before.deleted):
+        # Nothing matched, so this entry was to create ``want``; another entry created first.
+        maker = next((i for i, p in planned.items() if p == (v.type, v.id)), None)
+        by = f", which Bundle.entry[{maker}] creates" if maker is not None else ""
+        return FhirError(409, "conflict", f"its criteria match no stored {v.type}, so it would "
+                         f"create one, but they match {found}{by}: both entries would create "
+                         "the same resource (a transaction may hold one conditional write per "
+                         "criteria)")
+    what = "nothing" if want == _NOTHING else f"{want[0]}/{want[1]}"
+    return FhirError(409, "conflict", f"its criteria matched {what} before the transaction's "
+                     f"writes and {found} after them")
 
 
 def _rewrite(entries: list[Entry], fix: dict[str, str]) -> None:
