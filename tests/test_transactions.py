@@ -612,6 +612,37 @@ def test_batch_entries_may_not_refer_to_each_other(fhir: Fhir) -> None:
     assert count(fhir, "Observation") == 0
 
 
+def test_batch_entries_run_in_the_transaction_order_and_one_resource_is_changed_once(
+        fhir: Fhir) -> None:
+    """http.html#brules: "servers execute the batch in the same order as that specified below
+    for transactions" (DELETE, POST, PUT/PATCH, GET), and there "SHALL be no interdependencies
+    between the different entries in the Bundle that cause change on the server ... Servers
+    SHOULD validate that this is the case": of two entries changing one resource, the later
+    is refused."""
+    gone = fhir.put("Patient/bo-1", {**patient("bo-1"), "id": "bo-1"}).json()
+    kept = fhir.put("Patient/bo-2", {**patient("bo-2"), "id": "bo-2"}).json()
+    r = fhir.post("", transaction(
+        {"request": {"method": "GET", "url": "Patient/bo-1"}},
+        {"request": {"method": "GET", "url": "Patient?identifier=urn:mrn|bo-3"}},
+        put("Patient/bo-2", {**kept, "active": True}),
+        post("Patient", patient("bo-3")),
+        {"request": {"method": "DELETE", "url": "Patient/bo-1"}},
+        put("Patient/bo-2", {**kept, "active": False}),
+        {"request": {"method": "DELETE", "url": f"Patient/{gone['id']}"}},
+        kind="batch"))
+    assert r.status_code == 200, r.text
+    out = [e["response"] for e in r.json()["entry"]]
+    assert out[0]["status"].startswith("410")  # the GET ran after the DELETE
+    assert len(r.json()["entry"][1]["resource"]["entry"]) == 1  # and the search after the POST
+    assert out[2]["status"] == "200 OK" and out[3]["status"] == "201 Created"
+    assert out[4]["status"] == "200 OK"
+    for later, earlier in ((5, 2), (6, 4)):
+        assert out[later]["status"].startswith("400"), out[later]
+        assert f"Bundle.entry[{earlier}]" in out[later]["outcome"]["issue"][0]["diagnostics"]
+    assert fhir.get("Patient/bo-2").json()["active"] is True
+    assert fhir.get("Patient/bo-1/_history").json()["total"] == 2  # deleted once
+
+
 def test_head_entries_and_prefer_operation_outcome(fhir: Fhir) -> None:
     p = fhir.post("Patient", patient("h-1")).json()
     for kind in ("batch", "transaction"):

@@ -219,11 +219,15 @@ def _bundle(kind: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
 # -- batch ---------------------------------------------------------------------------------------
 
 async def _batch_entry(req: FhirRequest, index: int, raw: Any, store: ResourceStore,
-                       full_urls: dict[str, int]) -> dict[str, Any]:
+                       full_urls: dict[str, int], earlier: int | None) -> dict[str, Any]:
     from server.fhir.router import routes
 
     try:
         entry = _entry_request(req, index, raw)
+        if earlier is not None:
+            raise invalid(f"this entry changes {entry.url}, as Bundle.entry[{earlier}] does; "
+                          "the entries of a batch are processed on their own and must not "
+                          "depend on each other: send a transaction")
         resource = entry.req._resource
         for ref in references.references(resource) if full_urls and isinstance(
                 resource, dict) else ():
@@ -241,12 +245,51 @@ async def _batch_entry(req: FhirRequest, index: int, raw: Any, store: ResourceSt
 
 
 async def batch(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirResponse:
+    """The entries run in the transactions' order (http.html#brules: "servers execute the batch
+    in the same order as that specified below for transactions"), those of one method together,
+    so that their writes share commits."""
     # urn:uuid and urn:oid names exist only in the Bundle: a reference to one cannot resolve.
     full_urls = {e["fullUrl"]: i for i, e in enumerate(raw) if isinstance(e, dict)
                  and isinstance(e.get("fullUrl"), str) and e["fullUrl"].startswith("urn:")}
-    entries = await asyncio.gather(*(_batch_entry(req, i, e, store, full_urls)
-                                     for i, e in enumerate(raw)))
-    return FhirResponse(200, resource=_bundle("batch", list(entries)))
+    changed_by = _changed_twice(raw, req.base)
+    entries: list[dict[str, Any]] = [{} for _ in raw]
+    for order in sorted(set(_ORDER.values())):
+        here = [i for i, e in enumerate(raw) if _method_order(e) == order]
+        done = await asyncio.gather(*(_batch_entry(req, i, raw[i], store, full_urls,
+                                                   changed_by.get(i)) for i in here))
+        for i, entry in zip(here, done, strict=True):
+            entries[i] = entry
+    return FhirResponse(200, resource=_bundle("batch", entries))
+
+
+def _method_order(raw: Any) -> int:
+    """Where an entry comes in the processing order; one without a method, last (it fails)."""
+    request = raw.get("request") if isinstance(raw, dict) else None
+    method = request.get("method") if isinstance(request, dict) else None
+    return _ORDER.get(method, 3) if isinstance(method, str) else 3
+
+
+def _changed_twice(raw: list[Any], base: str) -> dict[int, int]:
+    """The entries of a batch that change a resource (``Type/id``) an earlier entry changes,
+    with that entry: "there SHALL be no interdependencies between the different entries in the
+    Bundle that cause change on the server ... Servers SHOULD validate that this is the case"
+    (http.html#brules)."""
+    first: dict[str, int] = {}
+    twice: dict[int, int] = {}
+    for i, e in enumerate(raw):
+        request = e.get("request") if isinstance(e, dict) else None
+        if not isinstance(request, dict) or request.get("method") not in ("PUT", "PATCH",
+                                                                           "DELETE"):
+            continue
+        url = request.get("url")
+        if not isinstance(url, str) or "?" in url:
+            continue
+        target = url.removeprefix(base + "/").strip("/")
+        if target in first:
+            twice[i] = first[target]
+        else:
+            first[target] = i
+    return twice
 
 
 # -- transaction ---------------------------------------------------------------------------------
