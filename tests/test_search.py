@@ -685,6 +685,20 @@ def test_uri_exact_below_and_above(fhir: Fhir) -> None:
     assert found(fhir, "ValueSet", {"url:missing": "true"}) == {"nourl"}
 
 
+def test_a_canonical_with_a_version_searches_the_version(fhir: Fhir) -> None:
+    """search.html#uri: servers "SHOULD support automatically detecting a |[version] portion
+    as part of the search parameter, and interpreting that portion as a search on the
+    version"."""
+    url = "http://example.org/fhir/ValueSet/versioned"
+    put_all(fhir, *({"resourceType": "ValueSet", "id": f"v{n}", "status": "active", "url": url,
+                     "version": version} for n, version in ((1, "1.0"), (2, "2.0"))),
+            {"resourceType": "ValueSet", "id": "unversioned", "status": "active", "url": url})
+    assert found(fhir, "ValueSet", {"url": f"{url}|1.0"}) == {"v1"}
+    assert found(fhir, "ValueSet", {"url": f"{url}|2.0"}) == {"v2"}
+    assert found(fhir, "ValueSet", {"url": f"{url}|3.0"}) == set()
+    assert found(fhir, "ValueSet", {"url": url}) == {"v1", "v2", "unversioned"}
+
+
 # -- :missing ------------------------------------------------------------------------------------
 
 def test_missing_for_several_types(fhir: Fhir) -> None:

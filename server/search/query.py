@@ -458,6 +458,10 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
                                 "supported", expression="_contained")
             continue
         parser.top = name
+        if len(types) == 1 and (versioned := _canonical_version(types[0], name, raw)):
+            raw, version = versioned
+            if (on_version := parser.clause(types[0], "version", version)) is not None:
+                q.clauses.append(on_version)
         if len(types) == 1:
             clause = parser.clause(types[0], name, raw)
         else:
@@ -473,6 +477,20 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
     q.ignored = parser.ignored
     q.base = parser.base
     return q
+
+
+def _canonical_version(type_: str, name: str, raw: str) -> tuple[str, str] | None:
+    """``url=[canonical]|[version]`` on a type with a version: the canonical and the version,
+    searched as url and version (search.html#uri: servers "SHOULD support automatically
+    detecting a |[version] portion as part of the search parameter"). One value only: a list
+    of versioned canonicals is searched as written."""
+    if name != "url" or "|" not in raw or "," in raw:
+        return None
+    params = registry().params_for(type_)
+    if "version" not in params or "url" not in params or params["url"].type != "uri":
+        return None
+    url, _, version = raw.rpartition("|")
+    return (url, version) if url and version else None
 
 
 def _quiet(parser: Parser, type_: str, name: str, raw: str) -> Clause | None:
