@@ -268,9 +268,12 @@ def _at_least_one(text: str) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    import multiprocessing
+    import signal
+
     from tqdm import tqdm
 
-    from server.bulk.importer import import_files
+    from server.bulk.importer import Importer
     from server.storage import open_store
 
     for f in args.files:
@@ -293,25 +296,43 @@ def cmd_import(args: argparse.Namespace) -> int:
                             refresh=False)
 
     async def run() -> Any:
-        store = open_store(settings, bulk=args.chunk)
+        importer.store = open_store(settings, bulk=args.chunk)
         try:
-            return await import_files(store, settings, list(args.files), atomic=args.atomic,
-                                      workers=args.workers, model_check=args.model_check,
-                                      chunk=args.chunk, progress=progress)
+            return await importer.run(list(args.files))
         finally:
-            await store.close()
+            await importer.store.close()
 
+    def interrupt(signum: int, frame: Any) -> None:
+        if importer.stopping.is_set():  # the second Ctrl-C: at once
+            for child in multiprocessing.active_children():
+                child.kill()
+            os._exit(130)  # what is committed stays; the chunks under way roll back
+        importer.stop()
+        bar.write("interrupted: writing the chunks under way, then stopping (Ctrl-C again to "
+                  "stop at once)", file=sys.stderr)
+
+    importer = Importer(None, settings, atomic=args.atomic, workers=args.workers,
+                        model_check=args.model_check, chunk=args.chunk, progress=progress)
+    # Ours rather than asyncio's, which cancels the main task: that waits on the workers
+    # without yielding, so the cancellation would never land.
+    signal.signal(signal.SIGINT, interrupt)
     report = asyncio.run(run())
     bar.close()
+    nothing = args.atomic and (report.rejected or report.interrupted)
     print(f"imported {report.imported:,} resources"
           + (f" ({report.bundles:,} Bundles)" if report.bundles else "")
           + f" in {report.seconds:.1f} s ({report.rate:,.0f}/s); "
           f"rejected {len(report.rejected):,}"
-          + (" — nothing imported (--atomic)" if args.atomic and report.rejected else ""))
+          + (" — nothing imported (--atomic)" if nothing else ""))
     for r in report.rejected[:1000]:
         print(f"{r.source}:{r.line}: {r.message}", file=sys.stderr)
     if len(report.rejected) > 1000:
         print(f"... and {len(report.rejected) - 1000:,} more", file=sys.stderr)
+    if report.interrupted:
+        print("consilium import: interrupted before the end of the files; importing them again "
+              "completes it (resources already imported are unchanged, and not written again)",
+              file=sys.stderr)
+        return 130
     return 1 if report.rejected else 0
 
 

@@ -430,6 +430,46 @@ def test_an_import_killed_midway_leaves_whole_chunks_and_can_be_run_again(tmp_pa
     assert len(read_all(data)) == n
 
 
+def test_ctrl_c_finishes_the_chunks_under_way_says_so_and_the_import_can_be_run_again(
+        tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group: the importing process and its workers)
+    stops reading, lets the chunks under way be written, and exits 130 with a message and the
+    summary, no tracebacks; run again, the import completes."""
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    n, chunk = 60_000, 1000
+    src = write_ndjson(tmp_path / "many.ndjson", [patient(i) for i in range(n)])
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "server", "import", "--quiet", "--data-dir",
+                             str(data), "--workers", "2", "--chunk", str(chunk), str(src)],
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def stored() -> int:
+        try:
+            with sqlite3.connect(f"file:{data / 'consilium.db'}?mode=ro", uri=True) as conn:
+                return int(conn.execute("SELECT count(*) FROM resource").fetchone()[0])
+        except sqlite3.Error:  # not created yet
+            return 0
+
+    deadline = time.monotonic() + 120
+    while stored() < 2 * chunk and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted" in err and "Traceback" not in err, err
+    count = stored()
+    assert 0 < count < n and count % chunk == 0, count
+    assert f"imported {count:,} resources" in out, out
+    again = consilium(str(src), data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert len(read_all(data)) == n
+
+
 @pytest.mark.slow
 def test_import_while_a_server_runs(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--workers", "1")

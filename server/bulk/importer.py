@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 import zlib
@@ -77,6 +78,7 @@ class Report:
     bundles: int = 0
     rejected: list[Rejected] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False  # stopped (Importer.stop) before the end of the files
 
     @property
     def rate(self) -> float:
@@ -231,6 +233,17 @@ def _warm_up() -> None:
     warm_up()
 
 
+def _ignore_interrupts() -> None:
+    """In a worker: Ctrl-C reaches the whole process group, and the importing process decides
+    (Importer.stop); a worker dying mid-chunk would leave the pool waiting for its result."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _prepare_worker() -> None:
+    _ignore_interrupts()
+    _warm_up()
+
+
 class _Turns:
     """Chunk k is written once chunks 0 … k - 1 are: a counter shared by the processes."""
 
@@ -254,6 +267,7 @@ _worker: dict[str, Any] = {}  # the store and turns of a writing worker process
 def _open_writer(settings: Any, turns: _Turns, chunk: int) -> None:
     from server.storage import open_store
 
+    _ignore_interrupts()
     _warm_up()
     # Rows and tuples by the million, and no reference cycles worth chasing during a chunk:
     # what warm-up loaded is set aside, and the young generations are collected once a chunk.
@@ -319,6 +333,13 @@ class Importer:
         self.workers = workers or os.cpu_count() or 1
         self.progress = progress or (lambda done_bytes, imported, rejected: None)
         self.report = Report()
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Read no further: the chunks under way are written (an --atomic import writes
+        nothing), then :meth:`run` returns its report, marked interrupted. Safe to call from a
+        signal handler."""
+        self.stopping.set()
 
     def _items(self, paths: list[Path]) -> Iterator[tuple[str, _Counting, Item, int]]:
         """Every item of every file: (file, its bytes-read counter, item, its bytes of JSON).
@@ -393,6 +414,8 @@ class Importer:
         def jobs() -> Iterator[tuple[int, list[Item], bool]]:
             for k, (chunk, sources) in enumerate(self._chunks(paths)):
                 slots.acquire()
+                if self.stopping.is_set():
+                    return
                 meta.append(sources)
                 yield k, chunk, self.model_check
 
@@ -403,7 +426,7 @@ class Importer:
             self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
 
         if self.atomic:  # one transaction: the workers prepare, this process writes
-            with ctx.Pool(self.workers, initializer=_warm_up) as pool:
+            with ctx.Pool(self.workers, initializer=_prepare_worker) as pool:
                 await self._atomic(pool.imap(_prepare_chunk, jobs()), meta, consumed)
         else:
             turns = _Turns(ctx)
@@ -423,6 +446,7 @@ class Importer:
                     self.report.imported += written
                     consumed(sources)
         self.report.seconds = time.monotonic() - started
+        self.report.interrupted = self.stopping.is_set()
         self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
         return self.report
 
@@ -506,7 +530,7 @@ class Importer:
             while True:
                 batch = feed.get()
                 if batch is None:
-                    if self.report.rejected:
+                    if self.report.rejected or self.stopping.is_set():
                         raise Abort
                     return n
                 n += _write_all(tx, batch)
