@@ -166,6 +166,23 @@ def test_transaction_bundles_resolve_references_as_the_api_does(tmp_path: Path) 
     assert obs["subject"]["reference"] == f"Patient/{pid}"
 
 
+def test_a_history_bundle_is_replayed_oldest_first(tmp_path: Path) -> None:
+    """A history lists the newest first: imported, its changes are made oldest first, so the
+    current version is the newest, and its DELETE entries delete."""
+    from tests.test_transactions import history_bundle
+
+    src = tmp_path / "history.json"
+    src.write_text(json.dumps(history_bundle("http://elsewhere.example/fhir")))
+    data = tmp_path / "data"
+    out = consilium(str(src), data_dir=data)
+    assert out.returncode == 0, out.stderr
+    assert "imported 5 resources" in out.stdout, out.stdout
+    stored = read_all(data)
+    assert stored[("Patient", "hb-1")]["name"] == [{"family": "Third"}]
+    assert stored[("Patient", "hb-1")]["meta"]["versionId"] == "3"
+    assert ("Patient", "hb-2") not in stored  # deleted
+
+
 def test_later_lines_win_across_chunks_and_bundles(tmp_path: Path) -> None:
     """Workers write their chunks in file order, and a chunk with a transaction Bundle waits
     its turn too: the resource given three times ends as the last line says, version 3."""

@@ -643,6 +643,38 @@ def test_batch_entries_run_in_the_transaction_order_and_one_resource_is_changed_
     assert fhir.get("Patient/bo-1/_history").json()["total"] == 2  # deleted once
 
 
+def history_bundle(base: str) -> dict:
+    """A history as GET [base]/_history gives it, newest first: h1 created, h2 created, h1
+    updated, h2 deleted, h1 updated again."""
+    def entry(method: str, id_: str, family: str | None, status: str) -> dict:
+        e: dict = {"fullUrl": f"{base}/Patient/{id_}",
+                   "request": {"method": method, "url": "Patient" if method == "POST"
+                               else f"Patient/{id_}"},
+                   "response": {"status": status}}
+        if family is not None:
+            e["resource"] = {"resourceType": "Patient", "id": id_, "name": [{"family": family}]}
+        return e
+
+    return {"resourceType": "Bundle", "type": "history", "entry": [
+        entry("PUT", "hb-1", "Third", "200 OK"), entry("DELETE", "hb-2", None, "204 No Content"),
+        entry("PUT", "hb-1", "Second", "200 OK"), entry("POST", "hb-2", "Other", "201 Created"),
+        entry("POST", "hb-1", "First", "201 Created")]}
+
+
+def test_a_history_bundle_is_replayed_oldest_first(fhir: Fhir) -> None:
+    """http.html#transaction: "servers SHOULD accept a history Bundle" (as a batch or a
+    transaction): its changes are made again, oldest first, the resources keeping their ids."""
+    r = fhir.post("", history_bundle("http://elsewhere.example/fhir"))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "batch-response"
+    assert [e["response"]["status"] for e in out["entry"]] == [
+        "200 OK", "200 OK", "200 OK", "201 Created", "201 Created"]
+    current = fhir.get("Patient/hb-1").json()
+    assert current["name"] == [{"family": "Third"}] and current["meta"]["versionId"] == "3"
+    assert fhir.get("Patient/hb-2").status_code == 410
+
+
 def test_head_entries_and_prefer_operation_outcome(fhir: Fhir) -> None:
     p = fhir.post("Patient", patient("h-1")).json()
     for kind in ("batch", "transaction"):

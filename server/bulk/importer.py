@@ -9,9 +9,9 @@ server.fhir.validation; its second opinion from the fhir.resources R4B models, t
 cost, is added by ``model_check``), then writes it to the store as one transaction, in file order:
 chunk k is committed after chunk k - 1, so a resource given twice ends as its later line says.
 While one worker writes, the other prepares its next chunk, so both cores work at once. A
-transaction or batch Bundle (a whole file, or one NDJSON line) is processed by the importing
-process, in its turn, as the FHIR API would process it (server.fhir.transaction), references
-and conditionals included.
+transaction, batch or history Bundle (a whole file, or one NDJSON line) is processed by the
+importing process, in its turn, as the FHIR API would process it (server.fhir.transaction),
+references and conditionals included; a history is replayed oldest first.
 
 A rejected line never stops the good ones, unless ``atomic``: then the whole import is one store
 transaction and the first rejected line leaves the store exactly as it was.
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 #: or a Bundle file's entries, uncompressed), so that memory stays bounded whatever they hold.
 CHUNK = 20000
 CHUNK_BYTES = 64 << 20
-_BUNDLE_KINDS = ("transaction", "batch")
+_BUNDLE_KINDS = ("transaction", "batch", "history")
 
 
 @dataclass
@@ -477,7 +477,7 @@ class Importer:
 
     async def _bundle(self, name: str, number: int, bundle: dict[str, Any]) -> None:
         from server.fhir.request import FhirRequest
-        from server.fhir.transaction import batch, transaction
+        from server.fhir.transaction import batch, replay, transaction
 
         req = FhirRequest("POST", "transaction", settings=self.settings,
                           base=(self.settings.base_url or "").rstrip("/") + "/fhir",
@@ -491,7 +491,8 @@ class Importer:
                     _wrote(e, r) for e, r in zip(entries, response.resource["entry"],
                                                  strict=True))
             else:
-                response = await batch(req, self.store, entries)
+                run = replay if bundle.get("type") == "history" else batch
+                response = await run(req, self.store, entries)
                 assert response.resource is not None
                 for i, e in enumerate(response.resource["entry"]):
                     status = e["response"]["status"]

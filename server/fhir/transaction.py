@@ -164,9 +164,9 @@ def _entries(req: FhirRequest) -> tuple[str, list[Any]]:
         raise invalid("POST to the base takes a transaction or batch Bundle",
                       expression="resourceType")
     kind = bundle.get("type")
-    if kind not in ("transaction", "batch"):
-        raise invalid(f"Bundle.type must be transaction or batch to be processed, not {kind!r}",
-                      expression="Bundle.type")
+    if kind not in ("transaction", "batch", "history"):
+        raise invalid(f"Bundle.type must be transaction, batch or history to be processed, not "
+                      f"{kind!r}", expression="Bundle.type")
     raw = bundle.get("entry", [])
     if not isinstance(raw, list):
         raise invalid("Bundle.entry must be an array", code="structure", expression="Bundle.entry")
@@ -742,9 +742,38 @@ def _rewrite(entries: list[Entry], fix: dict[str, str]) -> None:
 
 
 async def process(req: FhirRequest, store: ResourceStore) -> FhirResponse:
-    """POST [base]: a transaction or batch Bundle."""
+    """POST [base]: a transaction, batch or history Bundle."""
     kind, raw = _entries(req)
     if kind == "batch":
         return await batch(req, store, raw)
+    if kind == "history":
+        return await replay(req, store, raw)
     return await transaction(req, store, raw)
+
+
+async def replay(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirResponse:
+    """A history Bundle (http.html#transaction: "servers SHOULD accept a history Bundle"),
+    taken as a batch that replays the changes it lists, oldest first (a history lists the
+    newest first), each resource keeping its id: a POST becomes a PUT to that id. The answer is
+    a batch-response, its entries in the Bundle's order."""
+    out: list[dict[str, Any]] = [{} for _ in raw]
+    for i in reversed(range(len(raw))):
+        out[i] = await _batch_entry(req, i, _as_put(raw[i]), store, {}, None)
+    return FhirResponse(200, resource=_bundle("batch", out))
+
+
+def _as_put(raw: Any) -> Any:
+    """A history entry's POST as a PUT to the id it created (in the resource, or else the
+    fullUrl's); the other entries as they are."""
+    request = raw.get("request") if isinstance(raw, dict) else None
+    resource = raw.get("resource") if isinstance(raw, dict) else None
+    if not isinstance(request, dict) or request.get("method") != "POST" or \
+            not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        return raw
+    m = _restful(raw.get("fullUrl"))
+    id_ = resource.get("id") or (m.group(3) if m else None)
+    if not isinstance(id_, str):
+        return raw
+    return {**raw, "resource": {**resource, "id": id_},
+            "request": {**request, "method": "PUT", "url": f"{resource['resourceType']}/{id_}"}}
 
