@@ -137,6 +137,37 @@ def test_bundles_gzip_and_reimport(tmp_path: Path) -> None:
     assert read_all(data)[("Organization", "org-1")]["meta"]["versionId"] == "1"
 
 
+def test_references_between_the_entries_of_a_collection_hold(tmp_path: Path) -> None:
+    """A collection's entries are imported one by one, and a reference to another entry's
+    urn:uuid fullUrl is to that entry (bundle.html#references): it becomes the Type/id the
+    entry is stored under (its own id, or a new one). A searchset's OperationOutcome is about
+    the search and is left out."""
+    patient_urn = "urn:uuid:11111111-1111-4111-8111-111111111111"
+    org_urn = "urn:uuid:22222222-2222-4222-8222-222222222222"
+    collection = tmp_path / "collection.json"
+    collection.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:33333333-3333-4333-8333-333333333333",  # before its target
+         "resource": {"resourceType": "Observation", "id": "co-1", "status": "final",
+                      "code": {"text": "x"}, "subject": {"reference": patient_urn}}},
+        {"fullUrl": patient_urn, "resource": {"resourceType": "Patient",
+                                              "managingOrganization": {"reference": org_urn}}},
+        {"fullUrl": org_urn, "resource": {"resourceType": "Organization", "id": "co-org"}}]}))
+    searchset = tmp_path / "searchset.json"
+    searchset.write_text(json.dumps({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": patient(20), "search": {"mode": "match"}},
+        {"resource": {"resourceType": "OperationOutcome", "issue": [
+            {"severity": "warning", "code": "not-supported", "diagnostics": "ignored"}]},
+         "search": {"mode": "outcome"}}]}))
+    data = tmp_path / "data"
+    out = consilium(str(collection), str(searchset), data_dir=data)
+    assert out.returncode == 0, out.stderr
+    stored = read_all(data)
+    (pid,) = [i for t, i in stored if t == "Patient" and i != "imp-20"]
+    assert stored[("Observation", "co-1")]["subject"]["reference"] == f"Patient/{pid}"
+    assert stored[("Patient", pid)]["managingOrganization"]["reference"] == "Organization/co-org"
+    assert not any(t == "OperationOutcome" for t, _ in stored)
+
+
 def test_transaction_bundles_resolve_references_as_the_api_does(tmp_path: Path) -> None:
     """A transaction Bundle is processed as POST [base] processes it (server.fhir.transaction):
     a relative reference in an entry with a RESTful fullUrl is to the entry whose fullUrl is

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import gzip
 import io
@@ -41,7 +42,7 @@ import ijson
 
 from server.fhir import codec
 from server.fhir.errors import FhirError
-from server.fhir.references import check_unconditional
+from server.fhir.references import check_unconditional, rewrite
 from server.storage.base import Serialized
 
 log = logging.getLogger(__name__)
@@ -161,12 +162,52 @@ def _json_kind(path: Path) -> str:
     return bundle_type if bundle_type in _BUNDLE_KINDS else "entries"
 
 
-def _bundle_items(stream: IO[bytes]) -> Iterator[tuple[Item, int]]:
-    """The entries' resources, each with the bytes of JSON read up to it (uncompressed)."""
+def _bundle_items(stream: IO[bytes], links: dict[str, str]) -> Iterator[tuple[Item, int]]:
+    """The entries' resources, each with the bytes of JSON read up to it (uncompressed). The
+    references to entries' urn:uuid or urn:oid fullUrls become the ``Type/id`` that ``links``
+    gives them (:func:`_urn_links`), and an entry without an id gets the one given there. A
+    searchset's OperationOutcome (search.mode outcome) is about the search, not data: left out."""
     json = _Counting(stream)
     for number, entry in enumerate(ijson.items(json, "entry.item"), 1):
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        yield (number, resource if resource is not None else {}), json.count
+        if not isinstance(resource, dict):
+            yield (number, {}), json.count
+            continue
+        search = entry.get("search")
+        if isinstance(search, dict) and search.get("mode") == "outcome":
+            continue
+        if links:
+            link = links.get(entry.get("fullUrl"))
+            if link is not None and "id" not in resource:
+                resource["id"] = link.split("/", 1)[1]
+            rewrite(resource, links.get)
+        yield (number, resource), json.count
+
+
+def _urn_links(path: Path) -> dict[str, str]:
+    """A first pass over a Bundle (of a type whose entries are imported one by one): the
+    ``Type/id`` each entry with a urn:uuid or urn:oid fullUrl will have (a new id when its
+    resource has none), so that references between the entries hold (bundle.html#references);
+    empty when no entry has one. Only the fullUrls and ids are read, not the resources."""
+    from server.fhir.writes import new_id
+
+    links: dict[str, str] = {}
+    full_url = type_ = id_ = None
+    stream, _ = _open(path)
+    with stream, contextlib.suppress(ijson.JSONError, *_UNREADABLE):  # reported when read
+        for prefix, event, value in ijson.parse(stream):
+            if prefix == "entry.item" and event in ("start_map", "end_map"):
+                if event == "end_map" and isinstance(full_url, str) and \
+                        full_url.startswith(("urn:uuid:", "urn:oid:")) and isinstance(type_, str):
+                    links[full_url] = f"{type_}/{id_ if isinstance(id_, str) else new_id()}"
+                full_url = type_ = id_ = None
+            elif prefix == "entry.item.fullUrl":
+                full_url = value
+            elif prefix == "entry.item.resource.resourceType":
+                type_ = value
+            elif prefix == "entry.item.resource.id":
+                id_ = value
+    return links
 
 
 def _ndjson_sized(stream: IO[bytes]) -> Iterator[tuple[Item, int]]:
@@ -361,7 +402,8 @@ class Importer:
                         continue
                     yield str(path), counting, (1, data), len(data)
                     continue
-                items = _ndjson_sized(stream) if kind == "ndjson" else _bundle_items(stream)
+                items = _ndjson_sized(stream) if kind == "ndjson" else \
+                    _bundle_items(stream, _urn_links(path))
                 last = read = 0
                 try:
                     for item, upto in items:
