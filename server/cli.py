@@ -245,7 +245,11 @@ def _import_parser(sub: Any) -> None:
     _common(p)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--atomic", action="store_true",
-                   help="all or nothing: one rejected line and nothing is imported")
+                   help="all or nothing: one rejected line and nothing is imported (one store "
+                        "transaction: a server on the same data dir writes only once it ends)")
+    p.add_argument("--rejects", type=Path, metavar="FILE",
+                   help="write every rejected line there (FILE:LINE: why), not only the first "
+                        "1,000 listed at the end")
     p.add_argument("--workers", type=int,
                    help="processes that parse and validate (default: the number of CPUs)")
     p.add_argument("--model-check", action="store_true",
@@ -278,7 +282,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     for f in args.files:
         if not f.is_file():
-            print(f"consilium import: no such file: {f}", file=sys.stderr)
+            why = "a directory, not a file" if f.is_dir() else "no such file"
+            print(f"consilium import: {f}: {why}", file=sys.stderr)
             return 2
     settings = _settings(args)
     from server import logs
@@ -313,27 +318,39 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     importer = Importer(None, settings, atomic=args.atomic, workers=args.workers,
                         model_check=args.model_check, chunk=args.chunk, progress=progress)
+    rejects = open(args.rejects, "w", encoding="utf-8") if args.rejects else None  # noqa: SIM115
+    if rejects is not None:
+        def sink(r: Any) -> None:
+            rejects.write(f"{r.source}:{r.line}: {r.message}\n")
+        importer.report.sink = sink
     # Ours rather than asyncio's, which cancels the main task: that waits on the workers
     # without yielding, so the cancellation would never land.
     signal.signal(signal.SIGINT, interrupt)
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    finally:
+        if rejects is not None:
+            rejects.close()
     bar.close()
-    nothing = args.atomic and (report.rejected or report.interrupted)
+    nothing = args.atomic and (report.rejected_count or report.interrupted)
     print(f"imported {report.imported:,} resources"
           + (f" ({report.bundles:,} Bundles)" if report.bundles else "")
           + f" in {report.seconds:.1f} s ({report.rate:,.0f}/s); "
-          f"rejected {len(report.rejected):,}"
+          f"rejected {report.rejected_count:,}"
           + (" — nothing imported (--atomic)" if nothing else ""))
-    for r in report.rejected[:1000]:
+    order = {str(f): i for i, f in enumerate(args.files)}
+    for r in sorted(report.rejected, key=lambda r: (order.get(r.source, -1), r.line)):
         print(f"{r.source}:{r.line}: {r.message}", file=sys.stderr)
-    if len(report.rejected) > 1000:
-        print(f"... and {len(report.rejected) - 1000:,} more", file=sys.stderr)
+    if report.rejected_count > len(report.rejected):
+        print(f"... and {report.rejected_count - len(report.rejected):,} more"
+              + (f" (all in {args.rejects})" if args.rejects else " (--rejects FILE lists all)"),
+              file=sys.stderr)
     if report.interrupted:
         print("consilium import: interrupted before the end of the files; importing them again "
               "completes it (resources already imported are unchanged, and not written again)",
               file=sys.stderr)
         return 130
-    return 1 if report.rejected else 0
+    return 1 if report.rejected_count else 0
 
 
 # -- demo ---------------------------------------------------------------------------------------

@@ -107,6 +107,33 @@ def test_atomic_import_is_all_or_nothing(tmp_path: Path) -> None:
     assert len(read_all(data)) == 600
 
 
+def test_the_first_thousand_rejected_lines_are_listed_in_order_and_all_written_to_rejects(
+        tmp_path: Path) -> None:
+    """A file of bad lines does not grow the import's memory: the summary lists the first
+    1,000 rejected lines, in file order, and --rejects FILE gets every one."""
+    bad = write_ndjson(tmp_path / "bad.ndjson",
+                       [patient(1)] + [{"resourceType": "Spaceship"}] * 1500 + [patient(2)])
+    missing_type = write_ndjson(tmp_path / "first.ndjson", ['{"id": "x"}'])
+    rejects = tmp_path / "rejects.txt"
+    out = consilium(str(missing_type), str(bad), "--chunk", "100", "--rejects", str(rejects),
+                    data_dir=tmp_path / "data")
+    assert out.returncode == 1
+    assert "imported 2 resources" in out.stdout and "rejected 1,501" in out.stdout, out.stdout
+    listed = [line for line in out.stderr.splitlines() if ".ndjson:" in line]
+    assert len(listed) == 1000
+    assert listed[0].startswith(f"{missing_type}:1:")  # the first file's first
+    lines = [int(line.split(":")[1]) for line in listed[1:]]
+    assert lines == sorted(lines)
+    assert f"... and 501 more (all in {rejects})" in out.stderr
+    written = rejects.read_text().splitlines()
+    assert len(written) == 1501 and all("Spaceship" in w for w in written if str(bad) in w)
+
+
+def test_a_directory_is_refused_as_such(tmp_path: Path) -> None:
+    out = consilium(str(tmp_path), data_dir=tmp_path / "data")
+    assert out.returncode == 2 and "a directory, not a file" in out.stderr
+
+
 def test_bundles_gzip_and_reimport(tmp_path: Path) -> None:
     data = tmp_path / "data"
     collection = tmp_path / "collection.json"

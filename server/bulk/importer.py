@@ -73,17 +73,36 @@ class _Source:
     items: int = 0
 
 
+#: Rejected lines a report keeps (for the summary); the others are counted, and passed on.
+LISTED = 1000
+
+
 @dataclass
 class Report:
     imported: int = 0
     bundles: int = 0
+    #: The first LISTED rejected lines: memory does not grow with a file of bad lines.
     rejected: list[Rejected] = field(default_factory=list)
+    rejected_count: int = 0
     seconds: float = 0.0
     interrupted: bool = False  # stopped (Importer.stop) before the end of the files
+    #: Where every rejected line goes too (``consilium import --rejects FILE``).
+    sink: Callable[[Rejected], None] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def rate(self) -> float:
         return self.imported / self.seconds if self.seconds else 0.0
+
+    def reject(self, source: str, line: int, message: str) -> None:
+        """Note a rejected line (from the reading thread or the importing one)."""
+        r = Rejected(source, line, message)
+        with self._lock:
+            self.rejected_count += 1
+            if len(self.rejected) < LISTED:
+                self.rejected.append(r)
+            if self.sink is not None:
+                self.sink(r)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -389,7 +408,7 @@ class Importer:
             try:
                 kind = "ndjson" if _is_ndjson(path) else _json_kind(path)
             except _NotImportable as exc:
-                self.report.rejected.append(Rejected(str(path), 1, str(exc)))
+                self.report.reject(str(path), 1, str(exc))
                 continue
             stream, counting = _open(path)
             with stream:
@@ -397,8 +416,7 @@ class Importer:
                     try:
                         data = stream.read()
                     except _UNREADABLE as exc:
-                        self.report.rejected.append(Rejected(str(path), 1, f"cannot be read: "
-                                                                           f"{exc}"))
+                        self.report.reject(str(path), 1, f"cannot be read: {exc}")
                         continue
                     yield str(path), counting, (1, data), len(data)
                     continue
@@ -412,8 +430,8 @@ class Importer:
                 except (ijson.JSONError, *_UNREADABLE) as exc:  # broken after a good start
                     at = last + 1
                     what = "line" if kind == "ndjson" else "entry"
-                    self.report.rejected.append(Rejected(
-                        str(path), at, f"cannot be read from {what} {at} on: {exc}"))
+                    self.report.reject(
+                        str(path), at, f"cannot be read from {what} {at} on: {exc}")
 
     def _chunks(self, paths: list[Path]) -> Iterator[tuple[list[Item], list[_Source]]]:
         """The items in chunks of ``chunk`` items or CHUNK_BYTES of JSON, each with the files
@@ -465,7 +483,7 @@ class Importer:
             slots.release()
             for source in sources:
                 read[id(source.counting)] = source.counting.count
-            self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
+            self.progress(sum(read.values()), self.report.imported, self.report.rejected_count)
 
         if self.atomic:  # one transaction: the workers prepare, this process writes
             with ctx.Pool(self.workers, initializer=_prepare_worker) as pool:
@@ -489,7 +507,7 @@ class Importer:
                     consumed(sources)
         self.report.seconds = time.monotonic() - started
         self.report.interrupted = self.stopping.is_set()
-        self.progress(sum(read.values()), self.report.imported, len(self.report.rejected))
+        self.progress(sum(read.values()), self.report.imported, self.report.rejected_count)
         return self.report
 
     async def _sort(self, sources: list[_Source], prepared: list[tuple[int, Prepared]],
@@ -504,11 +522,11 @@ class Importer:
                 continue
             name = _name_at(sources, at)
             if kind == "err":
-                self.report.rejected.append(Rejected(name, number, payload))
+                self.report.reject(name, number, payload)
             elif atomic:
-                self.report.rejected.append(Rejected(
+                self.report.reject(
                     name, number, "transaction and batch Bundles cannot be part of an "
-                                  "--atomic import; import them without it"))
+                                  "--atomic import; import them without it")
             else:  # the lines before it are written first: later lines win
                 if batch:
                     self.report.imported += await self.store.run(
@@ -540,22 +558,21 @@ class Importer:
                     status = e["response"]["status"]
                     if status[0] in "45":
                         issues = e["response"].get("outcome", {}).get("issue", [{}])
-                        self.report.rejected.append(Rejected(
+                        self.report.reject(
                             name, number, f"batch entry {i}: {status}: "
-                                          f"{issues[0].get('diagnostics', '')}"))
+                                          f"{issues[0].get('diagnostics', '')}")
                     else:
                         self.report.imported += _wrote(entries[i], e)
             self.report.bundles += 1
         except FhirError as exc:
-            self.report.rejected.append(Rejected(name, number, f"{bundle.get('type')} Bundle "
-                                                               f"rejected: {exc}"))
+            self.report.reject(name, number, f"{bundle.get('type')} Bundle rejected: {exc}")
         except Exception as exc:  # a fault of ours: this line is reported, the rest imported
             log.exception("import.bundle.failed", extra={"event": "import.bundle.failed",
                                                           "source": name, "line": number})
-            self.report.rejected.append(Rejected(
+            self.report.reject(
                 name, number, f"{bundle.get('type')} Bundle failed on an internal error "
                               f"({type(exc).__name__}); a transaction left nothing, a batch "
-                              "may have written some entries"))
+                              "may have written some entries")
 
     async def _atomic(self, results: Iterator[list[Prepared]],
                       meta: collections.deque[list[_Source]],
@@ -573,7 +590,7 @@ class Importer:
             while True:
                 batch = feed.get()
                 if batch is None:
-                    if self.report.rejected or self.stopping.is_set():
+                    if self.report.rejected_count or self.stopping.is_set():
                         raise Abort
                     return n
                 n += _write_all(tx, batch)
@@ -584,7 +601,7 @@ class Importer:
             for prepared in results:
                 sources = meta.popleft()
                 batch = await self._sort(sources, list(enumerate(prepared)), atomic=True)
-                if not self.report.rejected:
+                if not self.report.rejected_count:
                     await asyncio.to_thread(feed.put, batch)
                 consumed(sources)
         finally:
