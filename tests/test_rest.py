@@ -232,6 +232,16 @@ def test_what_json_does_not_have_is_refused(text: bytes) -> None:
         codec.loads(text)
 
 
+def test_text_that_is_not_utf8_is_named_so(fhir: Fhir) -> None:
+    from server.fhir import codec
+
+    with pytest.raises(codec.JsonError, match=r"not UTF-8 text \(byte 13, 0xfc\)"):
+        codec.loads(b'{"family":"M\xfcller"}')
+    r = fhir.post("Patient", content=b'{"resourceType":"Patient","name":[{"family":"M\xfcller"}]}',
+                  headers={"Content-Type": "application/fhir+json"})
+    assert "not UTF-8" in assert_outcome(r, 400)["issue"][0]["diagnostics"]
+
+
 def test_read_errors(fhir: Fhir) -> None:
     assert_outcome(fhir.get("Patient/does-not-exist"), 404, "not-found")
     assert_outcome(fhir.get("Spaceship/1"), 404, "not-supported")

@@ -43,6 +43,12 @@ def loads(data: bytes | str) -> Any:
         return json.loads(data, parse_float=Decimal, parse_int=_integer,
                           parse_constant=_no_constant)
     except ValueError as exc:  # the decoders' errors, and integers of over 4,300 digits
+        if "UTF-8" in str(exc):  # orjson speaks of surrogates whatever the bytes are
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise JsonError(f"not UTF-8 text (byte {bad.start + 1}, "
+                                f"{data[bad.start]:#04x})") from None
         raise JsonError(str(exc)) from None
     except RecursionError:
         raise JsonError("JSON nested too deeply") from None
