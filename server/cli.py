@@ -301,7 +301,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                             refresh=False)
 
     async def run() -> Any:
-        importer.store = open_store(settings, bulk=args.chunk)
+        # This process writes only Bundles, unless the import is one (--atomic) transaction.
+        importer.store = open_store(settings, bulk=args.chunk if args.atomic else 0)
         try:
             return await importer.run(list(args.files))
         finally:

@@ -129,6 +129,27 @@ def test_the_first_thousand_rejected_lines_are_listed_in_order_and_all_written_t
     assert len(written) == 1501 and all("Spaceship" in w for w in written if str(bad) in w)
 
 
+def test_bulk_writers_page_caches_take_half_the_memory_at_most(tmp_path: Path,
+                                                                monkeypatch: Any) -> None:
+    """Each writing worker keeps about 100 KiB a resource of its chunk in its page cache, but
+    all of them together no more than half the machine's memory."""
+    from server.storage import sqlite
+
+    def cache_kib(**kw: int) -> int:
+        conn = sqlite.connect(tmp_path / "c.db", **kw)
+        try:
+            return -int(conn.execute("PRAGMA cache_size").fetchone()[0])
+        finally:
+            conn.close()
+
+    monkeypatch.setattr(sqlite, "memory_kib", lambda: 64 << 20)  # 64 GiB
+    assert cache_kib(bulk=20_000, writers=2) == 2_000_000
+    monkeypatch.setattr(sqlite, "memory_kib", lambda: 4 << 20)  # 4 GiB
+    assert cache_kib(bulk=20_000, writers=2) == (4 << 20) // 2 // 2
+    assert cache_kib(bulk=20_000, writers=16) == 262_144  # never under 256 MiB
+    assert cache_kib() == 262_144
+
+
 def test_a_directory_is_refused_as_such(tmp_path: Path) -> None:
     out = consilium(str(tmp_path), data_dir=tmp_path / "data")
     assert out.returncode == 2 and "a directory, not a file" in out.stderr

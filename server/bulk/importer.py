@@ -324,7 +324,7 @@ class _Turns:
 _worker: dict[str, Any] = {}  # the store and turns of a writing worker process
 
 
-def _open_writer(settings: Any, turns: _Turns, chunk: int) -> None:
+def _open_writer(settings: Any, turns: _Turns, chunk: int, writers: int) -> None:
     from server.storage import open_store
 
     _ignore_interrupts()
@@ -333,7 +333,7 @@ def _open_writer(settings: Any, turns: _Turns, chunk: int) -> None:
     # what warm-up loaded is set aside, and the young generations are collected once a chunk.
     gc.freeze()
     gc.disable()
-    _worker["store"] = open_store(settings, bulk=chunk)
+    _worker["store"] = open_store(settings, bulk=chunk, writers=writers)
     _worker["turns"] = turns
     _worker["loop"] = asyncio.new_event_loop()
 
@@ -491,7 +491,7 @@ class Importer:
         else:
             turns = _Turns(ctx)
             with ctx.Pool(self.workers, initializer=_open_writer,
-                          initargs=(self.settings, turns, self.chunk)) as pool:
+                          initargs=(self.settings, turns, self.chunk, self.workers)) as pool:
                 for k, (written, prepared) in enumerate(pool.imap(_prepare_and_write, jobs())):
                     sources = meta.popleft()
                     if written < 0:  # a chunk with Bundles, ours to write in its turn

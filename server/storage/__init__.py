@@ -7,10 +7,10 @@ from typing import Any
 from server.storage.base import ResourceStore, StoreError
 
 
-def open_store(settings: Any, *, bulk: int = 0) -> ResourceStore:
+def open_store(settings: Any, *, bulk: int = 0, writers: int = 1) -> ResourceStore:
     """The store the settings name: SQLite under the data dir by default. ``bulk``: the store
-    is written in transactions of about that many resources (``consilium import``); the
-    backend may tune for that."""
+    is written in transactions of about that many resources (``consilium import``), by
+    ``writers`` processes at once; the backend may tune for that."""
     if settings.db.startswith(("mongodb://", "mongodb+srv://")):
         raise StoreError("the MongoDB backend is not part of this build yet; "
                          "run without --db to use the embedded SQLite store")
@@ -18,7 +18,7 @@ def open_store(settings: Any, *, bulk: int = 0) -> ResourceStore:
         raise StoreError(f"unknown --db {settings.db!r}: give a mongodb:// URI or nothing")
     from server.storage.sqlite import SqliteStore
 
-    return SqliteStore(settings.sqlite_path, bulk=bulk)
+    return SqliteStore(settings.sqlite_path, bulk=bulk, writers=writers)
 
 
 __all__ = ["ResourceStore", "StoreError", "open_store"]

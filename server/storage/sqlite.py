@@ -61,18 +61,21 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def connect(path: Path, *, readonly: bool = False, bulk: int = 0) -> sqlite3.Connection:
+def connect(path: Path, *, readonly: bool = False, bulk: int = 0,
+            writers: int = 1) -> sqlite3.Connection:
     """A connection with the store's settings. ``bulk``: for a writer of large transactions
     of about that many resources (an import), which checkpoints the WAL every 256 MiB (the
     index pages its transactions all touch are copied back a quarter as often), and keeps the
     pages they change in memory (about 100 KiB a resource at a million), so that the commit
-    writes each of them once."""
+    writes each of them once; but the caches of the ``writers`` bulk writers (processes) take
+    half the machine's memory at most."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA synchronous = FULL")
     # Pages are read through the memory map (no system call per page); the writer also keeps
     # a large cache, as its index inserts land all over the B-trees.
-    cache_kib = 65536 if readonly else max(262144, bulk * 100)
+    cache_kib = 65536 if readonly else max(262144, min(bulk * 100,
+                                                       memory_kib() // 2 // max(writers, 1)))
     conn.execute(f"PRAGMA cache_size = {-cache_kib}")
     conn.execute("PRAGMA mmap_size = 17179869184")
     # Checkpoint every 64 MiB of WAL rather than 4: a page changed by several commits in a row
@@ -84,6 +87,14 @@ def connect(path: Path, *, readonly: bool = False, bulk: int = 0) -> sqlite3.Con
     if readonly:
         conn.execute("PRAGMA query_only = 1")
     return conn
+
+
+def memory_kib() -> int:
+    """The machine's memory (KiB); unknown, taken as unbounded."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (ValueError, OSError):
+        return 1 << 62
 
 
 def _vread(conn: sqlite3.Connection, type: str, id: str, version: int) -> Version | None:
@@ -334,10 +345,11 @@ def _settle(outcomes: list[Outcome]) -> None:
 class _Writer(threading.Thread):
     """Executes queued write functions in grouped, durable SQLite transactions."""
 
-    def __init__(self, path: Path, search: Callable[..., list[Version]], bulk: int):
+    def __init__(self, path: Path, search: Callable[..., list[Version]], bulk: int,
+                 writers: int):
         super().__init__(name="sqlite-writer", daemon=True)
         self.path = path
-        self.bulk = bulk
+        self.bulk, self.writers = bulk, writers
         self.search = search
         self.queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self.ready = threading.Event()
@@ -346,7 +358,7 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            conn = connect(self.path, bulk=self.bulk)
+            conn = connect(self.path, bulk=self.bulk, writers=self.writers)
             # Writers of several processes take turns on this lock before SQLite's: a blocked
             # flock wakes the moment the holder lets go, where SQLite's busy handler sleeps for
             # up to 100 ms between tries, leaving the database idle.
@@ -431,7 +443,7 @@ class _Writer(threading.Thread):
 class SqliteStore:
     """:class:`~server.storage.base.ResourceStore` over one SQLite file."""
 
-    def __init__(self, path: Path, *, bulk: int = 0):
+    def __init__(self, path: Path, *, bulk: int = 0, writers: int = 1):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with connect(self.path) as conn:
@@ -441,7 +453,7 @@ class SqliteStore:
         from server.storage import sqlite_search
 
         self._search_sql = sqlite_search
-        self._writer = _Writer(self.path, sqlite_search.run_in_transaction, bulk)
+        self._writer = _Writer(self.path, sqlite_search.run_in_transaction, bulk, writers)
         self._writer.start()
         self._writer.ready.wait()
         if self._writer.startup_error is not None:
