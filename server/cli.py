@@ -250,7 +250,7 @@ def _import_parser(sub: Any) -> None:
     p.add_argument("--rejects", type=Path, metavar="FILE",
                    help="write every rejected line there (FILE:LINE: why), not only the first "
                         "1,000 listed at the end")
-    p.add_argument("--workers", type=int,
+    p.add_argument("--workers", type=_at_least_one,
                    help="processes that parse and validate (default: the number of CPUs)")
     p.add_argument("--model-check", action="store_true",
                    help="also check every resource against the fhir.resources R4B models, as "
@@ -334,7 +334,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             rejects.close()
     bar.close()
     nothing = args.atomic and (report.rejected_count or report.interrupted)
-    print(f"imported {report.imported:,} resources"
+    print(f"imported {report.imported:,} resource{'' if report.imported == 1 else 's'}"
           + (f" ({report.bundles:,} Bundles)" if report.bundles else "")
           + f" in {report.seconds:.1f} s ({report.rate:,.0f}/s); "
           f"rejected {report.rejected_count:,}"

@@ -87,7 +87,7 @@ def test_conditional_references_are_refused_however_written(tmp_path: Path) -> N
         {**obs, "subject": {"reference": "Patient/imp-1"}, "note": [{"text": "why?"}]}])
     out = consilium(str(src), data_dir=tmp_path / "data")
     assert out.returncode == 1, out.stderr
-    assert "imported 1 resources" in out.stdout and "rejected 3" in out.stdout
+    assert "imported 1 resource " in out.stdout and "rejected 3" in out.stdout
     assert sum("resolved only in a transaction" in line for line in out.stderr.splitlines()) == 3
 
 
@@ -148,6 +148,15 @@ def test_bulk_writers_page_caches_take_half_the_memory_at_most(tmp_path: Path,
     assert cache_kib(bulk=20_000, writers=2) == (4 << 20) // 2 // 2
     assert cache_kib(bulk=20_000, writers=16) == 262_144  # never under 256 MiB
     assert cache_kib() == 262_144
+
+
+def test_a_byte_order_mark_that_starts_a_file_is_passed_over(tmp_path: Path) -> None:
+    src = tmp_path / "windows.ndjson"
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps(patient(1)).encode() + b"\r\n"
+                    + json.dumps(patient(2)).encode() + b"\r\n")
+    out = consilium(str(src), data_dir=tmp_path / "data")
+    assert out.returncode == 0, out.stderr
+    assert {("Patient", "imp-1"), ("Patient", "imp-2")} <= set(read_all(tmp_path / "data"))
 
 
 def test_a_directory_is_refused_as_such(tmp_path: Path) -> None:

@@ -230,10 +230,13 @@ def _urn_links(path: Path) -> dict[str, str]:
 
 
 def _ndjson_sized(stream: IO[bytes]) -> Iterator[tuple[Item, int]]:
-    """The lines, each with the bytes of the lines up to it."""
+    """The lines, each with the bytes of the lines up to it. A UTF-8 byte order mark that
+    starts the file (as some Windows tools write) is passed over."""
     size = 0
     for number, line in enumerate(stream, 1):
         size += len(line)
+        if number == 1:
+            line = line.removeprefix(b"\xef\xbb\xbf")
         if line.strip():
             yield (number, line), size
 
@@ -559,7 +562,7 @@ class Importer:
                     if status[0] in "45":
                         issues = e["response"].get("outcome", {}).get("issue", [{}])
                         self.report.reject(
-                            name, number, f"batch entry {i}: {status}: "
+                            name, number, f"batch entry {i + 1}: {status}: "
                                           f"{issues[0].get('diagnostics', '')}")
                     else:
                         self.report.imported += _wrote(entries[i], e)
