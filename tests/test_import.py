@@ -493,46 +493,61 @@ def test_memory_stays_flat_with_file_size(tmp_path: Path) -> None:
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
 
 
+N_MANY, CHUNK_OF_MANY = 60_000, 1000
+
+
+def stored_count(data: Path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{data / 'consilium.db'}?mode=ro", uri=True) as conn:
+            return int(conn.execute("SELECT count(*) FROM resource").fetchone()[0])
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def signalled_import(tmp_path: Path, after: int, signum: int
+                     ) -> tuple[Path, Path, subprocess.Popen[str]]:
+    """An import of N_MANY patients in chunks of CHUNK_OF_MANY, in a process group of its
+    own (as a terminal's), sent ``signum`` once ``after`` resources are stored: (its file,
+    its data dir, the process)."""
+    import os
+    import time
+
+    src = write_ndjson(tmp_path / "many.ndjson", [patient(i) for i in range(N_MANY)])
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "server", "import", "--quiet", "--data-dir",
+                             str(data), "--workers", "2", "--chunk", str(CHUNK_OF_MANY),
+                             str(src)],
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while stored_count(data) < after and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signum)
+    return src, data, proc
+
+
 def test_an_import_killed_midway_leaves_whole_chunks_and_can_be_run_again(tmp_path: Path) -> None:
     """kill -9 of the importing process and its workers while chunks are being written: each
     chunk is one transaction, so the store holds whole chunks (resources and their index rows),
     and importing the file again completes it."""
-    import os
     import signal
     import sqlite3
-    import time
 
     from server.storage.sqlite_schema import param_id
 
-    n, chunk = 60_000, 1000
-    src = write_ndjson(tmp_path / "many.ndjson", [patient(i) for i in range(n)])
-    data = tmp_path / "data"
-    proc = subprocess.Popen([sys.executable, "-m", "server", "import", "--quiet", "--data-dir",
-                             str(data), "--workers", "2", "--chunk", str(chunk), str(src)],
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-    def stored() -> int:
-        try:
-            with sqlite3.connect(f"file:{data / 'consilium.db'}?mode=ro", uri=True) as conn:
-                return int(conn.execute("SELECT count(*) FROM resource").fetchone()[0])
-        except sqlite3.Error:  # not created yet
-            return 0
-
-    deadline = time.monotonic() + 120
-    while stored() < 3 * chunk and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    src, data, proc = signalled_import(tmp_path, 3 * CHUNK_OF_MANY, signal.SIGKILL)
+    proc.communicate()
     conn = sqlite3.connect(data / "consilium.db")
     count = conn.execute("SELECT count(*) FROM resource").fetchone()[0]
-    assert 0 < count < n and count % chunk == 0, count
+    assert 0 < count < N_MANY and count % CHUNK_OF_MANY == 0, count
     assert conn.execute("SELECT count(DISTINCT rid) FROM idx_string WHERE pid = ?",
                         (param_id("Patient", "family"),)).fetchone()[0] == count
     conn.close()
     again = consilium(str(src), data_dir=data)
     assert again.returncode == 0, again.stderr
-    assert len(read_all(data)) == n
+    assert len(read_all(data)) == N_MANY
 
 
 def test_ctrl_c_finishes_the_chunks_under_way_says_so_and_the_import_can_be_run_again(
@@ -540,39 +555,18 @@ def test_ctrl_c_finishes_the_chunks_under_way_says_so_and_the_import_can_be_run_
     """Ctrl-C (SIGINT to the terminal's process group: the importing process and its workers)
     stops reading, lets the chunks under way be written, and exits 130 with a message and the
     summary, no tracebacks; run again, the import completes."""
-    import os
     import signal
-    import sqlite3
-    import time
 
-    n, chunk = 60_000, 1000
-    src = write_ndjson(tmp_path / "many.ndjson", [patient(i) for i in range(n)])
-    data = tmp_path / "data"
-    proc = subprocess.Popen([sys.executable, "-m", "server", "import", "--quiet", "--data-dir",
-                             str(data), "--workers", "2", "--chunk", str(chunk), str(src)],
-                            start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-    def stored() -> int:
-        try:
-            with sqlite3.connect(f"file:{data / 'consilium.db'}?mode=ro", uri=True) as conn:
-                return int(conn.execute("SELECT count(*) FROM resource").fetchone()[0])
-        except sqlite3.Error:  # not created yet
-            return 0
-
-    deadline = time.monotonic() + 120
-    while stored() < 2 * chunk and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGINT)
+    src, data, proc = signalled_import(tmp_path, 2 * CHUNK_OF_MANY, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
     assert "interrupted" in err and "Traceback" not in err, err
-    count = stored()
-    assert 0 < count < n and count % chunk == 0, count
+    count = stored_count(data)
+    assert 0 < count < N_MANY and count % CHUNK_OF_MANY == 0, count
     assert f"imported {count:,} resources" in out, out
     again = consilium(str(src), data_dir=data)
     assert again.returncode == 0, again.stderr
-    assert len(read_all(data)) == n
+    assert len(read_all(data)) == N_MANY
 
 
 @pytest.mark.slow
