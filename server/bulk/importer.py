@@ -42,7 +42,7 @@ import ijson
 
 from server.fhir import codec
 from server.fhir.errors import FhirError
-from server.fhir.references import check_unconditional, rewrite
+from server.fhir.references import URNS, check_unconditional, rewrite
 from server.storage.base import Serialized
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Report:
     rejected: list[Rejected] = field(default_factory=list)
     rejected_count: int = 0
     seconds: float = 0.0
-    interrupted: bool = False  # stopped (Importer.stop) before the end of the files
+    interrupted: bool = False  # stopped (Importer.stop) before it wrote everything
     #: Where every rejected line goes too (``consilium import --rejects FILE``).
     sink: Callable[[Rejected], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -217,7 +217,7 @@ def _urn_links(path: Path) -> dict[str, str]:
         for prefix, event, value in ijson.parse(stream):
             if prefix == "entry.item" and event in ("start_map", "end_map"):
                 if event == "end_map" and isinstance(full_url, str) and \
-                        full_url.startswith(("urn:uuid:", "urn:oid:")) and isinstance(type_, str):
+                        full_url.startswith(URNS) and isinstance(type_, str):
                     links[full_url] = f"{type_}/{id_ if isinstance(id_, str) else new_id()}"
                 full_url = type_ = id_ = None
             elif prefix == "entry.item.fullUrl":
@@ -478,6 +478,7 @@ class Importer:
             for k, (chunk, sources) in enumerate(self._chunks(paths)):
                 slots.acquire()
                 if self.stopping.is_set():
+                    self.report.interrupted = True
                     return
                 meta.append(sources)
                 yield k, chunk, self.model_check
@@ -509,7 +510,6 @@ class Importer:
                     self.report.imported += written
                     consumed(sources)
         self.report.seconds = time.monotonic() - started
-        self.report.interrupted = self.stopping.is_set()
         self.progress(sum(read.values()), self.report.imported, self.report.rejected_count)
         return self.report
 
@@ -593,7 +593,9 @@ class Importer:
             while True:
                 batch = feed.get()
                 if batch is None:
-                    if self.report.rejected_count or self.stopping.is_set():
+                    if self.stopping.is_set():
+                        self.report.interrupted = True
+                    if self.report.rejected_count or self.report.interrupted:
                         raise Abort
                     return n
                 n += _write_all(tx, batch)
@@ -631,6 +633,3 @@ def _wrote(entry: dict[str, Any], response: dict[str, Any]) -> bool:
     status = response["response"]["status"]
     return method not in ("GET", "HEAD") and (status.startswith("201") or method != "POST")
 
-
-async def import_files(store: Any, settings: Any, paths: list[Path], **kw: Any) -> Report:
-    return await Importer(store, settings, **kw).run(paths)

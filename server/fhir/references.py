@@ -146,32 +146,30 @@ def check_unconditional(resource: dict[str, Any]) -> None:
                       "Bundle: send the write in one, or refer to the resource by its id")
 
 
+#: The fullUrls that are names of their own, meaningful only inside their Bundle.
+URNS = ("urn:uuid:", "urn:oid:")
+
+
+def strings(node: Any, key: str | None = None) -> Iterator[str]:
+    """Every string anywhere in a JSON value (keys aside), or only those under ``key``, in no
+    order."""
+    todo = [node]
+    while todo:
+        item = todo.pop()
+        for name, value in item.items() if type(item) is dict else enumerate(item):
+            kind = type(value)
+            if kind is dict or kind is list:
+                todo.append(value)
+            elif kind is str and (key is None or name == key):
+                yield value
+
+
 def reference_strings(node: Any) -> Iterator[str]:
     """Every string under a ``reference`` key anywhere in a JSON value, in no order: the
     Reference.reference values, and a few elements of other types with that name
     (Expression.reference …). Untyped and quick: for JSON that is not a resource (a patch's
     values), or to rule references out before the typed walk."""
-    todo = [node]
-    while todo:
-        item = todo.pop()
-        for key, value in item.items() if type(item) is dict else enumerate(item):
-            kind = type(value)
-            if kind is dict or kind is list:
-                todo.append(value)
-            elif key == "reference" and kind is str:
-                yield value
-
-
-def strings(node: Any) -> Iterator[str]:
-    """Every string anywhere in a JSON value, keys aside, in no order."""
-    todo = [node]
-    while todo:
-        item = todo.pop()
-        for value in item.values() if type(item) is dict else item:
-            if type(value) is str:
-                yield value
-            elif type(value) is dict or type(value) is list:
-                todo.append(value)
+    return strings(node, "reference")
 
 
 def references(resource: dict[str, Any]) -> Iterator[str]:

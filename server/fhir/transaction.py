@@ -56,8 +56,6 @@ _IN_TRANSACTION = {"create", "update", "conditional-update", "patch", "condition
 _RESTFUL = re.compile(r"(.+://.+)/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
 #: A relative reference, [type]/[id].
 _RELATIVE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")
-#: The fullUrls that are names of their own, meaningful only inside their Bundle.
-_URNS = ("urn:uuid:", "urn:oid:")
 
 
 @dataclass
@@ -253,8 +251,9 @@ async def batch(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirR
                  and isinstance(e.get("fullUrl"), str) and e["fullUrl"].startswith("urn:")}
     changed_by = _changed_twice(raw, req.base)
     entries: list[dict[str, Any]] = [{} for _ in raw]
-    for order in sorted(set(_ORDER.values())):
-        here = [i for i, e in enumerate(raw) if _method_order(e) == order]
+    orders = [_method_order(e) for e in raw]
+    for order in sorted(set(orders)):
+        here = [i for i, o in enumerate(orders) if o == order]
         done = await asyncio.gather(*(_batch_entry(req, i, raw[i], store, full_urls,
                                                    changed_by.get(i)) for i in here))
         for i, entry in zip(here, done, strict=True):
@@ -262,10 +261,15 @@ async def batch(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> FhirR
     return FhirResponse(200, resource=_bundle("batch", entries))
 
 
+def _request_of(raw: Any) -> dict[str, Any]:
+    """A raw entry's request, as far as it is one (checked when the entry is run)."""
+    request = raw.get("request") if isinstance(raw, dict) else None
+    return request if isinstance(request, dict) else {}
+
+
 def _method_order(raw: Any) -> int:
     """Where an entry comes in the processing order; one without a method, last (it fails)."""
-    request = raw.get("request") if isinstance(raw, dict) else None
-    method = request.get("method") if isinstance(request, dict) else None
+    method = _request_of(raw).get("method")
     return _ORDER.get(method, 3) if isinstance(method, str) else 3
 
 
@@ -277,9 +281,8 @@ def _changed_twice(raw: list[Any], base: str) -> dict[int, int]:
     first: dict[str, int] = {}
     twice: dict[int, int] = {}
     for i, e in enumerate(raw):
-        request = e.get("request") if isinstance(e, dict) else None
-        if not isinstance(request, dict) or request.get("method") not in ("PUT", "PATCH",
-                                                                           "DELETE"):
+        request = _request_of(e)
+        if request.get("method") not in ("PUT", "PATCH", "DELETE"):
             continue
         url = request.get("url")
         if not isinstance(url, str) or "?" in url:
@@ -468,7 +471,7 @@ def _refuse_dangling(e: Entry) -> Callable[[str], None]:
     """What a reference of entry ``e`` that is to no entry goes through: one to a urn:uuid or
     urn:oid, names that mean nothing outside their Bundle, could never resolve."""
     def refuse(ref: str) -> None:
-        if ref.startswith(_URNS):
+        if ref.startswith(references.URNS):
             raise entry_error(e.index, f"{e.method} {e.url}", invalid(
                 f"the reference {ref} is to no entry of this Bundle (none that writes a "
                 "resource has that fullUrl), and a urn:uuid or urn:oid means nothing outside "
@@ -528,7 +531,7 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
     for e in entries:
         resource = e.req._resource
         if isinstance(resource, dict) and (mapping or any(
-                r.startswith(_URNS) for r in references.reference_strings(resource))):
+                r.startswith(references.URNS) for r in references.reference_strings(resource))):
             references.rewrite(resource, links.resolver(e), _refuse_dangling(e))
     for e in entries:
         try:
@@ -765,10 +768,10 @@ async def replay(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> Fhir
 def _as_put(raw: Any) -> Any:
     """A history entry's POST as a PUT to the id it created (in the resource, or else the
     fullUrl's); the other entries as they are."""
-    request = raw.get("request") if isinstance(raw, dict) else None
+    request = _request_of(raw)
     resource = raw.get("resource") if isinstance(raw, dict) else None
-    if not isinstance(request, dict) or request.get("method") != "POST" or \
-            not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+    if request.get("method") != "POST" or not isinstance(resource, dict) or \
+            not isinstance(resource.get("resourceType"), str):
         return raw
     m = _restful(raw.get("fullUrl"))
     id_ = resource.get("id") or (m.group(3) if m else None)
