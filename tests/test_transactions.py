@@ -327,6 +327,15 @@ def test_reads_and_searches_in_bundles_are_answered_as_alone(fhir: Fhir) -> None
         assert sorted(e["search"]["mode"] for e in found["entry"]) == ["include", "match"], kind
         assert counted["total"] == 1 and "entry" not in counted, kind
         assert set(read) == {"resourceType", "id", "meta", "identifier"}, kind
+        # "Empty parameters are not an error" (search.html#errors), in an entry as alone.
+        r = fhir.post("", transaction(
+            {"request": {"method": "GET",
+                         "url": "Patient?identifier=urn:mrn|s-1&_summary=&family=&_count="}},
+            kind=kind))
+        assert r.status_code == 200, r.text
+        found = r.json()["entry"][0]["resource"]
+        assert found["total"] == 1 and found["entry"][0]["resource"]["name"], kind
+        assert all("_summary" not in link["url"] for link in found["link"]), kind
 
 
 def test_conditional_references_are_resolved_after_the_writes(fhir: Fhir) -> None:

@@ -90,6 +90,14 @@ class Route:
         assert self.interaction is not None
         return self.interaction.handler
 
+    def params(self, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The query parameters the interaction is given. A search leaves out empty ones:
+        "Empty parameters are not an error - they are just ignored by the server"
+        (search.html#errors); they reach neither the search nor its _summary, nor the links."""
+        if self.interaction is not None and self.interaction.code.startswith("search"):
+            return [(k, v) for k, v in params if v]
+        return params
+
     @property
     def name(self) -> str:
         if self.operation is not None:
@@ -248,14 +256,11 @@ class FhirRouter:
             params = parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else []
             body = await self._body(receive, headers) if method in ("POST", "PUT", "PATCH") \
                 else b""
-            if route.interaction is not None and route.interaction.code.startswith("search"):
-                if method == "POST":
-                    params += _search_form(body, headers.get("content-type", ""))
-                    body = b""
-                # "Empty parameters are not an error - they are just ignored by the server"
-                # (search.html#errors): left out here, they reach neither the search nor its
-                # _summary, nor the Bundle's links.
-                params = [(k, v) for k, v in params if v]
+            if method == "POST" and route.interaction is not None \
+                    and route.interaction.code.startswith("search"):
+                params += _search_form(body, headers.get("content-type", ""))
+                body = b""
+            params = route.params(params)
             req = FhirRequest(method, name, route.type, route.id, route.vid, route.op,
                               route.compartment, params, headers, body, self._base(scope, headers),
                               principal, self.settings, context=self.context)

@@ -127,10 +127,10 @@ def _entry_request(req: FhirRequest, index: int, raw: Any) -> Entry:
         resource = None
     elif method in ("POST", "PUT") and resource is None:
         raise invalid(f"{where}: {method} needs a resource", expression=f"{where}.resource")
+    params = route.params(parse_qsl(query, keep_blank_values=True))
     entry_req = FhirRequest(method, route.name, route.type, route.id, route.vid, route.op,
-                            route.compartment, parse_qsl(query, keep_blank_values=True), headers,
-                            body, req.base, req.principal, req.settings, _resource=resource,
-                            context=req.context)
+                            route.compartment, params, headers, body, req.base, req.principal,
+                            req.settings, _resource=resource, context=req.context)
     try:  # refused now, before anything is written, rather than when answering
         transform = transform_for(entry_req.params)
     except FhirError as exc:
