@@ -335,6 +335,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     bar.close()
     nothing = args.atomic and (report.rejected_count or report.interrupted)
     print(f"imported {report.imported:,} resource{'' if report.imported == 1 else 's'}"
+          + (f" ({report.unchanged:,} unchanged: already stored as they are)"
+             if report.unchanged else "")
           + (f" ({report.bundles:,} Bundles)" if report.bundles else "")
           + f" in {report.seconds:.1f} s ({report.rate:,.0f}/s); "
           f"rejected {report.rejected_count:,}"

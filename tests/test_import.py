@@ -192,6 +192,14 @@ def test_bundles_gzip_and_reimport(tmp_path: Path) -> None:
     again = consilium(str(collection), data_dir=data)
     assert again.returncode == 0
     assert read_all(data)[("Organization", "org-1")]["meta"]["versionId"] == "1"
+    # What was already stored as it is in the file is not written again, and said so.
+    assert "imported 2 resources (2 unchanged: already stored as they are)" in again.stdout, \
+        again.stdout
+    collection.write_text(collection.read_text().replace("Hohhot Centre", "Hohhot Clinic"))
+    again = consilium(str(collection), str(gz), data_dir=data)
+    assert "imported 3 resources (2 unchanged: already stored as they are)" in again.stdout, \
+        again.stdout
+    assert read_all(data)[("Organization", "org-1")]["meta"]["versionId"] == "2"
 
 
 def test_references_between_the_entries_of_a_collection_hold(tmp_path: Path) -> None:
@@ -566,6 +574,7 @@ def test_ctrl_c_finishes_the_chunks_under_way_says_so_and_the_import_can_be_run_
     assert f"imported {count:,} resources" in out, out
     again = consilium(str(src), data_dir=data)
     assert again.returncode == 0, again.stderr
+    assert f"({count:,} unchanged: already stored as they are)" in again.stdout, again.stdout
     assert len(read_all(data)) == N_MANY
 
 

@@ -80,6 +80,8 @@ LISTED = 1000
 @dataclass
 class Report:
     imported: int = 0
+    #: Of those imported, the resources stored already as they are (not written again).
+    unchanged: int = 0
     bundles: int = 0
     #: The first LISTED rejected lines: memory does not grow with a file of bad lines.
     rejected: list[Rejected] = field(default_factory=list)
@@ -93,6 +95,10 @@ class Report:
     @property
     def rate(self) -> float:
         return self.imported / self.seconds if self.seconds else 0.0
+
+    def count(self, counts: Counts) -> None:
+        self.imported += counts[0]
+        self.unchanged += counts[1]
 
     def reject(self, source: str, line: int, message: str) -> None:
         """Note a rejected line (from the reading thread or the importing one)."""
@@ -341,8 +347,8 @@ def _open_writer(settings: Any, turns: _Turns, chunk: int, writers: int) -> None
     _worker["loop"] = asyncio.new_event_loop()
 
 
-#: (resources written, the rejected lines) | (-1, everything), each with its place in the chunk
-Written = tuple[int, list[tuple[int, Prepared]]]
+#: (what was written, the rejected lines) | (None, everything), each with its place in the chunk
+Written = tuple["Counts | None", list[tuple[int, Prepared]]]
 
 
 def _prepare_and_write(job: tuple[int, list[Item], bool]) -> Written:
@@ -351,7 +357,7 @@ def _prepare_and_write(job: tuple[int, list[Item], bool]) -> Written:
     k = job[0]
     prepared = _prepare_chunk(job)
     if any(kind == "bundle" for kind, _, _ in prepared):
-        return -1, list(enumerate(prepared))
+        return None, list(enumerate(prepared))
     items = [payload for kind, _, payload in prepared if kind == "ok"]
     rejected = [(i, p) for i, p in enumerate(prepared) if p[0] == "err"]
     del prepared
@@ -363,23 +369,28 @@ def _prepare_and_write(job: tuple[int, list[Item], bool]) -> Written:
     return written, rejected
 
 
-def _write_in_turn(k: int, items: list[Any]) -> int:
+def _write_in_turn(k: int, items: list[Any]) -> Counts:
     turns: _Turns = _worker["turns"]
     turns.wait(k)
     try:
-        if items:
-            _worker["loop"].run_until_complete(_worker["store"].run(
-                lambda tx: _write_all(tx, items)))
+        if not items:
+            return 0, 0
+        counts: Counts = _worker["loop"].run_until_complete(_worker["store"].run(
+            lambda tx: _write_all(tx, items)))
+        return counts
     finally:
         turns.done(k)
-    return len(items)
 
 
 # -- writing ----------------------------------------------------------------------------------
 
-def _write_all(tx: Any, items: list[Any]) -> int:
-    tx.write_many(items, "PUT")
-    return len(items)
+#: Resources imported, and how many of them were stored already as they are (not written again)
+Counts = tuple[int, int]
+
+
+def _write_all(tx: Any, items: list[Any]) -> Counts:
+    versions = tx.write_many(items, "PUT")
+    return len(versions), sum(v.last_updated != tx.now for v in versions)
 
 
 class Importer:
@@ -498,16 +509,16 @@ class Importer:
                           initargs=(self.settings, turns, self.chunk, self.workers)) as pool:
                 for k, (written, prepared) in enumerate(pool.imap(_prepare_and_write, jobs())):
                     sources = meta.popleft()
-                    if written < 0:  # a chunk with Bundles, ours to write in its turn
+                    if written is None:  # a chunk with Bundles, ours to write in its turn
                         try:
                             batch = await self._sort(sources, prepared)
                             written = await self.store.run(
-                                lambda tx, b=batch: _write_all(tx, b)) if batch else 0
+                                lambda tx, b=batch: _write_all(tx, b)) if batch else (0, 0)
                         finally:
                             turns.done(k)
                     else:
                         await self._sort(sources, prepared)
-                    self.report.imported += written
+                    self.report.count(written)
                     consumed(sources)
         self.report.seconds = time.monotonic() - started
         self.progress(sum(read.values()), self.report.imported, self.report.rejected_count)
@@ -532,8 +543,7 @@ class Importer:
                                   "--atomic import; import them without it")
             else:  # the lines before it are written first: later lines win
                 if batch:
-                    self.report.imported += await self.store.run(
-                        lambda tx, b=batch: _write_all(tx, b))
+                    self.report.count(await self.store.run(lambda tx, b=batch: _write_all(tx, b)))
                     batch = []
                 await self._bundle(name, number, payload)
         return batch
@@ -588,8 +598,8 @@ class Importer:
         class Abort(Exception):
             pass
 
-        def write(tx: Any) -> int:
-            n = 0
+        def write(tx: Any) -> Counts:
+            imported = unchanged = 0
             while True:
                 batch = feed.get()
                 if batch is None:
@@ -597,8 +607,9 @@ class Importer:
                         self.report.interrupted = True
                     if self.report.rejected_count or self.report.interrupted:
                         raise Abort
-                    return n
-                n += _write_all(tx, batch)
+                    return imported, unchanged
+                n, same = _write_all(tx, batch)
+                imported, unchanged = imported + n, unchanged + same
 
         job = asyncio.ensure_future(self.store.run(write))
         await asyncio.sleep(0)
@@ -611,10 +622,8 @@ class Importer:
                 consumed(sources)
         finally:
             await asyncio.to_thread(feed.put, None)
-        try:
-            self.report.imported = await job
-        except Abort:
-            self.report.imported = 0
+        with contextlib.suppress(Abort):  # rolled back: nothing imported
+            self.report.count(await job)
 
 
 def _name_at(sources: list[_Source], at: int) -> str:
