@@ -253,8 +253,12 @@ def test_transaction_bundles_resolve_references_as_the_api_does(tmp_path: Path) 
                       "subject": {"reference": "urn:uuid:7d0c5bb4-5d0e-4c46-a3c2-5cd0c1a2b3c4"}},
          "request": {"method": "POST", "url": "Observation"}}]}))
     data = tmp_path / "data"
-    out = consilium(str(tx), str(dangling), data_dir=data)
+    malformed = tmp_path / "malformed.json"  # the Bundle itself is checked as the API does
+    malformed.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction",
+                                     "total": "one", "entry": []}))
+    out = consilium(str(tx), str(dangling), str(malformed), data_dir=data)
     assert "dangling.json" in out.stderr and "urn:uuid:7d0c5bb4" in out.stderr, out.stderr
+    assert "malformed.json:1:" in out.stderr and "total" in out.stderr, out.stderr
     stored = read_all(data)
     (pid,) = [i for t, i in stored if t == "Patient"]
     assert pid != "p1"

@@ -577,6 +577,35 @@ def test_malformed_transactions(fhir: Fhir) -> None:
     assert empty.status_code == 200 and empty.json()["entry"] == []
 
 
+def test_the_bundle_itself_is_validated(fhir: Fhir) -> None:
+    """The Bundle around the entries' resources must be a valid R4 Bundle: unknown elements,
+    wrong datatypes and codes outside the request's value sets are refused, naming where (the
+    resources are validated as their entries are processed)."""
+    r = fhir.post("", {**transaction(post("Patient", patient("e-1"))), "colour": "red"})
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.colour"]
+    for kind in ("transaction", "batch"):
+        r = fhir.post("", {**transaction(kind=kind), "total": "3"})
+        assert r.status_code == 400 and "Bundle.total" in r.text, r.text
+    bad = post("Patient", patient("e-2"), ifNoneExist="identifier=urn:mrn|e-2")
+    bad["request"]["colour"] = "red"
+    slow = {"request": {"method": "GET", "url": "Patient", "ifModifiedSince": "yesterday"}}
+    r = fhir.post("", transaction(post("Patient", patient("e-3")), bad))
+    assert r.status_code == 400, r.text
+    issue = r.json()["issue"][0]
+    assert "Bundle.entry[1]" in issue["diagnostics"], issue
+    assert issue["expression"] == ["Bundle.entry[1].request.colour"], issue
+    assert count(fhir, "Patient") == 0
+    # A batch keeps its valid entries; each malformed one fails on its own.
+    r = fhir.post("", transaction(post("Patient", patient("e-3")), bad, slow, kind="batch"))
+    assert r.status_code == 200, r.text
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses[0] == "201 Created" and statuses[1:] == ["400 Bad Request"] * 2, statuses
+    outcomes = [e["response"]["outcome"]["issue"][0] for e in r.json()["entry"][1:]]
+    assert outcomes[0]["expression"] == ["Bundle.entry[1].request.colour"], outcomes
+    assert outcomes[1]["expression"] == ["Bundle.entry[2].request.ifModifiedSince"], outcomes
+    assert count(fhir, "Patient") == 1
+
+
 def test_batch_keeps_the_valid_entries(fhir: Fhir) -> None:
     existing = fhir.post("Patient", patient("b-0")).json()
     bundle = transaction(

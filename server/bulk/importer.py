@@ -550,13 +550,14 @@ class Importer:
 
     async def _bundle(self, name: str, number: int, bundle: dict[str, Any]) -> None:
         from server.fhir.request import FhirRequest
-        from server.fhir.transaction import batch, replay, transaction
+        from server.fhir.transaction import batch, check_envelope, replay, transaction
 
         req = FhirRequest("POST", "transaction", settings=self.settings,
                           base=(self.settings.base_url or "").rstrip("/") + "/fhir",
                           _resource=bundle)
         entries = bundle.get("entry") or []
         try:
+            check_envelope(bundle)
             if bundle.get("type") == "transaction":
                 response = await transaction(req, self.store, entries)
                 assert response.resource is not None

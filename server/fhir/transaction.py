@@ -33,6 +33,7 @@ from server.fhir.prepare import prepare
 from server.fhir.request import JSON_PATCH, FhirRequest, FhirResponse
 from server.fhir.structures import structures
 from server.fhir.summary import Transform, transform_for
+from server.fhir.validation import validate_resource
 from server.fhir.values import parse_http_date, parse_instant
 from server.search.query import parse_conditional
 from server.storage.base import (
@@ -96,6 +97,7 @@ def _entry_request(req: FhirRequest, index: int, raw: Any) -> Entry:
     where = f"Bundle.entry[{index}]"
     if not isinstance(raw, dict):
         raise invalid(f"{where} is not an object", expression=where)
+    _check_entry(index, raw)
     request = raw.get("request")
     if not isinstance(request, dict):
         raise invalid(f"{where} has no request", expression=f"{where}.request")
@@ -139,6 +141,31 @@ def _entry_request(req: FhirRequest, index: int, raw: Any) -> Entry:
     return Entry(index, method, url, full_url, entry_req, route.name, transform=transform)
 
 
+def check_envelope(bundle: dict[str, Any]) -> None:
+    """The Bundle around its entries must be a valid R4 Bundle (400 otherwise); each entry is
+    checked as it is read (`_check_entry`), its resource as it is processed."""
+    _refuse_malformed(validate_resource({k: v for k, v in bundle.items() if k != "entry"},
+                                        "Bundle"), "Bundle", "Bundle")
+
+
+def _check_entry(index: int, raw: dict[str, Any]) -> None:
+    """An entry, its resource aside, must be a valid Bundle.entry (400 otherwise)."""
+    alone = {k: v for k, v in raw.items() if k != "resource"}
+    if not alone:  # nothing but a resource: no request, said as such when it is read
+        return
+    _refuse_malformed(validate_resource({"resourceType": "Bundle", "type": "batch",
+                                         "entry": [alone]}, "Bundle"),
+                      "Bundle.entry[0]", f"Bundle.entry[{index}]")
+
+
+def _refuse_malformed(issues: list[Issue], checked: str, where: str) -> None:
+    errors = [Issue(i.code, f"{where}: {i.diagnostics}" if where != "Bundle" else i.diagnostics,
+                    i.severity, [where + e[len(checked):] for e in i.expression])
+              for i in issues if i.severity in ("error", "fatal")]
+    if errors:
+        raise FhirError(400, errors[0].code, errors[0].diagnostics, issues=errors)
+
+
 def _patch_body(index: int, resource: Any) -> tuple[str, bytes]:
     """A PATCH entry carries its patch as a Binary (http.html#transaction)."""
     where = f"Bundle.entry[{index}].resource"
@@ -165,6 +192,7 @@ def _entries(req: FhirRequest) -> tuple[str, list[Any]]:
     if kind not in ("transaction", "batch", "history"):
         raise invalid(f"Bundle.type must be transaction, batch or history to be processed, not "
                       f"{kind!r}", expression="Bundle.type")
+    check_envelope(bundle)
     raw = bundle.get("entry", [])
     if not isinstance(raw, list):
         raise invalid("Bundle.entry must be an array", code="structure", expression="Bundle.entry")
