@@ -89,6 +89,25 @@ def test_sort_by_last_updated(sortable: Fhir) -> None:
     assert order(sortable, {"_sort": "-_lastUpdated"}) == ["s2", "s5", "s4", "s3", "s1"]
 
 
+def test_sort_keys_repeat_and_older_clients_asc_and_desc(sortable: Fhir) -> None:
+    """_sort "can repeat for inner sort orders" (search.html, the summary table): repeated, its
+    keys are taken in turn. ``_sort:asc``/``_sort:desc`` (the syntax of DSTU2 and STU3) are
+    taken as their clients mean them, and the self link names the keys used."""
+    present = {"birthdate:missing": "false", "gender:missing": "false"}
+    want = ["s1", "s3", "s2"]
+    assert order(sortable, {"_sort": "gender,-birthdate", **present}) == want
+    bundle = search(sortable, "Patient", [("_sort", "gender"), ("_sort", "-birthdate"),
+                                          *present.items()])
+    assert ids(bundle) == want
+    assert "_sort=gender&_sort=-birthdate" in (link(bundle, "self") or ""), link(bundle, "self")
+    assert ids(search(sortable, "Patient", [("_sort", "gender"), ("_sort:desc", "birthdate"),
+                                            *present.items()])) == want
+    assert order(sortable, {"_sort:desc": "birthdate", "birthdate:missing": "false"}) == [
+        "s3", "s5", "s1", "s2"]
+    assert order(sortable, {"_sort:asc": "birthdate", "birthdate:missing": "false"}) == [
+        "s2", "s1", "s5", "s3"]
+
+
 def test_bad_sorts_are_refused(sortable: Fhir) -> None:
     refused(sortable, "Patient", {"_sort": "nonsense"}, "_sort")
     refused(sortable, "Observation", {"_sort": "code-value-quantity"}, "_sort")
@@ -420,12 +439,65 @@ def test_malformed_values_are_refused_naming_the_parameter(fhir: Fhir, type_: st
     ("Patient", "name:text"), ("Patient", "gender:below"), ("Patient", "gender:in"),
     ("Patient", "birthdate:exact"), ("Patient", "name:nonsense"), ("Patient", "gender:contains"),
     ("Patient", "name:not"), ("Patient", "general-practitioner:exact"), ("Patient", "_query"),
+    ("Observation", "subject:not"), ("Observation", "subject:text"),
+    ("Observation", "subject:contains"),
 ])
 def test_unsupported_modifiers_and_parameters_are_refused(fhir: Fhir, type_: str,
                                                           name: str) -> None:
     value = "true" if name.endswith(":missing") else "x"
     body = refused(fhir, type_, {name: value}, name)
     assert body["issue"][0]["code"] in ("not-supported", "invalid", "value")
+    if name.startswith("subject:"):  # a modifier, not a resource type, and said so
+        assert body["issue"][0]["code"] == "not-supported", body
+        assert "modifier" in body["issue"][0]["diagnostics"], body
+
+
+@pytest.mark.parametrize("name, value", [
+    ("_count:bogus", "2"), ("_elements:foo", "gender"), ("_summary:x", "true"),
+    ("_total:x", "accurate"), ("_sort:bogus", "family"), ("_include:foo", "Patient:organization"),
+    ("_include:iterate:x", "Patient:organization"), ("_revinclude:all", "Observation:subject"),
+])
+@pytest.mark.parametrize("handling", ["lenient", "strict"])
+def test_result_parameters_with_unknown_modifiers_are_refused(fhir: Fhir, name: str, value: str,
+                                                              handling: str) -> None:
+    """search.html#modifiers: a server "SHALL reject any search request that contains [a
+    parameter] suffixed by a modifier that the server does not support for that parameter",
+    the result parameters too: whatever the handling asked for."""
+    body = refused(fhir, "Patient", {name: value}, name,
+                   headers={"Prefer": f"handling={handling}"})
+    assert body["issue"][0]["code"] == "not-supported", body
+
+
+def test_count_zero_gives_the_total_however_many_match(fhir: Fhir,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """_count=0 "shall be treated the same as _summary=count" (search.html#count): the total,
+    even past the number of matches a total is worked out for by default."""
+    from server.storage import sqlite_search
+
+    monkeypatch.setattr(sqlite_search, "AUTO_TOTAL_LIMIT", 3)
+    put_all(fhir, *families(5))
+    assert "total" not in search(fhir, "Patient", {"_count": "2"})  # past the default limit
+    bundle = search(fhir, "Patient", {"_count": "0"})
+    assert ids(bundle) == [] and bundle["total"] == 5
+
+
+def test_parameters_across_types_must_be_common_to_them(fhir: Fhir) -> None:
+    """search.html#searchall: with _type, "all other search parameters SHALL be common to all
+    provided types". One that is not is refused under strict handling; else the types without
+    it are left out, with a warning saying so."""
+    put_all(fhir, patient("t1", gender="male"),
+            observation("t-obs", code={"coding": [{"system": "http://loinc.org",
+                                                   "code": "8867-4"}]}))
+    params = {"_type": "Patient,Observation", "code": "8867-4"}
+    r = fhir.get("", params=params, headers={"Prefer": "handling=strict"})
+    assert r.status_code == 400 and "code" in r.json()["issue"][0]["expression"], r.text
+    assert "Patient" in r.json()["issue"][0]["diagnostics"], r.text
+    bundle = fhir.get("", params=params).json()
+    assert ids(bundle) == ["t-obs"]
+    (outcome,) = entries(bundle, "outcome")
+    issue = outcome["resource"]["issue"][0]
+    assert issue["severity"] == "warning" and issue["expression"] == ["code"], issue
+    assert "Patient" in issue["diagnostics"], issue
 
 
 def test_deleted_resources_never_match(fhir: Fhir) -> None:

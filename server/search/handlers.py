@@ -68,6 +68,8 @@ def searchset(req: FhirRequest, query: SearchQuery, page: SearchPage, path: str,
                  "search": {"mode": "include"}} for v in page.included]
     issues = [Issue("not-supported", f"search parameter {name} was ignored: {why}",
                     severity="warning", expression=[name]) for name, why in query.ignored.items()]
+    issues += [Issue("processing", f"search parameter {name}: {why}", severity="warning",
+                     expression=[name]) for name, why in query.warnings.items()]
     issues += [Issue("too-costly", note, severity="warning") for note in page.notes]
     if issues:
         entries.append({"resource": outcome(issues), "search": {"mode": "outcome"}})

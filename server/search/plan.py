@@ -157,6 +157,8 @@ class SearchQuery:
     #: Parameters that were not understood or not supported and ignored, as written, each with
     #: why (reported in the bundle).
     ignored: dict[str, str] = field(default_factory=dict)
+    #: Parameters used, each with a warning about how (reported in the bundle).
+    warnings: dict[str, str] = field(default_factory=dict)
     summary_count: bool = False
     #: This server's FHIR base with a trailing slash: absolute references under it are local
     #: ones. None when unknown; then only relative references count as local.

@@ -40,6 +40,10 @@ PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 #: Parameters that shape the result rather than select resources.
 RESULT_PARAMS = {"_sort", "_count", "_include", "_revinclude", "_summary", "_elements", "_total",
                  "_contained", "_containedType", "_format", "_pretty", "_cursor", "_type"}
+#: The modifiers a result parameter takes: :iterate (and R3's :recurse) on includes; on _sort,
+#: :asc and :desc, the syntax of DSTU2 and STU3, which their clients still send.
+_RESULT_MODIFIERS = {"_include": {"iterate", "recurse"}, "_revinclude": {"iterate", "recurse"},
+                     "_sort": {"asc", "desc"}}
 #: Refused whatever the handling: a server SHALL refuse a ``_query`` it does not know
 #: (search.html#query), and contained resources are not searched.
 REFUSED = {"_query", "_containedType"}
@@ -258,7 +262,7 @@ class Parser:
                 raise self._bad(name, raw, "must be true or false")
             return Missing(type_, code, kind, raw == "true")
         target = None
-        if modifier and param.type == "reference" and modifier not in ("identifier", "missing"):
+        if modifier and param.type == "reference" and structures().is_resource_type(modifier):
             if modifier not in (param.targets or ()) and not (
                     structures().is_resource_type(modifier) and not param.targets):
                 raise invalid(f"search parameter {name}: {modifier!r} is not a target type of "
@@ -372,13 +376,14 @@ class Parser:
 
     # -- result parameters ----------------------------------------------------------------------
 
-    def sort(self, types: tuple[str, ...], raw: str) -> list[SortKey]:
+    def sort(self, types: tuple[str, ...], raw: str, flip: bool = False) -> list[SortKey]:
+        """``flip``: ``_sort:desc``, the syntax of DSTU2 and STU3, still sent by their clients."""
         keys = []
         for item in raw.split(","):
             item = item.strip()
             if not item:
                 continue
-            desc = item.startswith("-")
+            desc = item.startswith("-") != flip
             code = item.lstrip("-")
             kinds = {(p.column or p.type) for t in types
                      if (p := self.reg.get(t, code)) is not None}
@@ -437,8 +442,13 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
             parser.not_supported(name, NOT_SUPPORTED[bare])
             continue
         if bare in RESULT_PARAMS:
-            if bare == "_sort":
-                q.sort = parser.sort(types, raw)
+            modifier = name[len(bare) + 1:]
+            if modifier and modifier not in _RESULT_MODIFIERS.get(bare, ()):
+                # search.html#modifiers: a server "SHALL reject" a modifier it does not support
+                raise FhirError(400, "not-supported", f"{name}: modifier :{modifier} is not "
+                                f"supported on {bare}", expression=name)
+            if bare == "_sort":  # repeated "for inner sort orders"
+                q.sort += parser.sort(types, raw, flip=modifier == "desc")
             elif bare == "_count":
                 q.count = parse_count(raw, default_count, max_count)
             elif bare == "_cursor":
@@ -469,6 +479,16 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
             if not options:
                 parser._unknown(name, "no searched type has this parameter")
                 continue
+            if lacking := _lacking(parser, types, name):
+                # search.html#searchall: with _type, "all other search parameters SHALL be
+                # common to all provided types"
+                why = (f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no such "
+                       "parameter, and no resource of "
+                       f"{'that type' if len(lacking) == 1 else 'those types'} can match")
+                if strict:
+                    raise invalid(f"search parameter {name}: {why}; with _type, every "
+                                  "parameter must be common to the types", expression=name)
+                q.warnings[name] = why
             clause = options[0] if len(options) == 1 else AnyOf(tuple(options))
         if clause is not None:
             q.clauses.append(clause)
@@ -491,6 +511,15 @@ def _canonical_version(type_: str, name: str, raw: str) -> tuple[str, str] | Non
         return None
     url, _, version = raw.rpartition("|")
     return (url, version) if url and version else None
+
+
+def _lacking(parser: Parser, types: tuple[str, ...], name: str) -> list[str]:
+    """The searched types that have no parameter ``name`` (as written, modifiers and chains
+    included)."""
+    code = name.partition(".")[0].partition(":")[0]
+    if code in ("_has", "_list"):
+        return []
+    return [t for t in types if parser.reg.get(t, code) is None]
 
 
 def _quiet(parser: Parser, type_: str, name: str, raw: str) -> Clause | None:

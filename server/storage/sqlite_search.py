@@ -796,7 +796,9 @@ def run_search(conn: sqlite3.Connection, query: SearchQuery) -> SearchPage:
     plan = _plan(conn, query)
     total = None
     if query.total != "none" or query.summary_count:
-        cap = None if query.total == "accurate" or query.summary_count else AUTO_TOTAL_LIMIT
+        # _count=0 "shall be treated the same as _summary=count" (search.html#count)
+        exact = query.total == "accurate" or query.summary_count or query.count == 0
+        cap = None if exact else AUTO_TOTAL_LIMIT
         if cap is None or plan.estimate is None or plan.estimate <= cap:
             c = Compiler(query.base)
             counted = _Plan(plan.clauses, plan.driver)
