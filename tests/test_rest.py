@@ -447,6 +447,22 @@ def test_conditional_delete(fhir: Fhir) -> None:
     assert_outcome(fhir.delete("Patient", params={"identifier": "urn:sys|cd-2"}), 412)
 
 
+def test_conditional_delete_honours_if_match(fhir: Fhir) -> None:
+    """If-Match guards a conditional delete as it guards a plain one (http.html#concurrency):
+    a stale version, or no match at all, is a 412 and nothing is deleted."""
+    pat = {**PATIENT, "identifier": [{"system": "urn:sys", "value": "cdm-1"}]}
+    pid = created(fhir, pat)["id"]
+    fhir.put(f"Patient/{pid}", {**pat, "id": pid, "active": False})
+    criteria = {"identifier": "urn:sys|cdm-1"}
+    assert_outcome(fhir.delete("Patient", params=criteria, headers={"If-Match": 'W/"1"'}), 412)
+    assert fhir.get(f"Patient/{pid}").status_code == 200
+    assert_outcome(fhir.delete("Patient", params={"identifier": "urn:sys|none"},
+                               headers={"If-Match": 'W/"1"'}), 412)
+    r = fhir.delete("Patient", params=criteria, headers={"If-Match": 'W/"2"'})
+    assert r.status_code == 200, r.text
+    assert fhir.get(f"Patient/{pid}").status_code == 410
+
+
 # -- history -------------------------------------------------------------------------------------
 
 def test_instance_type_and_system_history(fhir: Fhir) -> None:

@@ -385,6 +385,10 @@ class Delete:
                 raise precondition_failed(f"the criteria match {len(matches)} {self.type} "
                                           "resources; this server deletes only one at a time")
             if not matches:
+                if self.if_match is not None:
+                    raise precondition_failed(f"If-Match asks for version {self.if_match} of "
+                                              f"the {self.type} the criteria match, and they "
+                                              "match none")
                 return None
             id_ = matches[0].id
         else:
@@ -414,9 +418,9 @@ class Delete:
 
 def build_delete(req: FhirRequest, conditional: bool = False) -> Delete:
     assert req.type
+    if_match = parse_etag(req.header("if-match"))
     if conditional:
         return Delete(req.type, query=parse_conditional(req.type, req.params,
                                                          "the conditional delete", req.base),
-                      caller=Caller.of(req))
-    return Delete(req.type, req.id, if_match=parse_etag(req.header("if-match")),
-                  caller=Caller.of(req))
+                      if_match=if_match, caller=Caller.of(req))
+    return Delete(req.type, req.id, if_match=if_match, caller=Caller.of(req))
