@@ -195,6 +195,32 @@ def test_the_same_conditional_create_twice_makes_one_resource(fhir: Fhir, exists
         assert fhir.get(f"Observation/{oid}").json()["subject"]["reference"] == location
 
 
+@pytest.mark.parametrize("exists", [False, True])
+def test_two_conditional_creates_of_different_resources_are_refused(fhir: Fhir,
+                                                                    exists: bool) -> None:
+    """Two conditional creates with the same criteria and different resources: whichever came
+    first would be stored and the other dropped, and "the outcome of processing the transaction
+    SHALL NOT depend on the order" (http.html#trules). Refused, unless a resource matches: then
+    neither creates anything, and both answer with it."""
+    if exists:
+        fhir.post("Patient", patient("twice-2"))
+    criteria = "identifier=urn:mrn|twice-2"
+    bundle = transaction(
+        post("Patient", patient("twice-2"), urn(), ifNoneExist=criteria),
+        post("Patient", patient("twice-2", gender="male"), urn(), ifNoneExist=criteria))
+    r = fhir.post("", bundle)
+    if exists:
+        assert r.status_code == 200, r.text
+        assert [e["response"]["status"] for e in r.json()["entry"]] == ["200 OK"] * 2
+        assert "gender" not in fhir.get("Patient", params={"identifier": "urn:mrn|twice-2"}
+                                        ).json()["entry"][0]["resource"]
+        return
+    assert r.status_code == 400, r.text
+    diagnostics = r.json()["issue"][0]["diagnostics"]
+    assert "Bundle.entry[0]" in diagnostics and "Bundle.entry[1]" in diagnostics, diagnostics
+    assert count(fhir, "Patient", identifier="urn:mrn|twice-2") == 0
+
+
 def test_conditional_update_and_delete_in_a_transaction(fhir: Fhir) -> None:
     target = fhir.post("Patient", patient("u-1")).json()
     gone = fhir.post("Patient", patient("d-1")).json()

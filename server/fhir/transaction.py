@@ -43,6 +43,7 @@ from server.storage.base import (
     Version,
     http_date,
     instant,
+    same_content,
 )
 
 MAX_ENTRIES = 20_000
@@ -634,8 +635,17 @@ def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str,
         criteria = _create_criteria(e)
         if criteria in by_criteria:
             # The same conditional create again stands for the same resource: the entry is
-            # answered with what the first one wrote or found, and writes nothing.
+            # answered with what the first one wrote or found, and writes nothing. Unless the
+            # first creates it from a different resource: which one is kept would depend on
+            # the order of the entries (http.html#trules: it "SHALL NOT").
             e.same_as, first = by_criteria[criteria]
+            earlier = entries[e.same_as]
+            if first[1] == earlier.op_id and not same_content(
+                    {**earlier.req._resource, "id": None}, {**e.req._resource, "id": None}):
+                raise invalid(f"Bundle.entry[{e.same_as}] and Bundle.entry[{e.index}] create "
+                              f"a {e.req.type} if none matches the same criteria, from "
+                              "different resources: which one is stored would depend on their "
+                              "order; send one", expression=e.where())
             planned[e.index] = first
             if e.full_url:
                 fix[mapping[e.full_url]] = f"{first[0]}/{first[1]}"
