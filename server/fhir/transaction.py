@@ -414,6 +414,8 @@ def _identities(entries: list[Entry]) -> dict[str, str]:
             ref = f"{req.type}/{e.op_id}"
         elif e.interaction in ("delete", "patch"):
             ref = f"{req.type}/{req.id}"
+        elif e.interaction == "conditional-patch":  # settled to the match (_settle_identities)
+            ref = f"{req.type}/{writes.new_id()}"
         else:
             continue
         if ref in targets and e.interaction not in ("create", "conditional-update"):
