@@ -91,6 +91,9 @@ def test_references_to_full_urls_are_rewritten_everywhere(fhir: Fhir) -> None:
     eid = locations[1].split("/")[1]
     bid = locations[2].split("/")[1]
     assert all(e["response"]["etag"] == 'W/"1"' for e in out["entry"])
+    # Each entry names the resource it answers with (Bundle.entry.fullUrl "SHALL have a value").
+    assert [e["fullUrl"] for e in out["entry"]] == [
+        "http://testserver/fhir/" + loc.split("/_history")[0] for loc in locations]
     pat = fhir.get(f"Patient/{pid}").json()
     assert f'href="Encounter/{eid}"' in pat["text"]["div"]
     assert f"href='Encounter/{eid}'" in pat["text"]["div"]

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from server.fhir import references, writes
-from server.fhir.bundles import Stored, materialise
+from server.fhir.bundles import Stored, full_url, materialise
 from server.fhir.errors import FhirError, Issue, information, invalid
 from server.fhir.prepare import prepare
 from server.fhir.request import JSON_PATCH, FhirRequest, FhirResponse
@@ -211,6 +211,7 @@ def _response_entry(req: FhirRequest, resp: FhirResponse, entry: Entry) -> dict[
     v = resp.version
     out: dict[str, Any] = {}
     if v is not None:
+        out["fullUrl"] = full_url(req.base, v.type, v.id)
         if resp.location or resp.status in (200, 201) and resp.honour_prefer:
             response["location"] = f"{v.type}/{v.id}/_history/{v.version}"
         response["etag"] = v.etag
