@@ -328,6 +328,25 @@ def test_if_match_guards_against_lost_updates(fhir: Fhir) -> None:
                             headers={"If-Match": "garbage"}), 400)
 
 
+def test_if_none_match_star_creates_only(fhir: Fhir) -> None:
+    """``If-None-Match: *`` on a PUT asks to create the resource only if it does not exist
+    (RFC 9110 §13.1.2: the server "MUST NOT perform the requested method" otherwise): 412
+    when it exists, nothing changed; a create (201) when it does not, or is deleted."""
+    star = {"If-None-Match": "*"}
+    r = fhir.put("Patient/inm-1", {**PATIENT, "id": "inm-1"}, headers=star)
+    assert r.status_code == 201, r.text
+    assert_outcome(fhir.put("Patient/inm-1", {**PATIENT, "id": "inm-1", "active": False},
+                            headers=star), 412)
+    assert fhir.get("Patient/inm-1").json()["meta"]["versionId"] == "1"
+    fhir.delete("Patient/inm-1")
+    r = fhir.put("Patient/inm-1", {**PATIENT, "id": "inm-1"}, headers=star)
+    assert r.status_code == 201, r.text
+    r = fhir.post("", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {**PATIENT, "id": "inm-1"},
+         "request": {"method": "PUT", "url": "Patient/inm-1", "ifNoneMatch": "*"}}]})
+    assert r.json()["entry"][0]["response"]["status"].startswith("412"), r.text
+
+
 # -- delete --------------------------------------------------------------------------------------
 
 def test_delete_is_a_version_and_read_gives_410(fhir: Fhir) -> None:

@@ -111,6 +111,28 @@ def test_references_to_full_urls_are_rewritten_everywhere(fhir: Fhir) -> None:
     assert count(fhir, "Observation", subject=f"Patient/{pid}") == 1
 
 
+def test_a_bundle_stored_by_a_transaction_keeps_its_own_references(fhir: Fhir) -> None:
+    """A document Bundle's references are to its own entries (bundle.html §2.36.4.1 resolves
+    them in the Bundle that holds them): stored through a transaction, they are neither refused
+    as pointing at no entry of the transaction nor rewritten, even when a fullUrl is the same."""
+    inner = urn()
+    document = {"resourceType": "Bundle", "type": "document", "identifier": {
+        "system": "urn:ietf:rfc:3986", "value": urn()}, "timestamp": "2026-11-24T10:00:00Z",
+        "entry": [
+            {"fullUrl": urn(), "resource": {
+                "resourceType": "Composition", "status": "final", "type": {"text": "summary"},
+                "date": "2026-11-24", "title": "Summary", "subject": {"reference": inner},
+                "author": [{"reference": inner}]}},
+            {"fullUrl": inner, "resource": patient("doc-1")}]}
+    for shared in (False, True):
+        r = fhir.post("", transaction(post("Bundle", document),
+                                      post("Patient", patient("doc-2"), inner if shared else urn())))
+        assert r.status_code == 200, r.text
+        bid = r.json()["entry"][0]["response"]["location"].split("/")[1]
+        stored = fhir.get(f"Bundle/{bid}").json()
+        assert stored["entry"] == document["entry"], shared
+
+
 def test_a_failing_last_entry_leaves_nothing_behind(fhir: Fhir) -> None:
     before = count(fhir, "Patient")
     bundle = transaction(post("Patient", patient("a-1"), urn()),

@@ -52,10 +52,15 @@ Visitor = Callable[[Holder, Any, str], None]
 def visit(resource: dict[str, Any], fn: Visitor) -> None:
     """Call ``fn(holder, key, type)`` for every Reference.reference, Narrative.div and uri,
     url, oid or uuid value (``holder[key]``, a string) in ``resource``, contained and nested
-    resources included."""
+    resources included, but not the entries of a Bundle: their references are to each other,
+    resolved within the Bundle (bundle.html §2.36.4.1), not by what holds it."""
     type_def = structures().types.get(resource.get("resourceType", ""))
-    if type_def is not None:
-        _walk(resource, type_def.elements, fn)
+    if type_def is None:
+        return
+    elements = type_def.elements
+    if resource["resourceType"] == "Bundle":
+        elements = {k: v for k, v in elements.items() if k != "entry"}
+    _walk(resource, elements, fn)
 
 
 def _walk(obj: dict[str, Any], elements: dict[str, Element], fn: Visitor) -> None:

@@ -94,10 +94,14 @@ def _store(tx: Transaction, caller: Caller, type_: str, id_: str, resource: dict
 
 def write_checked(tx: Transaction, type_: str, id_: str, resource: dict[str, Any],
                   indexes: IndexRows, method: str, if_match: int | None,
-                  caller: Caller = NOBODY) -> tuple[Version, bool]:
-    """Write a new version unless If-Match fails; (version, created). An unchanged resource
-    makes no new version (the store returns the current one)."""
+                  caller: Caller = NOBODY, create_only: bool = False) -> tuple[Version, bool]:
+    """Write a new version unless If-Match fails (or, ``create_only``, the resource exists:
+    ``If-None-Match: *``); (version, created). An unchanged resource makes no new version (the
+    store returns the current one)."""
     current = tx.read(type_, id_)
+    if create_only and current is not None and not current.deleted:
+        raise precondition_failed(f"If-None-Match: * asks to create {type_}/{id_} only if it "
+                                  f"does not exist, and it does (version {current.version})")
     if if_match is not None and (current is None or current.deleted
                                  or current.version != if_match):
         have = "no current version" if current is None or current.deleted \
@@ -183,13 +187,14 @@ class Update:
     indexes: IndexRows
     if_match: int | None = None
     caller: Caller = NOBODY
+    create_only: bool = False  # If-None-Match: * (RFC 9110 §13.1.2)
 
     def target(self, tx: Transaction) -> str:
         return self.id
 
     def apply(self, tx: Transaction) -> tuple[Version, bool]:
         return write_checked(tx, self.type, self.id, self.resource, self.indexes, "PUT",
-                             self.if_match, self.caller)
+                             self.if_match, self.caller, self.create_only)
 
     respond = staticmethod(_written)
 
@@ -207,7 +212,8 @@ def build_update(req: FhirRequest) -> Update:
         raise invalid(f"the id in the body ({body_id!r}) does not match the URL ({req.id!r})",
                       expression="id")
     return Update(req.type, req.id, resource, prepare(resource, req.type),
-                  parse_etag(req.header("if-match")), Caller.of(req))
+                  parse_etag(req.header("if-match")), Caller.of(req),
+                  create_only=(req.header("if-none-match") or "").strip() == "*")
 
 
 @dataclass
