@@ -492,6 +492,33 @@ def test_version_specific_references_to_entries_stay_version_specific(fhir: Fhir
     assert fhir.get("Patient/vs-old/_history/2").json()["active"] is True
 
 
+def test_entry_urns_in_criteria_and_searches_stand_for_those_entries(fhir: Fhir) -> None:
+    """A urn:uuid that is an entry's fullUrl stands for that entry's resource in the search
+    criteria of other entries too (ifNoneExist, a conditional URL, a GET search: "Servers SHALL
+    replace all matching links in the bundle", http.html#trules), so that a Bundle of
+    conditional creates sent twice makes its resources once."""
+    def bundle() -> dict:
+        p = urn()
+        obs = {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+               "subject": {"reference": p}}
+        return transaction(  # the Observation first: its criteria wait for the Patient's
+            post("Observation", obs, urn(), ifNoneExist=f"subject={p}&code:text=pulse"),
+            post("Patient", patient("urn-q-1"), p, ifNoneExist="identifier=urn:mrn|urn-q-1"),
+            {"request": {"method": "GET", "url": f"Observation?subject={p},Patient/none"}})
+    first = fhir.post("", bundle())
+    assert first.status_code == 200, first.text
+    statuses = [e["response"]["status"] for e in first.json()["entry"]]
+    assert statuses == ["201 Created", "201 Created", "200 OK"], statuses
+    assert first.json()["entry"][2]["resource"]["total"] == 1
+    again = fhir.post("", bundle())
+    assert again.status_code == 200, again.text
+    statuses = [e["response"]["status"] for e in again.json()["entry"]]
+    assert statuses == ["200 OK", "200 OK", "200 OK"], statuses
+    assert again.json()["entry"][2]["resource"]["total"] == 1
+    assert count(fhir, "Patient", identifier="urn:mrn|urn-q-1") == 1
+    assert count(fhir, "Observation", **{"code:text": "pulse"}) == 1
+
+
 def test_a_failing_conditional_reference_names_its_entry(fhir: Fhir) -> None:
     """Like every failing entry, the one holding a conditional reference that matches no or
     several resources is named (the transaction fails: http.html#trules)."""

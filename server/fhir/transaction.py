@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from server.fhir import references, writes
 from server.fhir.bundles import Stored, full_url, materialise
@@ -72,6 +72,7 @@ class Entry:
     op_id: str | None = None  # the id assigned before the store confirms it
     same_as: int | None = None  # the earlier entry of the same conditional create
     transform: Transform | None = None  # what its _summary or _elements keep of the answer
+    placeholders: bool = False  # its search criteria name other entries (`_criteria_urns`)
 
     def where(self) -> str:
         return f"Bundle.entry[{self.index}]"
@@ -566,6 +567,7 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
                 r.startswith(references.URNS) for r in references.reference_strings(resource))):
             references.rewrite(resource, links.resolver(e), _refuse_dangling(e))
     for e in entries:
+        e.placeholders = _substitute(e, mapping.get, references.URNS)
         try:
             e.op = _build(e)
         except FhirError as exc:
@@ -611,6 +613,9 @@ async def transaction(req: FhirRequest, store: ResourceStore, raw: list[Any]) ->
                 run(e)
         _resolve_references(tx, waiting, conditional_refs, fixes)
         _pin_versions(entries, waiting, results, links.versioned, fixes)
+        for e in entries:
+            if _ORDER[e.method] == 3 and e.placeholders and _substitute(e, fixes.get):
+                e.op = _build(e)
         for e in ordered:
             if e.index in later or _ORDER[e.method] == 3:
                 run(e)
@@ -632,9 +637,13 @@ def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str,
     by_identity: dict[tuple[str, str], int] = {}
     by_criteria: dict[tuple[Any, ...], tuple[int, tuple[str, str]]] = {}
     fix: dict[str, str] = {}
-    for e in entries:
+    # Those whose criteria name other entries come last: their criteria stand for what those
+    # settle to (a conditional create may find an existing resource).
+    for e in sorted(entries, key=lambda x: x.placeholders):
         if _ORDER[e.method] > 2:
             continue
+        if e.placeholders and _substitute(e, fix.get):
+            e.op.query = _build(e).query
         criteria = _create_criteria(e)
         if criteria in by_criteria:
             # The same conditional create again stands for the same resource: the entry is
@@ -676,6 +685,34 @@ def _settle_identities(tx: Transaction, entries: list[Entry], mapping: dict[str,
     fixes.update(fix)
     _rewrite(entries, fix)
     return planned
+
+
+def _substitute(e: Entry, resolve: Callable[[str], str | None], prefix: tuple[str, ...] = ("",)
+               ) -> bool:
+    """Replace the values in an entry's search criteria (its URL's parameters, its
+    ifNoneExist) that ``resolve`` maps (those starting with ``prefix``); whether any was.
+
+    A urn:uuid that is an entry's fullUrl stands for that entry's resource here too ("Servers
+    SHALL replace all matching links in the bundle", http.html#trules): first for the id it is
+    given, then for the one it settles to (a conditional create that finds a resource)."""
+    changed = False
+
+    def values(raw: str) -> str:
+        nonlocal changed
+        parts = raw.split(",")
+        for i, part in enumerate(parts):
+            if part.startswith(prefix) and (new := resolve(part)) is not None and new != part:
+                parts[i], changed = new, True
+        return ",".join(parts)
+
+    req = e.req
+    req.params = [(k, values(v)) for k, v in req.params]
+    if "if-none-exist" in req.headers:
+        criteria = parse_qsl(req.headers["if-none-exist"].lstrip("?"), keep_blank_values=True)
+        replaced = [(k, values(v)) for k, v in criteria]
+        if replaced != criteria:
+            req.headers["if-none-exist"] = urlencode(replaced)
+    return changed
 
 
 def _create_criteria(e: Entry) -> tuple[Any, ...] | None:
