@@ -16,6 +16,7 @@ from tests.test_search import (
     ids,
     observation,
     patient,
+    put,
     put_all,
     refused,
     search,
@@ -299,6 +300,23 @@ def test_includes_skip_deleted_and_foreign_targets(network: Fhir) -> None:
     assert network.delete("Patient/p3").status_code in (200, 204)
     bundle = search(network, "Observation", {"_id": "o4", "_include": "Observation:subject"})
     assert modes(bundle) == {"Observation/o4": "match"}
+
+
+def test_a_versioned_reference_includes_the_version_it_names(fhir: Fhir) -> None:
+    """search.html#versions: "If a resource has a reference that is versioned and _include is
+    performed, the specified version SHOULD be provided"; unversioned, the current one."""
+    put(fhir, patient("pv", gender="female"))
+    put(fhir, patient("pv", gender="male"))
+    put(fhir, observation("ov1", subject={"reference": "Patient/pv/_history/1"}))
+    put(fhir, observation("ov2", subject={"reference": "Patient/pv"}))
+    for id_, version, gender in (("ov1", "1", "female"), ("ov2", "2", "male")):
+        bundle = search(fhir, "Observation", {"_id": id_, "_include": "Observation:subject"})
+        (included,) = [e["resource"] for e in bundle["entry"]
+                       if e["search"]["mode"] == "include"]
+        assert included["meta"]["versionId"] == version and included["gender"] == gender, id_
+    bundle = search(fhir, "Observation", {"_id": "ov1,ov2", "_include": "Observation:subject"})
+    assert sorted(e["resource"]["meta"]["versionId"] for e in bundle["entry"]
+                  if e["search"]["mode"] == "include") == ["1", "2"]
 
 
 @pytest.mark.parametrize("name, value", [

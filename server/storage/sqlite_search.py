@@ -853,13 +853,24 @@ def _count(conn: sqlite3.Connection, where: str, args: list[Any], cap: int | Non
     return None if n > cap else n
 
 
-def _fetch(conn: sqlite3.Connection, refs: Iterable[tuple[str, str]]) -> list[Version]:
+def _fetch(conn: sqlite3.Connection, refs: Iterable[tuple[str, str, str]]) -> list[Version]:
+    """The resources of (type, id, version) references: the current one when the version is
+    empty, else that version ("If a resource has a reference that is versioned and _include is
+    performed, the specified version SHOULD be provided", search.html#versions)."""
     out = []
-    for type_, id_ in refs:
-        row = conn.execute(
-            "SELECT r.rid, r.type, r.id, r.version, r.updated, v.body FROM resource r JOIN "
-            "version v ON v.seq = r.seq WHERE r.type = ? AND r.id = ? AND r.deleted = 0",
-            (type_, id_)).fetchone()
+    for type_, id_, version in refs:
+        if not version:
+            row = conn.execute(
+                "SELECT r.rid, r.type, r.id, r.version, r.updated, v.body FROM resource r JOIN "
+                "version v ON v.seq = r.seq WHERE r.type = ? AND r.id = ? AND r.deleted = 0",
+                (type_, id_)).fetchone()
+        elif version.isdigit():
+            row = conn.execute(
+                "SELECT r.rid, r.type, r.id, v.version, v.updated, v.body FROM resource r JOIN "
+                "version v ON v.rid = r.rid AND v.version = ? WHERE r.type = ? AND r.id = ? "
+                "AND v.body IS NOT NULL", (int(version), type_, id_)).fetchone()
+        else:
+            row = None
         if row is not None:
             out.append(_version(row))
     return out
@@ -868,7 +879,8 @@ def _fetch(conn: sqlite3.Connection, refs: Iterable[tuple[str, str]]) -> list[Ve
 def _includes(conn: sqlite3.Connection, query: SearchQuery,
               matches: list[Version]) -> tuple[list[Version], list[str]]:
     """The resources ``_include`` and ``_revinclude`` bring, and notes on where they stopped."""
-    seen = {(v.type, v.id) for v in matches}
+    # A version a reference names apart from the current one is included too.
+    seen = {(v.type, v.id, v.version) for v in matches}
     included: list[Version] = []
     frontier = matches
     notes: list[str] = []
@@ -884,12 +896,12 @@ def _includes(conn: sqlite3.Connection, query: SearchQuery,
             found += _reverse(conn, inc, frontier, query.base)
         fresh: list[Version] = []
         for v in found:
-            if (v.type, v.id) not in seen:
+            if (v.type, v.id, v.version) not in seen:
                 if len(included) + len(fresh) == _MAX_INCLUDED:
                     notes.append(f"_include and _revinclude stopped at {_MAX_INCLUDED} "
                                  "resources; narrow the search to see the others")
                     return included + fresh, notes
-                seen.add((v.type, v.id))
+                seen.add((v.type, v.id, v.version))
                 fresh.append(v)
         included += fresh
         if not fresh:
@@ -900,7 +912,7 @@ def _includes(conn: sqlite3.Connection, query: SearchQuery,
                    for v in _forward(conn, i, frontier, query.base)]
         further += [v for i in query.revincludes if i.iterate
                     for v in _reverse(conn, i, frontier, query.base)]
-        if any((v.type, v.id) not in seen for v in further):
+        if any((v.type, v.id, v.version) not in seen for v in further):
             notes.append(f":iterate stopped after {_ITERATE_ROUNDS} rounds; resources further "
                          "along are left out")
     return included, notes
@@ -933,10 +945,10 @@ def _forward(conn: sqlite3.Connection, inc: Include, sources: list[Version],
         c = Compiler(base)
         local = c.local("idx_reference")
         rows = conn.execute(
-            f"SELECT target_type, target_id FROM idx_reference WHERE rid = ? AND pid IN "
-            f"({', '.join('?' for _ in pids)}) AND target_id != '' AND {local}",
+            f"SELECT target_type, target_id, version FROM idx_reference WHERE rid = ? AND pid "
+            f"IN ({', '.join('?' for _ in pids)}) AND target_id != '' AND {local}",
             (_rid(conn, v), *pids, *c.args))
-        refs += [(t, i) for t, i in rows if inc.target_type in (None, t)]
+        refs += [(t, i, ver) for t, i, ver in rows if inc.target_type in (None, t)]
     return _fetch(conn, dict.fromkeys(refs))
 
 
