@@ -389,6 +389,19 @@ def test_reads_and_searches_in_bundles_are_answered_as_alone(fhir: Fhir) -> None
         assert all("_summary" not in link["url"] for link in found["link"]), kind
 
 
+def test_the_bundle_requests_prefer_handling_applies_to_its_searches(fhir: Fhir) -> None:
+    """Prefer applies to the entries as it applies to the Bundle's request: its return= shapes
+    what the writes answer, its handling= how their searches take unknown parameters."""
+    search = {"request": {"method": "GET", "url": "Patient?nonsense=x"}}
+    strict = {"Prefer": "handling=strict"}
+    r = fhir.post("", transaction(search), headers=strict)
+    assert r.status_code == 400 and "nonsense" in r.text, r.text
+    r = fhir.post("", transaction(search, kind="batch"), headers=strict)
+    assert r.json()["entry"][0]["response"]["status"].startswith("400"), r.text
+    r = fhir.post("", transaction(search))
+    assert r.status_code == 200, r.text
+
+
 def test_conditional_references_are_resolved_after_the_writes(fhir: Fhir) -> None:
     """http.html#trules: DELETE, POST, PUT/PATCH, GET, then "Resolve any conditional
     references": they see what the transaction deleted and created."""

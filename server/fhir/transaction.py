@@ -115,6 +115,8 @@ def _entry_request(req: FhirRequest, index: int, raw: Any) -> Entry:
     except FhirError as exc:
         raise entry_error(index, f"{method} {url}", exc) from None
     headers = {"content-type": "application/fhir+json"}
+    if "prefer" in req.headers:  # the Bundle's Prefer applies to its entries
+        headers["prefer"] = req.headers["prefer"]
     for field, header in (("ifMatch", "if-match"), ("ifNoneMatch", "if-none-match"),
                           ("ifNoneExist", "if-none-exist"),
                           ("ifModifiedSince", "if-modified-since")):
