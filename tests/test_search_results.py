@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -237,6 +238,8 @@ def test_count(fhir: Fhir) -> None:
     assert ids(bundle) == [] and bundle["total"] == 5
     bundle = search(fhir, "Patient", {"_count": "100000"})
     assert len(ids(bundle)) == 5 and link(bundle, "next") is None
+    # The self link names the page size used: the server's largest (search.html#conformance).
+    assert parse_qs(urlsplit(link(bundle, "self") or "").query)["_count"] == ["1000"], bundle
     refused(fhir, "Patient", {"_count": "abc"}, "_count")
     refused(fhir, "Patient", {"_count": "-1"}, "_count")
     r = fhir.get("Patient", params={"_count": "2", "_cursor": "garbage"})

@@ -58,7 +58,8 @@ def test_references_to_full_urls_are_rewritten_everywhere(fhir: Fhir) -> None:
             {"system": "urn:ietf:rfc:3986", "value": identifier_urn}],
             "text": {"status": "generated",
                      "div": f'<div xmlns="http://www.w3.org/1999/xhtml">See <a href="{enc}">the '
-                            f"encounter</a> and <a href='{enc}'>again</a></div>"},
+                            f"encounter</a> and <a href='{enc}'>again</a>, <a href="
+                            f"'{enc}#reason'>why</a></div>"},
             "birthDate": "1990-01-01",
             "_birthDate": {"extension": [{"url": "https://fhir.consilium.health/x",
                                           "valueReference": {"reference": enc}}]},
@@ -97,6 +98,7 @@ def test_references_to_full_urls_are_rewritten_everywhere(fhir: Fhir) -> None:
     pat = fhir.get(f"Patient/{pid}").json()
     assert f'href="Encounter/{eid}"' in pat["text"]["div"]
     assert f"href='Encounter/{eid}'" in pat["text"]["div"]
+    assert f"href='Encounter/{eid}#reason'" in pat["text"]["div"]  # a fragment stays
     assert pat["_birthDate"]["extension"][0]["valueReference"]["reference"] == f"Encounter/{eid}"
     assert pat["extension"][0]["valueUri"] == f"Encounter/{eid}"  # elements of type uri too
     assert pat["identifier"][1]["value"] == identifier_urn  # identifiers are not references

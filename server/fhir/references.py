@@ -111,11 +111,12 @@ def rewrite(resource: dict[str, Any], resolve: Resolver,
             def link(m: re.Match[str]) -> str:
                 nonlocal changed
                 quote = '"' if m.group(2) is not None else "'"
-                new = resolve(m.group(2) if quote == '"' else m.group(3))
+                url, hash, fragment = (m.group(2) if quote == '"' else m.group(3)).partition("#")
+                new = resolve(url) if url else None
                 if new is None:
                     return m.group(0)
                 changed += 1
-                return f"{m.group(1)}{quote}{new}{quote}"
+                return f"{m.group(1)}{quote}{new}{hash}{fragment}{quote}"
             holder[key] = _LINK.sub(link, value)
             return
         new = resolve(value)

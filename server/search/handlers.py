@@ -49,7 +49,9 @@ async def _run(req: FhirRequest, store: ResourceStore, query: SearchQuery, path:
 def searchset(req: FhirRequest, query: SearchQuery, page: SearchPage, path: str,
               params: list[tuple[str, str]]) -> FhirResponse:
     """The searchset Bundle of a page: matches, includes, links and warnings."""
-    kept = [(k, v) for k, v in params if k not in query.ignored and k != "_cursor"]
+    # The parameters used, as used (search.html#conformance): _count at most the largest page.
+    kept = [(k, str(query.count) if k == "_count" else v) for k, v in params
+            if k not in query.ignored and k != "_cursor"]
     links = [("self", link_url(req.base, path, [*kept, *(
         [("_cursor", query.cursor)] if query.cursor else [])]))]
     if page.next_cursor:
