@@ -935,7 +935,7 @@ def _include_pids(type: str, code: str) -> list[int]:
 
 def _forward(conn: sqlite3.Connection, inc: Include, sources: list[Version],
              base: str | None) -> list[Version]:
-    refs: list[tuple[str, str]] = []
+    refs: list[tuple[str, str, str]] = []
     for v in sources:
         if inc.source_type not in ("*", v.type):
             continue
