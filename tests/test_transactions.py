@@ -391,6 +391,33 @@ def test_reads_and_searches_in_bundles_are_answered_as_alone(fhir: Fhir) -> None
         assert all("_summary" not in link["url"] for link in found["link"]), kind
 
 
+def test_searches_across_types_and_in_compartments_in_a_transaction(fhir: Fhir) -> None:
+    """Searches across types (``?_type=…``) and in a compartment (``Patient/[id]/…``) are
+    entries like the others: run last, they see the transaction's writes; history and
+    ``metadata`` are still refused in a transaction (a batch takes them)."""
+    p = fhir.post("Patient", patient("sc-1")).json()
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "sc"},
+           "subject": {"reference": f"Patient/{p['id']}"}}
+    for kind in ("transaction", "batch"):
+        r = fhir.post("", transaction(
+            {"request": {"method": "GET", "url": "?_type=Patient,Observation&_id="
+                                                 f"{p['id']}"}},
+            {"request": {"method": "GET", "url": f"Patient/{p['id']}/Observation?code:text=sc"}},
+            {"request": {"method": "GET", "url": f"Patient/{p['id']}/*"}},
+            post("Observation", obs, urn()), kind=kind))
+        assert r.status_code == 200, r.text
+        across, compartment, everything = (e["resource"] for e in r.json()["entry"][:3])
+        assert across["total"] == 1 and across["entry"][0]["resource"]["id"] == p["id"], kind
+        found = 1 if kind == "transaction" else 2  # a batch runs its POSTs first too
+        assert compartment["total"] == found, (kind, compartment)
+        assert everything["total"] == found + 1, (kind, everything)
+        assert compartment["link"][0]["url"].startswith(
+            f"http://testserver/fhir/Patient/{p['id']}/Observation?"), compartment["link"]
+    for url in ("Patient/_history", "metadata"):
+        r = fhir.post("", transaction({"request": {"method": "GET", "url": url}}))
+        assert r.status_code == 400 and "not allowed inside a transaction" in r.text, r.text
+
+
 def test_the_bundle_requests_prefer_handling_applies_to_its_searches(fhir: Fhir) -> None:
     """Prefer applies to the entries as it applies to the Bundle's request: its return= shapes
     what the writes answer, its handling= how their searches take unknown parameters."""

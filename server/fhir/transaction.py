@@ -53,7 +53,8 @@ _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 4
             409: "Conflict", 410: "Gone", 412: "Precondition Failed", 415: "Unsupported Media "
             "Type", 422: "Unprocessable Entity", 500: "Internal Server Error"}
 _IN_TRANSACTION = {"create", "update", "conditional-update", "patch", "conditional-patch",
-                   "delete", "conditional-delete", "read", "vread", "search-type"}
+                   "delete", "conditional-delete", "read", "vread", "search-type",
+                   "search-system", "search-compartment"}
 #: A RESTful URL, [root]/[type]/[id] (bundle.html#references).
 _RESTFUL = re.compile(r"(.+://.+)/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
 #: A relative reference, [type]/[id].
@@ -363,11 +364,15 @@ class _Search:
     """A search, inside the store transaction: it sees the transaction's writes."""
 
     def __init__(self, req: FhirRequest):
-        from server.search.handlers import query_of
+        from server.search import handlers
 
-        assert req.type
         self.req = req
-        self.query = query_of(req, (req.type,), req.params)
+        if req.compartment is not None:
+            self.query, self.path = handlers.compartment_query(req)
+        elif req.type is None:
+            self.query, self.path = handlers.system_query(req), ""
+        else:
+            self.query, self.path = handlers.query_of(req, (req.type,), req.params), req.type
 
     def apply(self, tx: Transaction) -> SearchPage:
         try:
@@ -378,8 +383,7 @@ class _Search:
     def respond(self, page: SearchPage) -> FhirResponse:
         from server.search.handlers import searchset
 
-        assert self.req.type
-        return searchset(self.req, self.query, page, self.req.type, self.req.params)
+        return searchset(self.req, self.query, page, self.path, self.req.params)
 
 
 def _build(entry: Entry) -> Any:
@@ -396,6 +400,8 @@ def _build(entry: Entry) -> Any:
         "read": _Read,
         "vread": _VRead,
         "search-type": _Search,
+        "search-system": _Search,
+        "search-compartment": _Search,
     }
     return builders[name](req)
 

@@ -101,6 +101,11 @@ def _types_asked(req: FhirRequest) -> list[str]:
 
 
 async def search_system(req: FhirRequest, store: ResourceStore) -> FhirResponse:
+    return await _run(req, store, system_query(req), "", req.params)
+
+
+def system_query(req: FhirRequest) -> SearchQuery:
+    """The query of ``GET [base]?_type=…``."""
     names = _types_asked(req)
     if not names:
         raise FhirError(400, "not-supported",
@@ -110,12 +115,17 @@ async def search_system(req: FhirRequest, store: ResourceStore) -> FhirResponse:
         if not structures().is_resource_type(t):
             raise invalid(f"_type: unknown resource type {t!r}", expression="_type")
     types = tuple(dict.fromkeys(names))
-    return await _run(req, store, query_of(req, types, req.params), "", req.params)
+    return query_of(req, types, req.params)
 
 
 async def search_compartment(req: FhirRequest, store: ResourceStore) -> FhirResponse:
+    query, path = compartment_query(req)
+    return await _run(req, store, query, path, req.params)
+
+
+def compartment_query(req: FhirRequest) -> tuple[SearchQuery, str]:
     """``[compartment type]/[id]/[type]``: resources linked to the owner by the compartment's
-    parameters (compartmentdefinition-*.json)."""
+    parameters (compartmentdefinition-*.json); the query and the search's path."""
     assert req.type and req.id and req.compartment
     definition = compartments().get(req.type)
     if definition is None:
@@ -144,8 +154,7 @@ async def search_compartment(req: FhirRequest, store: ResourceStore) -> FhirResp
         if t == req.type:
             options.append(Match(t, "_id", "id", (_id_token(req.id),)))
     query.clauses.insert(0, options[0] if len(options) == 1 else AnyOf(tuple(options)))
-    path = f"{req.type}/{req.id}/{req.compartment}"
-    return await _run(req, store, query, path, req.params)
+    return query, f"{req.type}/{req.id}/{req.compartment}"
 
 
 def _id_token(id_: str) -> Any:
