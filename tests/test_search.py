@@ -451,6 +451,33 @@ def test_dates_periods_and_time_zones(effective: Fhir, value: str, expected: set
     assert found(effective, "Observation", {"date": value}) == expected
 
 
+def test_ge_and_le_take_periods_that_reach_into_the_searched_range(fhir: Fhir) -> None:
+    """The prefixes are tests of intersection: ge is "the range above the search value
+    intersects" the target's, the search value's own range included ("or the range of the search
+    value fully contains the range of the target value", search.html#prefix), as for numbers
+    ("some of the value is at or above"). So a stay that reaches into the day is found by
+    ge and le that day, and date=ge…&date=le… of one day finds what was ongoing on it."""
+    put_all(fhir,
+            observation("into", effectivePeriod={"start": "2021-02-15", "end": "2021-03-01"}),
+            observation("from", effectivePeriod={"start": "2021-03-01", "end": "2021-03-20"}),
+            observation("across", effectivePeriod={"start": "2021-02-01", "end": "2021-04-01"}),
+            observation("before", effectivePeriod={"start": "2021-01-01", "end": "2021-02-28"}),
+            observation("after", effectivePeriod={"start": "2021-03-02"}),
+            observation("nine", effectivePeriod={"start": "2021-03-01T08:00:00Z",
+                                                 "end": "2021-03-01T09:00:00Z"}))
+    assert found(fhir, "Observation", {"date": "ge2021-03-01"}) == {
+        "into", "from", "across", "after", "nine"}
+    assert found(fhir, "Observation", {"date": "le2021-03-01"}) == {
+        "into", "from", "across", "before", "nine"}
+    assert found(fhir, "Observation", [("date", "ge2021-03-01"), ("date", "le2021-03-01")]) == {
+        "into", "from", "across", "nine"}
+    # An end that touches the searched instant reaches it (ranges include their ends).
+    assert found(fhir, "Observation", {"date": "ge2021-03-01T09:00:00Z"}) >= {"nine"}
+    assert found(fhir, "Observation", {"date": "le2021-03-01T08:00:00Z"}) >= {"nine"}
+    assert found(fhir, "Observation", {"date": "gt2021-03-01T09:00:00Z"}) == {
+        "into", "from", "across", "after"}
+
+
 @pytest.mark.parametrize("value", ["notadate", "2020-13", "2001-02-29", "2000-02-30",
                                    "2020-01-01T25:00:00Z", "2020-01-01T10:00:00+5", "xx2020",
                                    "ge", "2020/01/01", "2020-01-01T10:00:00+25:00",

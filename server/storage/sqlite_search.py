@@ -387,10 +387,12 @@ class Compiler:
                 return f"{hi} > {a(v.hi)}"
             if p == "lt":
                 return f"{lo} < {a(v.lo)}"
-            if p == "ge":  # above, or within: hi > v.hi, or v.lo <= lo (and hi <= v.hi)
-                return f"({hi} >= {a(v.lo)} AND ({hi} > {a(v.hi)} OR {lo} >= {a(v.lo)}))"
-            if p == "le":  # below, or within: lo < v.lo, or hi <= v.hi (and v.lo <= lo)
-                return f"({lo} <= {a(v.hi)} AND ({lo} < {a(v.lo)} OR {hi} <= {a(v.hi)}))"
+            # ge and le: some of the value is at or above the search value's start (at or
+            # below its end): the range above (below) it, or its own, meets the value's.
+            if p == "ge":
+                return f"{hi} >= {a(v.lo)}"
+            if p == "le":
+                return f"{lo} <= {a(v.hi)}"
             if p == "sa":
                 return f"{lo} > {a(v.hi)}"
             if p == "eb":
