@@ -616,6 +616,11 @@ def measured(fhir: Fhir) -> Fhir:
     (f"ne5.4|{UCUM}|mg", {"big", "less", "more"}),
     (f"ap120|{UCUM}|mg", {"big", "more"}),  # "more than 2" overlaps 108-132
     (f"5.4|{UCUM}|mg,120|{UCUM}|mg", {"mg", "mg-named", "big"}),
+    # A comparator's own value is outside it: "<3" is below 3, ">2" above 2.
+    (f"ge3|{UCUM}|mg", {"mg", "mg-named", "big", "more"}),
+    (f"le2|{UCUM}|mg", {"less"}),
+    (f"sa2|{UCUM}|mg", {"mg", "mg-named", "big", "more"}),
+    (f"eb3|{UCUM}|mg", {"less"}),
 ])
 def test_quantity_with_and_without_system_and_code(measured: Fhir, value: str,
                                                     expected: set[str]) -> None:
@@ -815,12 +820,29 @@ def test_tag_profile_security_and_source(fhir: Fhir) -> None:
     assert found(fhir, "Patient", {"_source:below": "http://his.example.org"}) == {"tagged"}
 
 
+def test_korean_and_japanese_names_match_whole_letters(fhir: Fhir) -> None:
+    """A prefix or :contains matches whole syllables and kana (search.html#string: "equals or
+    starts with ... after both have been normalized by case and accent"); :exact takes the two
+    Unicode encodings of one accented letter as the same text."""
+    put_all(fhir, patient("kim", name=[{"family": "김", "given": ["철수"]}]),
+            patient("lim", name=[{"family": "임"}]), patient("lee", name=[{"family": "이"}]),
+            patient("gato", name=[{"family": "ガトウ"}]), patient("kato", name=[{"family": "カトウ"}]),
+            patient("jose", name=[{"family": "Jose\u0301"}]))
+    assert found(fhir, "Patient", {"family": "이"}) == {"lee"}
+    assert found(fhir, "Patient", {"family": "기"}) == set()
+    assert found(fhir, "Patient", {"given:contains": "처"}) == set()
+    assert found(fhir, "Patient", {"given:contains": "철"}) == {"kim"}
+    assert found(fhir, "Patient", {"family": "カトウ"}) == {"kato"}
+    assert found(fhir, "Patient", {"family": "ｶﾞﾄｳ"}) == {"gato"}
+    assert found(fhir, "Patient", {"family:exact": "Jos\u00e9"}) == {"jose"}
+
+
 def test_persian_letter_variants_find_each_other(fhir) -> None:  # type: ignore[no-untyped-def]
     """Arabic yeh/kaf and Persian yeh/keheh, and the zero-width non-joiner, are the same letters
     to a reader: a name typed on an Arabic keyboard finds the one typed on a Persian one."""
     r = fhir.post("Patient", {"resourceType": "Patient",
                               "name": [{"family": "علی\u200cزاده", "given": ["کاظم"]}]})
     assert r.status_code == 201
-    for query in ("علي", "عليزاده", "كاظم"):
+    for query in ("علي", "عليزاده", "كاظم", "\ufecb\ufee0\ufef2"):  # the last: presentation forms
         found = fhir.get("Patient", params={"name": query}).json()
         assert found.get("total") == 1, query

@@ -330,3 +330,48 @@ def test_a_database_with_codes_also_stored_without_their_implicit_system_is_inde
         (gender,)]
     assert conn.execute("SELECT * FROM span").fetchall() == spans  # the dates' are kept
     conn.close()
+
+
+def test_a_database_with_decomposed_letters_and_inclusive_comparators_is_indexed_again(
+        tmp_path: Any) -> None:
+    """Before schema 7 a string was left decomposed (이, Lee, was a prefix of 임, Lim) and a
+    quantity's comparator took in its own value (<5 reached 5): opening such a database writes
+    the string, quantity and composite rows again."""
+    import asyncio
+    import unicodedata
+
+    from server.search.index import extract
+    from server.search.query import parse
+
+    path = tmp_path / "consilium.db"
+    store = SqliteStore(path)
+    lim = {"resourceType": "Patient", "id": "lim", "name": [{"family": "임"}]}
+    below = {"resourceType": "Observation", "id": "below", "status": "final",
+             "code": {"text": "dose"}, "valueQuantity": {"value": 5, "comparator": "<"}}
+    for body in (lim, below):
+        store.run_sync(lambda tx, b=body: tx.write(b["resourceType"], b["id"], dict(b),  # type: ignore[misc]
+                                                    extract(b), "PUT"))
+    store.close_sync()
+    conn = sqlite3.connect(path)  # the rows as schema 6 wrote them
+    conn.execute("UPDATE idx_string SET value = ? WHERE value = ?",
+                 (unicodedata.normalize("NFKD", "임"), "임"))
+    conn.execute("UPDATE idx_quantity SET hi = 5")
+    conn.execute("PRAGMA user_version = 6")
+    conn.commit()
+    conn.close()
+
+    store = SqliteStore(path)
+    try:
+        def matches(type_: str, name: str, value: str) -> list[str]:
+            query = parse((type_,), [(name, value)])
+            return [v.id for v in asyncio.run(store.search(query)).matches]
+
+        assert matches("Patient", "family", "이") == []
+        assert matches("Patient", "family", "임") == ["lim"]
+        assert matches("Observation", "value-quantity", "ge5") == []
+        assert matches("Observation", "value-quantity", "lt5") == ["below"]
+    finally:
+        store.close_sync()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
+    conn.close()

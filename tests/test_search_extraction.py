@@ -52,6 +52,12 @@ def rounded(found: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
     ("ＡＢＣ", "abc"),  # full-width letters: compatibility decomposition
     ("عَلِی  رضایی", "علی رضایی"),  # Persian: vowel marks (harakat) are combining marks
     ("张伟", "张伟"),
+    # Hangul syllables come back whole: decomposed, 이 (Lee) would be a prefix of 임 (Lim).
+    ("이", "이"), ("김철수", "김철수"),
+    # Kana keep their voicing marks: ガトウ (Gatō) is not カトウ (Katō).
+    ("ガトウ", "ガトウ"), ("ｶﾞﾄｳ", "ガトウ"),  # half-width kana are the same name
+    # Arabic presentation forms are the letters they present, variants folded as for the rest.
+    ("\ufecb\ufee0\ufef2", "علی"),
 ])
 def test_string_normalisation(text: str, expected: str) -> None:
     assert normalize(text) == expected

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -60,19 +61,33 @@ _ARABIC_SCRIPT = str.maketrans({
 })
 
 
+#: Combining marks that make another letter rather than accent one: the kana voicing marks
+#: (ガ is not カ).
+_LETTER_MARKS = frozenset("\u3099\u309a")
+
+
 def normalize(text: str) -> str:
     """The form string search compares (search.html#string: case- and accent-insensitive):
-    casefolded, Unicode NFKD with combining marks removed (also Arabic-script vowel marks),
-    Arabic and Persian letter variants folded together, whitespace runs collapsed to one space
-    and trimmed. Queries must be normalised the same."""
+    casefolded, Unicode NFKD with combining marks removed (also Arabic-script vowel marks, not
+    kana voicing marks), composed again (NFC: a Hangul syllable is whole again, so that 이 is
+    no prefix of 임), Arabic and Persian letter variants folded together (presentation forms
+    included), whitespace runs collapsed to one space and trimmed. Queries must be normalised
+    the same."""
     if text.isascii():
         return " ".join(text.lower().split())
-    decomposed = unicodedata.normalize("NFKD", text.casefold().translate(_ARABIC_SCRIPT))
-    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c) or c in _LETTER_MARKS)
+    return " ".join(unicodedata.normalize("NFC", bare).translate(_ARABIC_SCRIPT).split())
+
+
+def exact_form(text: str) -> str:
+    """The form :exact compares: the text as written, in one Unicode encoding (NFC), so that
+    é written as one character or as e and a combining accent is the same text."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
 def _string_rows(values: Iterable[Any]) -> list[Row]:
-    return [(normalize(v), v) for v in values if type(v) is str and v]
+    return [(normalize(v), exact_form(v)) for v in values if type(v) is str and v]
 
 
 def _strings(value: Any, keys: tuple[str, ...]) -> list[Any]:
@@ -507,10 +522,10 @@ def _quantity(v: Any) -> list[Row]:
         return []
     lo = hi = x
     comparator = v.get("comparator")
-    if comparator in ("<", "<="):
-        lo = _NEG_F
+    if comparator in ("<", "<="):  # "<5" is below 5: its own value is outside it
+        lo, hi = _NEG_F, x if comparator == "<=" else math.nextafter(x, _NEG_F)
     elif comparator in (">", ">="):
-        hi = _POS_F
+        lo, hi = x if comparator == ">=" else math.nextafter(x, _POS_F), _POS_F
     code = v.get("code")
     rows: list[Row] = [(v.get("system"), code, lo, hi)]
     unit = v.get("unit")

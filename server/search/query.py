@@ -200,7 +200,8 @@ class Parser:
               param: Any) -> Value:
         if kind == "string" or modifier == "text":
             text = unescape(item)
-            return StringValue(index.normalize(text), text if modifier == "exact" else None)
+            return StringValue(index.normalize(text),
+                               index.exact_form(text) if modifier == "exact" else None)
         if kind == "token":
             return self.token(name, item)
         if kind in ("date", "lastUpdated"):

@@ -16,7 +16,7 @@ from typing import Any
 
 from server.search.plan import NEG_INF, POS_INF
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource (
@@ -172,7 +172,10 @@ def migrate(conn: sqlite3.Connection,
     named date_span), and no rows for the parameters that are unions of others. New in 5: a
     number or quantity is stored as it is (lo = hi), no longer widened by its precision, and a
     Range as its bounds. New in 6: a code whose system is implicit (a required binding to one
-    code system) has one token row, with that system, no longer a second one without."""
+    code system) has one token row, with that system, no longer a second one without. New in
+    7: strings composed again after their accents are dropped (whole Hangul syllables, kana
+    with their voicing marks; :exact values in NFC), and a quantity's comparator leaves out its
+    own value (<5 ends below 5)."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
@@ -194,6 +197,8 @@ def migrate(conn: sqlite3.Connection,
         kinds: tuple[str, ...] = ("number", "quantity", "composite") if 0 < current < 5 else ()
         if 0 < current < 6:
             kinds += ("token",)
+        if 0 < current < 7:
+            kinds += tuple(k for k in ("string", "quantity", "composite") if k not in kinds)
         if kinds:
             reindex(conn, kinds)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
