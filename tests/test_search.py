@@ -701,6 +701,8 @@ def test_uri_exact_below_and_above(fhir: Fhir) -> None:
             value_set("other", "http://example.org/other/c"),
             value_set("root", "http://example.org/fhir"),
             value_set("slash", "http://example.org/"),
+            value_set("fhirx", "http://example.org/fhirx/ValueSet/z"),
+            value_set("oid", "urn:oid:1.2.34"),
             {"resourceType": "ValueSet", "id": "nourl", "status": "draft"})
     assert found(fhir, "ValueSet", {"url": "http://example.org/fhir/ValueSet/a"}) == {"a"}
     assert found(fhir, "ValueSet", {"url": "http://example.org/fhir/valueset/a"}) == set()
@@ -708,7 +710,12 @@ def test_uri_exact_below_and_above(fhir: Fhir) -> None:
     assert found(fhir, "ValueSet", {"url:below": "http://example.org/fhir/ValueSet"}) == {
         "a", "b"}
     assert found(fhir, "ValueSet", {"url:below": "http://example.org/"}) == {
-        "a", "b", "other", "root", "slash"}
+        "a", "b", "other", "root", "slash", "fhirx"}
+    # below a URL are the URL and those under it, path segment by path segment
+    assert found(fhir, "ValueSet", {"url:below": "http://example.org/fhir"}) == {"a", "b", "root"}
+    # "the :above and :below modifiers only apply to URLs, and not URNs such as OIDs"
+    for modifier in ("below", "above"):
+        refused(fhir, "ValueSet", {f"url:{modifier}": "urn:oid:1.2.3"}, f"url:{modifier}")
     # an ancestor may be written with a trailing slash (http://example.org/)
     assert found(fhir, "ValueSet", {"url:above": "http://example.org/fhir/ValueSet/a/_history/1"}
                  ) == {"a", "root", "slash"}

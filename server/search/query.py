@@ -213,7 +213,14 @@ class Parser:
         if kind == "reference":
             return self.reference(name, item, None, getattr(param, "targets", ()) or ())
         if kind == "uri":
-            return UriValue(unescape(item))
+            uri = unescape(item)
+            if modifier in ("above", "below") and "://" not in uri:
+                # search.html#uri: "the :above and :below modifiers only apply to URLs, and
+                # not URNs such as OIDs"
+                raise FhirError(400, "not-supported", f"search parameter {self.top or name}: "
+                                f":{modifier} applies to URLs, not to {uri!r}",
+                                expression=self.top or name)
+            return UriValue(uri)
         if kind == "id":
             if not valid_id(text := unescape(item)):
                 raise self._bad(name, item, "is not a resource id (1 to 64 letters, digits, "

@@ -328,8 +328,10 @@ class Compiler:
             return f"({cond} AND {self.local('idx_reference')})"
         if kind == "uri":
             assert isinstance(v, UriValue)
-            if m.modifier == "below":
-                return f"(uri >= {self.arg(v.uri)} AND uri < {self.arg(v.uri + _TOP)})"
+            if m.modifier == "below":  # the URL and those under it, segment by segment
+                stem = v.uri.rstrip("/")
+                return (f"(uri IN ({self.arg(stem)}, {self.arg(stem + '/')}) OR (uri > "
+                        f"{self.arg(stem + '/')} AND uri < {self.arg(stem + '/' + _TOP)}))")
             if m.modifier == "above":
                 prefixes = _uri_prefixes(v.uri)
                 return f"uri IN ({', '.join(self.arg(p) for p in prefixes)})"
