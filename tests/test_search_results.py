@@ -413,6 +413,18 @@ def test_full_text_and_filter_parameters_are_ignored_unless_strict(fhir: Fhir,
     assert body["issue"][0]["code"] == "not-supported"
 
 
+def test_parameters_of_the_specification_left_out_are_named_as_unsupported(fhir: Fhir) -> None:
+    """A parameter R4 defines that this server leaves out (Location's special ``near``) is
+    reported as not supported, with why, not as unknown."""
+    bundle = search(fhir, "Location", {"near": "42.25|-83.69|10|km"})
+    (outcome,) = entries(bundle, "outcome")
+    issue = outcome["resource"]["issue"][0]
+    assert issue["code"] == "not-supported" and "near is not supported" in issue["diagnostics"]
+    body = refused(fhir, "Location", {"near": "42.25|-83.69|10|km"}, "near",
+                   headers={"Prefer": "handling=strict"})
+    assert body["issue"][0]["code"] == "not-supported", body
+
+
 def test_query_and_contained_stay_refused_when_lenient(fhir: Fhir) -> None:
     """search.html#query: a server SHALL refuse an unknown ``_query``; searching contained
     resources is refused rather than answered from the containers alone."""

@@ -260,7 +260,10 @@ class Parser:
         code, _, modifier = head.partition(":")
         param = self.reg.get(type_, code)
         if param is None:
-            self._unknown(name, f"{type_} has no search parameter {code!r}")
+            if (why := self.reg.why_unsupported(type_, code)) is not None:
+                self.not_supported(self.top or name, why)
+            else:
+                self._unknown(name, f"{type_} has no search parameter {code!r}")
             return None
         kind = param.column or param.type
         if dot:

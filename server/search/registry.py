@@ -137,6 +137,15 @@ class Registry:
         #: parameters on it that are not supported.
         self.unsupported = MappingProxyType(unsupported)
 
+    def why_unsupported(self, resource_type: str, code: str) -> str | None:
+        """Why a parameter R4 defines on the type (or on every type) is not supported; None
+        when it is, or R4 does not define it."""
+        for type_ in (resource_type, ""):
+            for name, why in self.unsupported.get(type_, ()):
+                if name == code:
+                    return why
+        return None
+
     def params_for(self, resource_type: str) -> Mapping[str, SearchParam]:
         """Code -> parameter for one resource type, the common ones (``_id``, ``_tag`` …)
         included; empty for an unknown type."""
