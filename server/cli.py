@@ -285,6 +285,10 @@ def cmd_import(args: argparse.Namespace) -> int:
             why = "a directory, not a file" if f.is_dir() else "no such file"
             print(f"consilium import: {f}: {why}", file=sys.stderr)
             return 2
+        if args.rejects is not None and args.rejects.exists() and args.rejects.samefile(f):
+            print(f"consilium import: --rejects {args.rejects} is one of the files to import; "
+                  "name another file", file=sys.stderr)
+            return 2
     settings = _settings(args)
     from server import logs
 
@@ -308,14 +312,20 @@ def cmd_import(args: argparse.Namespace) -> int:
         finally:
             await importer.store.close()
 
+    stopped_by: list[int] = []
+
     def interrupt(signum: int, frame: Any) -> None:
         if importer.stopping.is_set():  # the second Ctrl-C: at once
             for child in multiprocessing.active_children():
                 child.kill()
-            os._exit(130)  # what is committed stays; the chunks under way roll back
+            if rejects is not None:
+                rejects.flush()
+            os._exit(128 + signum)  # what is committed stays; the chunks under way roll back
+        stopped_by.append(signum)
         importer.stop()
-        bar.write("interrupted: writing the chunks under way, then stopping (Ctrl-C again to "
-                  "stop at once)", file=sys.stderr)
+        bar.write("interrupted: " + ("rolling back: nothing is imported" if args.atomic else
+                                     "writing the chunks under way, then stopping")
+                  + " (Ctrl-C again to stop at once)", file=sys.stderr)
 
     importer = Importer(None, settings, atomic=args.atomic, workers=args.workers,
                         model_check=args.model_check, chunk=args.chunk, progress=progress)
@@ -325,19 +335,27 @@ def cmd_import(args: argparse.Namespace) -> int:
             rejects.write(f"{r.source}:{r.line}: {r.message}\n")
         importer.report.sink = sink
     # Ours rather than asyncio's, which cancels the main task: that waits on the workers
-    # without yielding, so the cancellation would never land.
+    # without yielding, so the cancellation would never land. SIGTERM (a service manager's
+    # stop) is taken as Ctrl-C.
     signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    failure = None
     try:
         report = asyncio.run(run())
+    except Exception as exc:  # the store failed (a full disk …): what is committed stays
+        log.exception("import failed", extra={"event": "import.failed"})
+        report, failure = importer.report, exc
+        report.seconds = time.monotonic() - started
     finally:
         if rejects is not None:
             rejects.close()
     bar.close()
-    nothing = args.atomic and (report.rejected_count or report.interrupted)
+    nothing = args.atomic and (report.rejected_count or report.interrupted or failure)
     print(f"imported {report.imported:,} resource{'' if report.imported == 1 else 's'}"
           + (f" ({report.unchanged:,} unchanged: already stored as they are)"
              if report.unchanged else "")
-          + (f" ({report.bundles:,} Bundles)" if report.bundles else "")
+          + (f" ({report.bundles:,} Bundle{'' if report.bundles == 1 else 's'})"
+             if report.bundles else "")
           + f" in {report.seconds:.1f} s ({report.rate:,.0f}/s); "
           f"rejected {report.rejected_count:,}"
           + (" — nothing imported (--atomic)" if nothing else ""))
@@ -348,11 +366,16 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"... and {report.rejected_count - len(report.rejected):,} more"
               + (f" (all in {args.rejects})" if args.rejects else " (--rejects FILE lists all)"),
               file=sys.stderr)
+    again = ("importing them again completes it (resources already imported are unchanged, "
+             "and not written again)")
+    if failure is not None:
+        print(f"consilium import: stopped by an error: {failure}; what is imported above stays"
+              f"{'' if args.atomic else '; ' + again}", file=sys.stderr)
+        return 3
     if report.interrupted:
-        print("consilium import: interrupted before the end of the files; importing them again "
-              "completes it (resources already imported are unchanged, and not written again)",
+        print(f"consilium import: interrupted before the end of the files; {again}",
               file=sys.stderr)
-        return 130
+        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
     return 1 if report.rejected_count else 0
 
 

@@ -127,6 +127,14 @@ def test_the_first_thousand_rejected_lines_are_listed_in_order_and_all_written_t
     assert f"... and 501 more (all in {rejects})" in out.stderr
     written = rejects.read_text().splitlines()
     assert len(written) == 1501 and all("Spaceship" in w for w in written if str(bad) in w)
+    # A file rejected whole as it is read is reported before the lines of the files ahead of
+    # it, which the workers check: still, the ones listed are the first in file order.
+    array = tmp_path / "array.json"
+    array.write_text("[]")
+    out = consilium(str(bad), str(array), data_dir=tmp_path / "data2")
+    listed = [line for line in out.stderr.splitlines() if ".ndjson:" in line or ".json:" in line]
+    assert len(listed) == 1000 and not any(line.startswith(str(array)) for line in listed)
+    assert listed[-1].startswith(f"{bad}:1001:"), listed[-1]
 
 
 def test_bulk_writers_page_caches_take_half_the_memory_at_most(tmp_path: Path,
@@ -150,6 +158,36 @@ def test_bulk_writers_page_caches_take_half_the_memory_at_most(tmp_path: Path,
     assert cache_kib() == 262_144
 
 
+def test_odd_lines_and_entries_are_rejected_and_the_import_goes_on(tmp_path: Path) -> None:
+    """What once stopped a whole import with a traceback is one rejected line or entry now (or
+    imported, when it is valid FHIR: a decimal beyond 64 bits), and the later files are read."""
+    from tests.test_rest import nested_extensions
+
+    data = tmp_path / "data"
+    deep = write_ndjson(tmp_path / "deep.ndjson", [
+        json.dumps({**nested_extensions(130), "id": "deep"}), patient(1)])
+    big = 123456789012345678901234567890
+    collection = tmp_path / "collection.json"
+    collection.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:6a3e3c3e-1111-4c1c-9b61-5a1d3e0e9a01", "resource": patient(2)},
+        {"fullUrl": ["not", "a", "url"], "resource": patient(3)},
+        {"resource": {"resourceType": "Observation", "id": "big", "status": "final",
+                      "code": {"text": "count"}, "valueQuantity": {"value": big}}},
+        {"resource": {**nested_extensions(130), "id": "deep-2"}}]}))
+    later = write_ndjson(tmp_path / "later.ndjson", [patient(4)])
+    out = consilium(str(deep), str(collection), str(later), data_dir=data)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "rejected 3" in out.stdout, out.stdout
+    err = out.stderr
+    assert f"{deep}:1:" in err and "nested" in err, err
+    assert f"{collection}:2:" in err and "fullUrl" in err, err
+    assert f"{collection}:4:" in err, err
+    stored = read_all(data)
+    assert {i for _, i in stored} == {"imp-1", "imp-2", "big", "imp-4"}, stored.keys()
+    assert str(big) in json.dumps(stored[("Observation", "big")])
+
+
 def test_a_byte_order_mark_that_starts_a_file_is_passed_over(tmp_path: Path) -> None:
     src = tmp_path / "windows.ndjson"
     src.write_bytes(b"\xef\xbb\xbf" + json.dumps(patient(1)).encode() + b"\r\n"
@@ -157,6 +195,14 @@ def test_a_byte_order_mark_that_starts_a_file_is_passed_over(tmp_path: Path) -> 
     out = consilium(str(src), data_dir=tmp_path / "data")
     assert out.returncode == 0, out.stderr
     assert {("Patient", "imp-1"), ("Patient", "imp-2")} <= set(read_all(tmp_path / "data"))
+
+
+def test_rejects_written_over_an_input_file_are_refused(tmp_path: Path) -> None:
+    src = write_ndjson(tmp_path / "in.ndjson", [patient(1)])
+    before = src.read_bytes()
+    out = consilium(str(src), "--rejects", str(src), data_dir=tmp_path / "data")
+    assert out.returncode == 2 and "--rejects" in out.stderr, out.stderr
+    assert src.read_bytes() == before
 
 
 def test_a_directory_is_refused_as_such(tmp_path: Path) -> None:
@@ -473,7 +519,7 @@ def test_chunks_of_a_large_bundle_file_end_by_size(tmp_path: Path, monkeypatch: 
     src = tmp_path / ("big.json.gz" if gz else "big.json")
     src.write_bytes(gzip.compress(body) if gz else body)
     chunks = [chunk for chunk, _ in importer.Importer(None, None)._chunks([src])]
-    sizes = [sum(len(json.dumps(r)) for _, r in chunk) for chunk in chunks]
+    sizes = [sum(len(r) for _, r in chunk) for chunk in chunks]  # entries come as JSON
     assert sum(len(chunk) for chunk in chunks) == 12
     assert len(chunks) >= 3
     assert max(sizes) < CHUNK_BYTES + 2 * len(big) + (64 << 10)  # one entry and a read over
@@ -536,7 +582,10 @@ def signalled_import(tmp_path: Path, after: int, signum: int
     deadline = time.monotonic() + 120
     while stored_count(data) < after and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    os.killpg(proc.pid, signum)
+    if signum == 15:  # SIGTERM, as `timeout` and `docker stop` send it: to the process
+        os.kill(proc.pid, signum)
+    else:  # as a terminal sends it: to the process group
+        os.killpg(proc.pid, signum)
     return src, data, proc
 
 
@@ -562,16 +611,16 @@ def test_an_import_killed_midway_leaves_whole_chunks_and_can_be_run_again(tmp_pa
     assert len(read_all(data)) == N_MANY
 
 
+@pytest.mark.parametrize("signum", [2, 15])  # SIGINT, SIGTERM
 def test_ctrl_c_finishes_the_chunks_under_way_says_so_and_the_import_can_be_run_again(
-        tmp_path: Path) -> None:
+        tmp_path: Path, signum: int) -> None:
     """Ctrl-C (SIGINT to the terminal's process group: the importing process and its workers)
     stops reading, lets the chunks under way be written, and exits 130 with a message and the
-    summary, no tracebacks; run again, the import completes."""
-    import signal
-
-    src, data, proc = signalled_import(tmp_path, 2 * CHUNK_OF_MANY, signal.SIGINT)
+    summary, no tracebacks; run again, the import completes. SIGTERM (`timeout`, `docker stop`)
+    likewise, exiting 143."""
+    src, data, proc = signalled_import(tmp_path, 2 * CHUNK_OF_MANY, signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (out, err)
+    assert proc.returncode == 128 + signum, (out, err)
     assert "interrupted" in err and "Traceback" not in err, err
     count = stored_count(data)
     assert 0 < count < N_MANY and count % CHUNK_OF_MANY == 0, count

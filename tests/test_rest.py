@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import pytest
@@ -230,6 +231,33 @@ def test_what_json_does_not_have_is_refused(text: bytes) -> None:
 
     with pytest.raises(codec.JsonError):
         codec.loads(text)
+
+
+def nested_extensions(depth: int) -> dict:
+    """A Patient whose extension holds an extension … ``depth`` levels down."""
+    ext: dict = {"url": "https://fhir.consilium.health/x", "valueString": "bottom"}
+    for _ in range(depth - 1):
+        ext = {"url": "https://fhir.consilium.health/x", "extension": [ext]}
+    return {"resourceType": "Patient", "extension": [ext]}
+
+
+def test_elements_nested_too_deeply_are_refused(fhir: Fhir) -> None:
+    """A resource nested deeper than any real one is a 400 naming the limit (it was a 500: the
+    store could not write it), and a reasonable depth is stored."""
+    r = fhir.post("Patient", content=json.dumps(nested_extensions(130)),
+                  headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 400, r.text
+    assert "nested" in r.json()["issue"][0]["diagnostics"], r.text
+    assert fhir.post("Patient", nested_extensions(40)).status_code == 201
+
+
+def test_an_integer_beyond_64_bits_is_kept(fhir: Fhir) -> None:
+    big = 123456789012345678901234567890
+    r = fhir.post("Observation", content=json.dumps(
+        {"resourceType": "Observation", "status": "final", "code": {"text": "count"},
+         "valueQuantity": {"value": big}}), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 201, r.text
+    assert str(big) in fhir.get(r.headers["Location"].split("/_history")[0]).text
 
 
 def test_text_that_is_not_utf8_is_named_so(fhir: Fhir) -> None:

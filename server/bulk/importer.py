@@ -24,6 +24,7 @@ import collections
 import contextlib
 import gc
 import gzip
+import heapq
 import io
 import logging
 import multiprocessing
@@ -83,14 +84,22 @@ class Report:
     #: Of those imported, the resources stored already as they are (not written again).
     unchanged: int = 0
     bundles: int = 0
-    #: The first LISTED rejected lines: memory does not grow with a file of bad lines.
-    rejected: list[Rejected] = field(default_factory=list)
     rejected_count: int = 0
     seconds: float = 0.0
     interrupted: bool = False  # stopped (Importer.stop) before it wrote everything
     #: Where every rejected line goes too (``consilium import --rejects FILE``).
     sink: Callable[[Rejected], None] | None = None
+    #: The place of each file among those imported, which orders the rejected lines.
+    order: dict[str, int] = field(default_factory=dict)
+    #: The first LISTED rejected lines in file order (memory does not grow with a file of bad
+    #: lines), as a heap whose top is the last of them.
+    _listed: list[tuple[int, int, int, Rejected]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def rejected(self) -> list[Rejected]:
+        """The first LISTED rejected lines, in file order."""
+        return [r for *_, r in sorted(self._listed, reverse=True)]
 
     @property
     def rate(self) -> float:
@@ -104,9 +113,12 @@ class Report:
         """Note a rejected line (from the reading thread or the importing one)."""
         r = Rejected(source, line, message)
         with self._lock:
+            key = (-self.order.get(source, len(self.order)), -line, -self.rejected_count, r)
             self.rejected_count += 1
-            if len(self.rejected) < LISTED:
-                self.rejected.append(r)
+            if len(self._listed) < LISTED:
+                heapq.heappush(self._listed, key)
+            elif key > self._listed[0]:  # before the last listed: it takes its place
+                heapq.heapreplace(self._listed, key)
             if self.sink is not None:
                 self.sink(r)
 
@@ -147,7 +159,17 @@ def _is_ndjson(path: Path) -> bool:
     return name.endswith((".ndjson", ".jsonl"))
 
 
-Item = tuple[int, bytes | dict[str, Any]]  # (line or entry number, raw line or parsed resource)
+class Unreadable:
+    """An entry of a Bundle file that is rejected as it is read (it goes to a worker to be
+    reported in its place)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+Item = tuple[int, "bytes | Unreadable"]  # (line or entry number, the line or entry's resource)
 
 
 #: What reading a damaged file raises: a gzip file cut short or not gzip at all.
@@ -188,25 +210,37 @@ def _json_kind(path: Path) -> str:
 
 
 def _bundle_items(stream: IO[bytes], links: dict[str, str]) -> Iterator[tuple[Item, int]]:
-    """The entries' resources, each with the bytes of JSON read up to it (uncompressed). The
-    references to entries' urn:uuid or urn:oid fullUrls become the ``Type/id`` that ``links``
-    gives them (:func:`_urn_links`), and an entry without an id gets the one given there. A
-    searchset's OperationOutcome (search.mode outcome) is about the search, not data: left out."""
+    """The entries' resources as JSON, each with the bytes of JSON read up to it (uncompressed).
+    The references to entries' urn:uuid or urn:oid fullUrls become the ``Type/id`` that
+    ``links`` gives them (:func:`_urn_links`), and an entry without an id gets the one given
+    there. A searchset's OperationOutcome (search.mode outcome) is about the search, not data:
+    left out."""
     json = _Counting(stream)
     for number, entry in enumerate(ijson.items(json, "entry.item"), 1):
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict):
-            yield (number, {}), json.count
+        if isinstance(resource, dict) and isinstance(entry.get("search"), dict) \
+                and entry["search"].get("mode") == "outcome":
             continue
-        search = entry.get("search")
-        if isinstance(search, dict) and search.get("mode") == "outcome":
-            continue
+        yield (number, _entry_json(entry, resource, links)), json.count
+
+
+def _entry_json(entry: Any, resource: Any, links: dict[str, str]) -> bytes | Unreadable:
+    """An entry's resource, its references to other entries resolved, as JSON (what a worker
+    reads, as it reads a line; a decimal keeps its digits)."""
+    if not isinstance(resource, dict):
+        return Unreadable("not a FHIR resource (the entry has no resource)")
+    full_url = entry.get("fullUrl")
+    if full_url is not None and not isinstance(full_url, str):
+        return Unreadable(f"the entry's fullUrl must be a string, not {type(full_url).__name__}")
+    try:
         if links:
-            link = links.get(entry.get("fullUrl"))
+            link = links.get(full_url) if full_url is not None else None
             if link is not None and "id" not in resource:
                 resource["id"] = link.split("/", 1)[1]
             rewrite(resource, links.get)
-        yield (number, resource), json.count
+        return codec.dumps(resource)
+    except (TypeError, ValueError, RecursionError) as exc:  # orjson: nested too deeply
+        return Unreadable(f"cannot be imported: {exc}")
 
 
 def _urn_links(path: Path) -> dict[str, str]:
@@ -253,13 +287,26 @@ Prepared = tuple[str, int, Any]  # ("ok", n, WriteItem) | ("err", n, message)
 #                                  | ("bundle", n, bundle)
 
 
-def _prepare_one(number: int, raw: bytes | dict[str, Any], models: bool) -> Prepared:
+def _prepare_one(number: int, raw: bytes | Unreadable, models: bool) -> Prepared:
+    """A line or entry: prepared, or its rejection; never an exception, which would stop the
+    import (one of ours is logged, and the line reported)."""
+    try:
+        return _prepare(number, raw, models)
+    except Exception as exc:
+        log.exception("import.line.failed", extra={"event": "import.line.failed",
+                                                    "line": number})
+        return "err", number, f"cannot be imported: an internal error ({type(exc).__name__})"
+
+
+def _prepare(number: int, raw: bytes | Unreadable, models: bool) -> Prepared:
     from server.fhir.prepare import prepare
     from server.fhir.values import valid_id
     from server.fhir.writes import new_id
 
+    if isinstance(raw, Unreadable):
+        return "err", number, raw.message
     try:
-        resource = codec.loads(raw) if isinstance(raw, bytes) else raw
+        resource = codec.loads(raw)
     except codec.JsonError as exc:
         return "err", number, f"invalid JSON: {exc}"
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
@@ -279,7 +326,7 @@ def _prepare_one(number: int, raw: bytes | dict[str, Any], models: bool) -> Prep
             return "err", number, f"unknown resource type {type_!r}"
         indexes = prepare(resource, type_, models=models)
         # A conditional reference holds a '?': a line without one (nor an escape) has none.
-        if not isinstance(raw, bytes) or b"?" in raw or b"\\u" in raw:
+        if b"?" in raw or b"\\u" in raw:
             check_unconditional(resource)
     except FhirError as exc:
         return "err", number, "; ".join(
@@ -479,6 +526,7 @@ class Importer:
 
     async def _run(self, paths: list[Path]) -> Report:
         started = time.monotonic()
+        self.report.order = {str(p): i for i, p in enumerate(paths)}
         ctx = multiprocessing.get_context("spawn")
         read: dict[int, int] = {}  # bytes read so far, per file
         # At most this many chunks are read ahead of the writes: memory stays bounded.
@@ -539,7 +587,7 @@ class Importer:
                 self.report.reject(name, number, payload)
             elif atomic:
                 self.report.reject(
-                    name, number, "transaction and batch Bundles cannot be part of an "
+                    name, number, "transaction, batch and history Bundles cannot be part of an "
                                   "--atomic import; import them without it")
             else:  # the lines before it are written first: later lines win
                 if batch:

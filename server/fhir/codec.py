@@ -98,4 +98,21 @@ def _default(obj: Any) -> Any:
 
 
 def dumps(obj: Any, pretty: bool = False) -> bytes:
-    return orjson.dumps(obj, default=_default, option=orjson.OPT_INDENT_2 if pretty else 0)
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    try:
+        return orjson.dumps(obj, default=_default, option=option)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        return orjson.dumps(_wide_integers(obj), default=_default, option=option)
+
+
+def _wide_integers(obj: Any) -> Any:
+    """``obj`` with its integers beyond 64 bits (which orjson does not write) as decimals."""
+    if type(obj) is dict:
+        return {k: _wide_integers(v) for k, v in obj.items()}
+    if type(obj) is list:
+        return [_wide_integers(v) for v in obj]
+    if type(obj) is int and not -2**63 <= obj < 2**64:
+        return Decimal(obj)
+    return obj

@@ -323,18 +323,28 @@ class _Scope:
 class _Walk:
     """The state of one validation: its issues and the resource scope being walked."""
 
-    __slots__ = ("issues", "scope", "in_contained")
+    __slots__ = ("issues", "scope", "in_contained", "depth")
 
     def __init__(self) -> None:
         self.issues: list[Issue] = []
         self.scope = _Scope()
         self.in_contained = False
+        self.depth = 0  # of the object being walked
 
     def add(self, code: str, message: str, path: str, severity: str = "error") -> None:
         self.issues.append(Issue(code, message, severity, [path]))
 
 
+#: How deep elements may nest: far beyond any real resource, and within what a stored resource
+#: can be written as (JSON nested at most 254 deep, inside a Bundle too).
+MAX_DEPTH = 100
+
+
 def _walk_object(w: _Walk, obj: dict[str, Any], spec: _Spec, path: str) -> None:
+    if w.depth == MAX_DEPTH:
+        w.add("structure", f"the elements are nested more than {MAX_DEPTH} deep", path)
+        return
+    w.depth += 1
     fields = spec.fields
     chosen: dict[str, str] | None = None
     for key, value in obj.items():
@@ -377,6 +387,7 @@ def _walk_object(w: _Walk, obj: dict[str, Any], spec: _Spec, path: str) -> None:
             w.add("required", f"{group} is required", path + "." + group)
     if not spec.is_resource and len(obj) == 1 and "id" in obj:
         w.add("structure", "an element needs a value or children besides id (ele-1)", path)
+    w.depth -= 1
 
 
 def _walk_list(w: _Walk, obj: dict[str, Any], f: _Field, key: str, items: list[Any],
