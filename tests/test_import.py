@@ -197,6 +197,47 @@ def test_a_byte_order_mark_that_starts_a_file_is_passed_over(tmp_path: Path) -> 
     assert {("Patient", "imp-1"), ("Patient", "imp-2")} <= set(read_all(tmp_path / "data"))
 
 
+def test_bundle_files_are_checked_as_bundles_and_documents_kept_whole(tmp_path: Path) -> None:
+    """A Bundle file whose envelope is not a Bundle's (an unknown type, entry not an array, a
+    misspelt member) is rejected, not taken as empty or as another type; a document or message
+    Bundle is stored whole, as the record it is."""
+    def bundle(name: str, **members: object) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"resourceType": "Bundle", **members}))
+        return path
+
+    entry = {"resource": patient(1)}
+    typo = bundle("typo.json", type="transactoin", entry=[
+        {**entry, "request": {"method": "DELETE", "url": "Patient/imp-1"}}])
+    as_object = bundle("object.json", type="collection", entry=entry)
+    misspelt = bundle("misspelt.json", type="collection", entries=[entry])
+    document = bundle("document.json", id="doc1", type="document",
+                      identifier={"system": "urn:ietf:rfc:3986",
+                                  "value": "urn:uuid:0c3a2f9e-1c4e-4d55-8b0a-5b3c1d2e3f40"},
+                      timestamp="2026-11-24T10:00:00Z", entry=[
+                          {"fullUrl": "urn:uuid:9d1c2b3a-4e5f-4a6b-8c7d-0e1f2a3b4c5d",
+                           "resource": {"resourceType": "Composition", "status": "final",
+                                        "type": {"text": "summary"}, "date": "2026-11-24",
+                                        "title": "Summary", "author": [{"display": "Dr"}]}}])
+    out = consilium(str(typo), str(as_object), str(misspelt), str(document),
+                    data_dir=tmp_path / "data")
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "rejected 3" in out.stdout, out.stdout
+    err = out.stderr
+    assert f"{typo}:1:" in err and "transactoin" in err, err
+    assert f"{as_object}:1:" in err and "entry" in err, err
+    assert f"{misspelt}:1:" in err and "entries" in err, err
+    assert set(read_all(tmp_path / "data")) == {("Bundle", "doc1")}
+
+
+@pytest.mark.parametrize("name", ["patients", "patients.json", "PATIENTS.NDJSON"])
+def test_ndjson_is_known_by_its_content_whatever_the_name(tmp_path: Path, name: str) -> None:
+    src = write_ndjson(tmp_path / name, [patient(1), patient(2)])
+    out = consilium(str(src), data_dir=tmp_path / "data")
+    assert out.returncode == 0, out.stderr
+    assert "imported 2 resources" in out.stdout
+
+
 def test_rejects_written_over_an_input_file_are_refused(tmp_path: Path) -> None:
     src = write_ndjson(tmp_path / "in.ndjson", [patient(1)])
     before = src.read_bytes()

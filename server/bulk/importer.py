@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import ijson
+import orjson
 
 from server.fhir import codec
 from server.fhir.errors import FhirError
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 CHUNK = 20000
 CHUNK_BYTES = 64 << 20
 _BUNDLE_KINDS = ("transaction", "batch", "history")
+#: The Bundles whose entries are imported one by one (a document or message is one resource).
+_ENTRY_KINDS = ("collection", "searchset", "transaction-response", "batch-response")
 
 
 @dataclass
@@ -155,8 +158,29 @@ def _open(path: Path) -> tuple[IO[bytes], _Counting]:
 
 
 def _is_ndjson(path: Path) -> bool:
-    name = path.name.removesuffix(".gz")
-    return name.endswith((".ndjson", ".jsonl"))
+    """Named so (.ndjson, .jsonl), or, whatever its name, a file whose first line is a JSON
+    object and which holds more after it."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".ndjson", ".jsonl")):
+        return True
+    stream, _ = _open(path)
+    with stream, contextlib.suppress(*_UNREADABLE):
+        first = stream.readline(_SNIFF)
+        if not first.endswith(b"\n"):  # one line (or a longer one than is sniffed)
+            return False
+        try:
+            if not isinstance(orjson.loads(first), dict):
+                return False
+        except orjson.JSONDecodeError:
+            return False
+        while (line := stream.readline(_SNIFF)) and not line.strip():
+            pass
+        return line.lstrip().startswith(b"{")
+    return False
+
+
+#: How much of a file's first line is read to tell NDJSON from a JSON document.
+_SNIFF = 64 << 20
 
 
 class Unreadable:
@@ -206,7 +230,15 @@ def _json_kind(path: Path) -> str:
             raise _NotImportable(f"cannot be read: {exc}") from None
     if resource_type is None:
         raise _NotImportable("not a FHIR resource (no resourceType)")
-    return bundle_type if bundle_type in _BUNDLE_KINDS else "entries"
+    if bundle_type in _BUNDLE_KINDS:
+        return bundle_type
+    if bundle_type in ("document", "message"):  # the record itself: stored whole
+        return "resource"
+    if bundle_type not in _ENTRY_KINDS:
+        raise _NotImportable(f"Bundle.type {bundle_type!r} is not a Bundle type (document, "
+                             "message, transaction, batch, history, searchset, collection …)")
+    return "entries"
+
 
 
 def _bundle_items(stream: IO[bytes], links: dict[str, str]) -> Iterator[tuple[Item, int]]:
@@ -248,13 +280,19 @@ def _urn_links(path: Path) -> dict[str, str]:
     ``Type/id`` each entry with a urn:uuid or urn:oid fullUrl will have (a new id when its
     resource has none), so that references between the entries hold (bundle.html#references);
     empty when no entry has one. Only the fullUrls and ids are read, not the resources."""
+    from server.fhir.structures import structures
     from server.fhir.writes import new_id
 
+    members = {*structures().types["Bundle"].elements, "resourceType"}
     links: dict[str, str] = {}
     full_url = type_ = id_ = None
     stream, _ = _open(path)
     with stream, contextlib.suppress(ijson.JSONError, *_UNREADABLE):  # reported when read
         for prefix, event, value in ijson.parse(stream):
+            if prefix == "" and event == "map_key" and value.removeprefix("_") not in members:
+                raise _NotImportable(f"unknown element {value!r} (not in R4 Bundle)")
+            if prefix == "entry" and event not in ("start_array", "end_array"):
+                raise _NotImportable("Bundle.entry must be a JSON array")
             if prefix == "entry.item" and event in ("start_map", "end_map"):
                 if event == "end_map" and isinstance(full_url, str) and \
                         full_url.startswith(URNS) and isinstance(type_, str):
@@ -481,8 +519,12 @@ class Importer:
                         continue
                     yield str(path), counting, (1, data), len(data)
                     continue
-                items = _ndjson_sized(stream) if kind == "ndjson" else \
-                    _bundle_items(stream, _urn_links(path))
+                try:
+                    items = _ndjson_sized(stream) if kind == "ndjson" else \
+                        _bundle_items(stream, _urn_links(path))
+                except _NotImportable as exc:
+                    self.report.reject(str(path), 1, str(exc))
+                    continue
                 last = read = 0
                 try:
                     for item, upto in items:
