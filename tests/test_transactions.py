@@ -855,6 +855,15 @@ def test_a_history_bundle_is_replayed_oldest_first(fhir: Fhir) -> None:
     current = fhir.get("Patient/hb-1").json()
     assert current["name"] == [{"family": "Third"}] and current["meta"]["versionId"] == "3"
     assert fhir.get("Patient/hb-2").status_code == 410
+    # Replayed again, a resource already as its history ends is left alone: its history is
+    # not written a second time.
+    again = fhir.post("", history_bundle("http://elsewhere.example/fhir"))
+    assert again.status_code == 200, again.text
+    assert [e["response"]["status"] for e in again.json()["entry"]] == ["200 OK"] * 5
+    assert "already" in again.json()["entry"][0]["response"]["outcome"]["issue"][0][
+        "diagnostics"]
+    assert fhir.get("Patient/hb-1").json()["meta"]["versionId"] == "3"
+    assert len(fhir.get("Patient/hb-2/_history").json()["entry"]) == 2
 
 
 def test_head_entries_and_prefer_operation_outcome(fhir: Fhir) -> None:
