@@ -238,6 +238,30 @@ def test_ndjson_is_known_by_its_content_whatever_the_name(tmp_path: Path, name: 
     assert "imported 2 resources" in out.stdout
 
 
+def test_resources_without_an_id_are_not_made_twice_by_importing_again(tmp_path: Path) -> None:
+    """A line without an id gets one derived from its content, and a collection entry one from
+    its urn:uuid fullUrl: importing the same files again (after Ctrl-C, or by mistake) finds
+    them stored, as resources with ids are, instead of making them again."""
+    lines = write_ndjson(tmp_path / "noid.ndjson", [
+        {k: v for k, v in patient(i).items() if k != "id"} for i in range(3)])
+    uuid_ = "5e0c1d2a-3b4c-4d5e-8f60-718293a4b5c6"
+    collection = tmp_path / "collection.json"
+    collection.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": f"urn:uuid:{uuid_}", "resource": {"resourceType": "Organization",
+                                                      "name": "Hohhot Centre"}},
+        {"resource": {"resourceType": "Patient", "managingOrganization": {
+            "reference": f"urn:uuid:{uuid_}"}}}]}))
+    data = tmp_path / "data"
+    first = consilium(str(lines), str(collection), data_dir=data)
+    assert first.returncode == 0, first.stderr
+    stored = read_all(data)
+    assert len(stored) == 5 and ("Organization", uuid_) in stored, stored.keys()
+    again = consilium(str(lines), str(collection), data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert "(5 unchanged: already stored as they are)" in again.stdout, again.stdout
+    assert read_all(data) == stored
+
+
 def test_rejects_written_over_an_input_file_are_refused(tmp_path: Path) -> None:
     src = write_ndjson(tmp_path / "in.ndjson", [patient(1)])
     before = src.read_bytes()

@@ -24,6 +24,7 @@ import collections
 import contextlib
 import gc
 import gzip
+import hashlib
 import heapq
 import io
 import logging
@@ -33,6 +34,7 @@ import queue
 import signal
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -281,7 +283,6 @@ def _urn_links(path: Path) -> dict[str, str]:
     resource has none), so that references between the entries hold (bundle.html#references);
     empty when no entry has one. Only the fullUrls and ids are read, not the resources."""
     from server.fhir.structures import structures
-    from server.fhir.writes import new_id
 
     members = {*structures().types["Bundle"].elements, "resourceType"}
     links: dict[str, str] = {}
@@ -296,7 +297,7 @@ def _urn_links(path: Path) -> dict[str, str]:
             if prefix == "entry.item" and event in ("start_map", "end_map"):
                 if event == "end_map" and isinstance(full_url, str) and \
                         full_url.startswith(URNS) and isinstance(type_, str):
-                    links[full_url] = f"{type_}/{id_ if isinstance(id_, str) else new_id()}"
+                    links[full_url] = f"{type_}/{id_ if isinstance(id_, str) else _urn_id(full_url)}"
                 full_url = type_ = id_ = None
             elif prefix == "entry.item.fullUrl":
                 full_url = value
@@ -305,6 +306,26 @@ def _urn_links(path: Path) -> dict[str, str]:
             elif prefix == "entry.item.resource.id":
                 id_ = value
     return links
+
+
+def _urn_id(urn: str) -> str:
+    """The id of an entry known by a urn:uuid or urn:oid fullUrl (and no id of its own): the
+    uuid or oid itself, so that importing the file again finds it stored."""
+    from server.fhir.values import valid_id
+    from server.fhir.writes import new_id
+
+    name = urn.split(":", 2)[2]
+    return name if valid_id(name) else new_id()
+
+
+def _content_id(raw: bytes) -> str:
+    """The id of a line (or entry) without one: derived from its JSON, so that importing the
+    same file again finds it stored instead of making it again."""
+    return str(uuid.uuid5(_CONTENT_IDS, hashlib.sha256(raw.strip()).hexdigest()))
+
+
+#: The namespace of the ids derived from content (:func:`_content_id`).
+_CONTENT_IDS = uuid.UUID("5d5b0f3e-8f0a-4f5c-9a53-6c6f6e73696c")
 
 
 def _ndjson_sized(stream: IO[bytes]) -> Iterator[tuple[Item, int]]:
@@ -339,7 +360,6 @@ def _prepare_one(number: int, raw: bytes | Unreadable, models: bool) -> Prepared
 def _prepare(number: int, raw: bytes | Unreadable, models: bool) -> Prepared:
     from server.fhir.prepare import prepare
     from server.fhir.values import valid_id
-    from server.fhir.writes import new_id
 
     if isinstance(raw, Unreadable):
         return "err", number, raw.message
@@ -354,7 +374,7 @@ def _prepare(number: int, raw: bytes | Unreadable, models: bool) -> Prepared:
         return "bundle", number, resource
     id_ = resource.get("id")
     if id_ is None:
-        id_ = new_id()
+        id_ = _content_id(raw)
     elif not isinstance(id_, str) or not valid_id(id_):
         return "err", number, f"invalid id {id_!r}"
     try:
