@@ -174,17 +174,24 @@ def test_odd_lines_and_entries_are_rejected_and_the_import_goes_on(tmp_path: Pat
         {"resource": {"resourceType": "Observation", "id": "big", "status": "final",
                       "code": {"text": "count"}, "valueQuantity": {"value": big}}},
         {"resource": {**nested_extensions(130), "id": "deep-2"}}]}))
+    escaped = tmp_path / "escaped.json"  # escapes as an ASCII-only writer leaves them
+    escaped.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {**patient(5), "name": [{"family": "Smile\U0001F600"}]}},
+        {"resource": {**patient(6), "name": [{"family": "Lone\ud800"}]}}]}, ensure_ascii=True))
     later = write_ndjson(tmp_path / "later.ndjson", [patient(4)])
-    out = consilium(str(deep), str(collection), str(later), data_dir=data)
+    out = consilium(str(deep), str(collection), str(escaped), str(later), data_dir=data)
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr, out.stderr
-    assert "rejected 3" in out.stdout, out.stdout
+    assert "rejected 4" in out.stdout, out.stdout
+    # A lone surrogate is not text: rejected, as in NDJSON, not stored as "?".
+    assert f"{escaped}:2:" in out.stderr and "surrogate" in out.stderr, out.stderr
     err = out.stderr
     assert f"{deep}:1:" in err and "nested" in err, err
     assert f"{collection}:2:" in err and "fullUrl" in err, err
     assert f"{collection}:4:" in err, err
     stored = read_all(data)
-    assert {i for _, i in stored} == {"imp-1", "imp-2", "big", "imp-4"}, stored.keys()
+    assert {i for _, i in stored} == {"imp-1", "imp-2", "big", "imp-4", "imp-5"}, stored.keys()
+    assert stored[("Patient", "imp-5")]["name"] == [{"family": "Smile\U0001F600"}]
     assert str(big) in json.dumps(stored[("Observation", "big")])
 
 

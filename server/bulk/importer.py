@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import re
 import signal
 import threading
 import time
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import ijson
+import ijson.backends.python as ijson_python
 import orjson
 
 from server.fhir import codec
@@ -243,14 +245,40 @@ def _json_kind(path: Path) -> str:
 
 
 
-def _bundle_items(stream: IO[bytes], links: dict[str, str]) -> Iterator[tuple[Item, int]]:
+class _Escapes(io.RawIOBase):
+    """A binary stream that notes whether what is read through it holds a \\u escape of a
+    surrogate (which the fast JSON reader turns into "?" when it stands alone)."""
+
+    _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.seen = False
+        self._tail = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self.raw.readinto(b)  # type: ignore[attr-defined]
+        if n and not self.seen:
+            data = self._tail + bytes(b[:n])
+            self.seen = self._SURROGATE.search(data) is not None
+            self._tail = data[-5:]
+        return n or 0
+
+
+def _bundle_items(stream: IO[bytes], links: dict[str, str],
+                  escapes: bool = False) -> Iterator[tuple[Item, int]]:
     """The entries' resources as JSON, each with the bytes of JSON read up to it (uncompressed).
     The references to entries' urn:uuid or urn:oid fullUrls become the ``Type/id`` that
     ``links`` gives them (:func:`_urn_links`), and an entry without an id gets the one given
     there. A searchset's OperationOutcome (search.mode outcome) is about the search, not data:
     left out."""
     json = _Counting(stream)
-    for number, entry in enumerate(ijson.items(json, "entry.item"), 1):
+    # The slower reader keeps a lone surrogate as it is, so that it is refused, not changed.
+    read = ijson_python.items if escapes else ijson.items
+    for number, entry in enumerate(read(json, "entry.item"), 1):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict) and isinstance(entry.get("search"), dict) \
                 and entry["search"].get("mode") == "outcome":
@@ -277,19 +305,21 @@ def _entry_json(entry: Any, resource: Any, links: dict[str, str]) -> bytes | Unr
         return Unreadable(f"cannot be imported: {exc}")
 
 
-def _urn_links(path: Path) -> dict[str, str]:
+def _urn_links(path: Path) -> tuple[dict[str, str], bool]:
     """A first pass over a Bundle (of a type whose entries are imported one by one): the
     ``Type/id`` each entry with a urn:uuid or urn:oid fullUrl will have (a new id when its
     resource has none), so that references between the entries hold (bundle.html#references);
-    empty when no entry has one. Only the fullUrls and ids are read, not the resources."""
+    empty when no entry has one. Only the fullUrls and ids are read, not the resources. And
+    whether the file holds escaped surrogates (:class:`_Escapes`)."""
     from server.fhir.structures import structures
 
     members = {*structures().types["Bundle"].elements, "resourceType"}
     links: dict[str, str] = {}
     full_url = type_ = id_ = None
     stream, _ = _open(path)
+    escapes = _Escapes(stream)
     with stream, contextlib.suppress(ijson.JSONError, *_UNREADABLE):  # reported when read
-        for prefix, event, value in ijson.parse(stream):
+        for prefix, event, value in ijson.parse(escapes):
             if prefix == "" and event == "map_key" and value.removeprefix("_") not in members:
                 raise _NotImportable(f"unknown element {value!r} (not in R4 Bundle)")
             if prefix == "entry" and event not in ("start_array", "end_array"):
@@ -305,7 +335,7 @@ def _urn_links(path: Path) -> dict[str, str]:
                 type_ = value
             elif prefix == "entry.item.resource.id":
                 id_ = value
-    return links
+    return links, escapes.seen
 
 
 def _urn_id(urn: str) -> str:
@@ -541,7 +571,7 @@ class Importer:
                     continue
                 try:
                     items = _ndjson_sized(stream) if kind == "ndjson" else \
-                        _bundle_items(stream, _urn_links(path))
+                        _bundle_items(stream, *_urn_links(path))
                 except _NotImportable as exc:
                     self.report.reject(str(path), 1, str(exc))
                     continue
