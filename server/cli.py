@@ -350,6 +350,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         if rejects is not None:
             rejects.close()
     bar.close()
+    log.info("import finished", extra={
+        "event": "import.finished", "files": len(args.files), "imported": report.imported,
+        "unchanged": report.unchanged, "rejected": report.rejected_count,
+        "seconds": round(report.seconds, 1), "interrupted": report.interrupted,
+        "failed": failure is not None})
     nothing = args.atomic and (report.rejected_count or report.interrupted or failure)
     print(f"imported {report.imported:,} resource{'' if report.imported == 1 else 's'}"
           + (f" ({report.unchanged:,} unchanged: already stored as they are)"
