@@ -259,6 +259,21 @@ def test_token_identifier_telecom_and_of_type(coded: Fhir) -> None:
     refused(coded, "Patient", {"identifier:of-type": f"{V2_0203}|MR"}, "identifier:of-type")
 
 
+def test_tokens_on_text_elements_ignore_case(fhir: Fhir) -> None:
+    """search.html#token: "If the underlying data type is string then the search is not case
+    sensitive": a ContactPoint's value, Medication.batch.lotNumber; codes, and identifiers,
+    stay case-sensitive."""
+    put_all(fhir, patient("mail", telecom=[{"system": "email", "value": "John@Example.org"}],
+                          gender="male"),
+            {"resourceType": "Medication", "id": "lot", "batch": {"lotNumber": "LOT-AbC-1"}})
+    for value in ("john@example.org", "JOHN@EXAMPLE.ORG", "John@Example.org"):
+        assert found(fhir, "Patient", {"email": value}) == {"mail"}, value
+        assert found(fhir, "Patient", {"telecom": value}) == {"mail"}, value
+    assert found(fhir, "Patient", {"email:not": "john@example.org"}) == set()
+    assert found(fhir, "Medication", {"lot-number": "lot-abc-1"}) == {"lot"}
+    assert found(fhir, "Patient", {"gender": "MALE"}) == set()
+
+
 def test_token_booleans_and_codes_with_an_implicit_system(coded: Fhir) -> None:
     assert found(coded, "Patient", {"active": "true"}) == {"male"}
     assert found(coded, "Patient", {"active": "false"}) == {"female"}

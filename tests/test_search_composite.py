@@ -334,9 +334,10 @@ def test_a_database_with_codes_also_stored_without_their_implicit_system_is_inde
 
 def test_a_database_with_decomposed_letters_and_inclusive_comparators_is_indexed_again(
         tmp_path: Any) -> None:
-    """Before schema 7 a string was left decomposed (이, Lee, was a prefix of 임, Lim) and a
-    quantity's comparator took in its own value (<5 reached 5): opening such a database writes
-    the string, quantity and composite rows again."""
+    """Before schema 7 a string was left decomposed (이, Lee, was a prefix of 임, Lim), a token
+    of a text element kept its case, and a quantity's comparator took in its own value (<5
+    reached 5): opening such a database writes the string, token, quantity and composite rows
+    again."""
     import asyncio
     import unicodedata
 
@@ -345,7 +346,8 @@ def test_a_database_with_decomposed_letters_and_inclusive_comparators_is_indexed
 
     path = tmp_path / "consilium.db"
     store = SqliteStore(path)
-    lim = {"resourceType": "Patient", "id": "lim", "name": [{"family": "임"}]}
+    lim = {"resourceType": "Patient", "id": "lim", "name": [{"family": "임"}],
+           "telecom": [{"system": "email", "value": "Lim@Example.org"}]}
     below = {"resourceType": "Observation", "id": "below", "status": "final",
              "code": {"text": "dose"}, "valueQuantity": {"value": 5, "comparator": "<"}}
     for body in (lim, below):
@@ -356,6 +358,7 @@ def test_a_database_with_decomposed_letters_and_inclusive_comparators_is_indexed
     conn.execute("UPDATE idx_string SET value = ? WHERE value = ?",
                  (unicodedata.normalize("NFKD", "임"), "임"))
     conn.execute("UPDATE idx_quantity SET hi = 5")
+    conn.execute("UPDATE idx_token SET code = 'Lim@Example.org' WHERE code = 'lim@example.org'")
     conn.execute("PRAGMA user_version = 6")
     conn.commit()
     conn.close()
@@ -368,6 +371,7 @@ def test_a_database_with_decomposed_letters_and_inclusive_comparators_is_indexed
 
         assert matches("Patient", "family", "이") == []
         assert matches("Patient", "family", "임") == ["lim"]
+        assert matches("Patient", "email", "lim@example.org") == ["lim"]
         assert matches("Observation", "value-quantity", "ge5") == []
         assert matches("Observation", "value-quantity", "lt5") == ["below"]
     finally:

@@ -138,12 +138,18 @@ def _identifier(v: Any) -> list[Row]:
 
 
 def _contact_point(v: Any) -> list[Row]:
-    # search.html#token: ContactPoint matches on its value; the system column is unused.
+    # search.html#token: ContactPoint matches on its value (a string: case aside, see
+    # FOLDED); the system column is unused.
     if type(v) is dict:
         value = v.get("value")
         if type(value) is str and value:
-            return [(None, value)]
+            return [(None, value.casefold())]
     return []
+
+
+#: The types whose values a token matches whatever their case (search.html#token: "If the
+#: underlying data type is string then the search is not case sensitive"): stored casefolded.
+FOLDED = frozenset({"string", "markdown", "ContactPoint"})
 
 
 def _primitive_token(v: Any, t: TypeInfo) -> list[Row]:
@@ -151,7 +157,15 @@ def _primitive_token(v: Any, t: TypeInfo) -> list[Row]:
         return []
     # A required binding to a value set of one code system gives the code that system
     # (search.html#token): [system]|code and code find it, |code (no system) does not.
-    return [(t.system, v)]
+    return [(t.system, v.casefold() if t.name in FOLDED else v)]
+
+
+@functools.cache
+def folds_case(resource_type: str, code: str) -> bool:
+    """Whether a token parameter reaches values matched whatever their case (FOLDED)."""
+    param = registry().get(resource_type, code)
+    path = param.extractor(resource_type) if param is not None else None
+    return path is not None and any(t.name in FOLDED for t in path.types)
 
 
 def _boolean(v: Any, t: TypeInfo) -> list[Row]:

@@ -297,6 +297,9 @@ class Parser:
             refs = tuple(self.reference(name, v, target, ()) for v in split_values(raw))
             return Match(type_, code, kind, refs)
         values = self.values(name, kind, raw, modifier or None, param)
+        if kind == "token" and index.folds_case(type_, code):  # the folded form too
+            values += tuple(TokenValue(v.system, v.code.casefold()) for v in values
+                            if isinstance(v, TokenValue) and v.code and v.code.casefold() != v.code)
         match = Match(type_, code, kind, values, modifier if modifier in
                       ("exact", "contains", "above", "below") else None)
         return Not(match) if modifier == "not" else match

@@ -174,8 +174,9 @@ def migrate(conn: sqlite3.Connection,
     Range as its bounds. New in 6: a code whose system is implicit (a required binding to one
     code system) has one token row, with that system, no longer a second one without. New in
     7: strings composed again after their accents are dropped (whole Hangul syllables, kana
-    with their voicing marks; :exact values in NFC), and a quantity's comparator leaves out its
-    own value (<5 ends below 5)."""
+    with their voicing marks; :exact values in NFC), tokens of text elements (a ContactPoint's
+    value, a string) casefolded, and a quantity's comparator leaves out its own value (<5 ends
+    below 5)."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
@@ -198,7 +199,8 @@ def migrate(conn: sqlite3.Connection,
         if 0 < current < 6:
             kinds += ("token",)
         if 0 < current < 7:
-            kinds += tuple(k for k in ("string", "quantity", "composite") if k not in kinds)
+            kinds += tuple(k for k in ("string", "token", "quantity", "composite")
+                           if k not in kinds)
         if kinds:
             reindex(conn, kinds)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
