@@ -319,6 +319,22 @@ def test_a_versioned_reference_includes_the_version_it_names(fhir: Fhir) -> None
                   if e["search"]["mode"] == "include") == ["1", "2"]
 
 
+@pytest.mark.parametrize("type_, name, value", [
+    ("QuestionnaireResponse", "questionnaire.name", "Satisfaction"),
+    ("QuestionnaireResponse", "_include", "QuestionnaireResponse:questionnaire"),
+    ("Questionnaire", "_revinclude", "QuestionnaireResponse:questionnaire"),
+    ("Questionnaire", "_has:QuestionnaireResponse:questionnaire:status", "completed"),
+])
+def test_chains_and_includes_through_canonical_references_are_refused(
+        fhir: Fhir, type_: str, name: str, value: str) -> None:
+    """A canonical reference (QuestionnaireResponse.questionnaire) names a URL, not a resource
+    id: searching by it works (questionnaire=[url]), following it does not, and says so rather
+    than finding nothing."""
+    body = refused(fhir, type_, {name: value}, name)
+    assert body["issue"][0]["code"] == "not-supported", body
+    assert "canonical" in body["issue"][0]["diagnostics"], body
+
+
 @pytest.mark.parametrize("name, value", [
     ("_include", "Observation:code"), ("_include", "Nonsense:subject"),
     ("_include", "Observation"), ("_include", "Observation:subject:Nonsense"),

@@ -161,6 +161,16 @@ def _primitive_token(v: Any, t: TypeInfo) -> list[Row]:
 
 
 @functools.cache
+def canonical_only(resource_type: str, code: str) -> bool:
+    """Whether a reference parameter reaches canonical references only (URLs of definitions,
+    not resource ids): they are searched by URL, and not followed by chains and includes."""
+    param = registry().get(resource_type, code)
+    path = param.extractor(resource_type) if param is not None else None
+    return path is not None and bool(path.types) and all(t.name == "canonical"
+                                                         for t in path.types)
+
+
+@functools.cache
 def folds_case(resource_type: str, code: str) -> bool:
     """Whether a token parameter reaches values matched whatever their case (FOLDED)."""
     param = registry().get(resource_type, code)

@@ -318,6 +318,7 @@ class Parser:
         if param.type != "reference":
             raise invalid(f"search parameter {name}: {code} is not a reference and cannot be "
                           "chained", expression=self.top or name)
+        _not_canonical(type_, code, self.top or name)
         targets = [target] if target else list(param.targets or [])
         if target and param.targets and target not in param.targets:
             raise invalid(f"search parameter {name}: {target!r} is not a target of {code}",
@@ -351,6 +352,7 @@ class Parser:
         if ref is None or ref.type != "reference":
             raise invalid(f"search parameter {name}: {source} has no reference parameter "
                           f"{ref_code!r}", expression=self.top or name)
+        _not_canonical(source, ref_code, self.top or name)
         if ref.targets and type_ not in ref.targets:
             if self.skip_foreign:
                 self._unknown(name, f"{source}.{ref_code} does not point at {type_}")
@@ -432,9 +434,18 @@ class Parser:
             if param is None or param.type != "reference":
                 raise invalid(f"{name}: {source} has no reference parameter {code!r}",
                               expression=self.top or name)
+            _not_canonical(source, code, self.top or name)
         if target is not None and not structures().is_resource_type(target):
             raise invalid(f"{name}: unknown resource type {target!r}", expression=self.top or name)
         return Include(source, code, target, iterate)
+
+
+def _not_canonical(type_: str, code: str, name: str) -> None:
+    if index.canonical_only(type_, code):
+        raise FhirError(400, "not-supported", f"{name}: {type_}.{code} holds canonical "
+                        "references (the URL of a definition): search it by that URL "
+                        f"({code}=[url]); chains and includes do not follow it",
+                        expression=name)
 
 
 def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_count: int = 20,
