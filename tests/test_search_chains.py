@@ -373,6 +373,20 @@ def test_compartment_search(network: Fhir) -> None:
                 headers={"Prefer": "handling=strict"})
 
 
+def test_tasks_about_a_patient_are_in_the_patients_compartment(fhir: Fhir) -> None:
+    """The Patient compartment as its R4 definition (compartmentdefinition-patient) gives it:
+    a Task is in it through its patient (for) or its focus."""
+    put_all(fhir, patient("tp"), patient("other"),
+            {"resourceType": "Task", "id": "for", "status": "requested", "intent": "order",
+             "for": {"reference": "Patient/tp"}},
+            {"resourceType": "Task", "id": "focus", "status": "requested", "intent": "order",
+             "focus": {"reference": "Patient/tp"}},
+            {"resourceType": "Task", "id": "elsewhere", "status": "requested", "intent": "order",
+             "for": {"reference": "Patient/other"}})
+    assert found(fhir, "Patient/tp/Task") == {"for", "focus"}
+    assert {"for", "focus"} <= found(fhir, "Patient/tp/*")
+
+
 def test_system_search_with_type(network: Fhir) -> None:
     bundle = search(network, "", {"_type": "Patient,Practitioner", "name": "li"})
     got = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries(bundle)}
