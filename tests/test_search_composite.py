@@ -260,13 +260,9 @@ def test_a_database_with_numbers_widened_by_precision_is_indexed_again_on_openin
     store.run_sync(lambda tx: [tx.write(r["resourceType"], r["id"], dict(r), extract(r), "PUT")
                                for r in (body, ranged)])
     store.close_sync()
-    conn = sqlite3.connect(path)
-    for table in ("idx_quantity", "idx_composite"):  # as schema 4 wrote them
-        conn.execute(f"UPDATE {table} SET lo = lo - 0.5, hi = hi + 0.5")
-    conn.execute("UPDATE span SET span = span + 1")
-    conn.execute("PRAGMA user_version = 4")
-    conn.commit()
-    conn.close()
+    as_written_by(path, 4, *(f"UPDATE {table} SET lo = lo - 0.5, hi = hi + 0.5"
+                             for table in ("idx_quantity", "idx_composite")),
+                  "UPDATE span SET span = span + 1")
 
     store = SqliteStore(path)
     try:
@@ -332,6 +328,17 @@ def test_a_database_with_codes_also_stored_without_their_implicit_system_is_inde
     conn.close()
 
 
+def as_written_by(path: Any, schema: int, *statements: str) -> None:
+    """Make the database at ``path`` as an older schema left it: its rows changed back by the
+    ``statements``, its version set to ``schema``."""
+    conn = sqlite3.connect(path)
+    for sql in statements:
+        conn.execute(sql)
+    conn.execute(f"PRAGMA user_version = {schema}")
+    conn.commit()
+    conn.close()
+
+
 def test_a_database_with_decomposed_letters_and_inclusive_comparators_is_indexed_again(
         tmp_path: Any) -> None:
     """Before schema 7 a string was left decomposed (이, Lee, was a prefix of 임, Lim), a token
@@ -354,14 +361,10 @@ def test_a_database_with_decomposed_letters_and_inclusive_comparators_is_indexed
         store.run_sync(lambda tx, b=body: tx.write(b["resourceType"], b["id"], dict(b),  # type: ignore[misc]
                                                     extract(b), "PUT"))
     store.close_sync()
-    conn = sqlite3.connect(path)  # the rows as schema 6 wrote them
-    conn.execute("UPDATE idx_string SET value = ? WHERE value = ?",
-                 (unicodedata.normalize("NFKD", "임"), "임"))
-    conn.execute("UPDATE idx_quantity SET hi = 5")
-    conn.execute("UPDATE idx_token SET code = 'Lim@Example.org' WHERE code = 'lim@example.org'")
-    conn.execute("PRAGMA user_version = 6")
-    conn.commit()
-    conn.close()
+    decomposed = unicodedata.normalize("NFKD", "임")
+    as_written_by(path, 6, f"UPDATE idx_string SET value = '{decomposed}' WHERE value = '임'",
+                  "UPDATE idx_quantity SET hi = 5",
+                  "UPDATE idx_token SET code = 'Lim@Example.org' WHERE code = 'lim@example.org'")
 
     store = SqliteStore(path)
     try:

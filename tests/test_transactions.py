@@ -680,23 +680,23 @@ def test_patch_entry_and_if_match(fhir: Fhir) -> None:
 def test_references_to_a_conditional_patch_entry_point_at_what_it_patched(fhir: Fhir) -> None:
     p = fhir.post("Patient", patient("cp-1")).json()
     ops = base64.b64encode(orjson.dumps([{"op": "add", "path": "/active", "value": True}]))
-    target = urn()
-    r = fhir.post("", transaction(
-        {"fullUrl": target, "resource": {"resourceType": "Binary", "data": ops.decode(),
-                                         "contentType": "application/json-patch+json"},
-         "request": {"method": "PATCH", "url": "Patient?identifier=urn:mrn|cp-1"}},
-        post("Observation", {"resourceType": "Observation", "status": "final",
-                             "code": {"text": "t"}, "subject": {"reference": target}}, urn())))
+
+    def patch_and_refer(mrn: str) -> httpx.Response:
+        target = urn()
+        return fhir.post("", transaction(
+            {"fullUrl": target, "resource": {"resourceType": "Binary", "data": ops.decode(),
+                                             "contentType": "application/json-patch+json"},
+             "request": {"method": "PATCH", "url": f"Patient?identifier=urn:mrn|{mrn}"}},
+            post("Observation", {"resourceType": "Observation", "status": "final",
+                                 "code": {"text": "t"}, "subject": {"reference": target}},
+                 urn())))
+
+    r = patch_and_refer("cp-1")
     assert r.status_code == 200, r.text
     oid = r.json()["entry"][1]["response"]["location"].split("/")[1]
     assert fhir.get(f"Observation/{oid}").json()["subject"]["reference"] == f"Patient/{p['id']}"
     assert fhir.get(f"Patient/{p['id']}").json()["active"] is True
-    r = fhir.post("", transaction(  # matching nothing, it fails the transaction
-        {"fullUrl": target, "resource": {"resourceType": "Binary", "data": ops.decode(),
-                                         "contentType": "application/json-patch+json"},
-         "request": {"method": "PATCH", "url": "Patient?identifier=urn:mrn|none"}},
-        post("Observation", {"resourceType": "Observation", "status": "final",
-                             "code": {"text": "t"}, "subject": {"reference": target}}, urn())))
+    r = patch_and_refer("none")  # matching nothing, it fails the transaction
     assert r.status_code == 404, r.text
     assert count(fhir, "Observation") == 1
 
