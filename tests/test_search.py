@@ -849,7 +849,8 @@ def test_korean_and_japanese_names_match_whole_letters(fhir: Fhir) -> None:
     put_all(fhir, patient("kim", name=[{"family": "김", "given": ["철수"]}]),
             patient("lim", name=[{"family": "임"}]), patient("lee", name=[{"family": "이"}]),
             patient("gato", name=[{"family": "ガトウ"}]), patient("kato", name=[{"family": "カトウ"}]),
-            patient("jose", name=[{"family": "Jose\u0301"}]))
+            patient("jose", name=[{"family": "Jose\u0301"}]),
+            patient("kshatriya", name=[{"family": "क्षत्रिय"}]))
     assert found(fhir, "Patient", {"family": "이"}) == {"lee"}
     assert found(fhir, "Patient", {"family": "기"}) == set()
     assert found(fhir, "Patient", {"given:contains": "처"}) == set()
@@ -857,6 +858,8 @@ def test_korean_and_japanese_names_match_whole_letters(fhir: Fhir) -> None:
     assert found(fhir, "Patient", {"family": "カトウ"}) == {"kato"}
     assert found(fhir, "Patient", {"family": "ｶﾞﾄｳ"}) == {"gato"}
     assert found(fhir, "Patient", {"family:exact": "Jos\u00e9"}) == {"jose"}
+    assert found(fhir, "Patient", {"family": "क्ष"}) == {"kshatriya"}  # the virama is a letter's
+    assert found(fhir, "Patient", {"family": "कष"}) == set()
 
 
 def test_persian_letter_variants_find_each_other(fhir) -> None:  # type: ignore[no-untyped-def]

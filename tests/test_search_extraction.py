@@ -58,6 +58,9 @@ def rounded(found: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
     ("ガトウ", "ガトウ"), ("ｶﾞﾄｳ", "ガトウ"),  # half-width kana are the same name
     # Arabic presentation forms are the letters they present, variants folded as for the rest.
     ("\ufecb\ufee0\ufef2", "علی"),
+    # Marks that write other letters are kept: Devanagari's virama (क्ष is not कष), Thai tone
+    # marks (ไม้ is not ไม่); Hebrew vowel points go, as accents and Arabic vowel marks do.
+    ("क्षत्रिय", "क्षत्रिय"), ("ไม้", "ไม้"), ("שָׁלוֹם", "שלום"),
 ])
 def test_string_normalisation(text: str, expected: str) -> None:
     assert normalize(text) == expected

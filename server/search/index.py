@@ -61,22 +61,28 @@ _ARABIC_SCRIPT = str.maketrans({
 })
 
 
-#: Combining marks that make another letter rather than accent one: the kana voicing marks
-#: (ガ is not カ).
-_LETTER_MARKS = frozenset("\u3099\u309a")
+def _is_accent(mark: str) -> bool:
+    """Whether a combining mark is an accent that string search ignores: the diacritics of
+    Latin, Greek and Cyrillic letters (the combining diacritical marks blocks), Hebrew points
+    and Arabic-script vowel marks. Other scripts' marks write letters of their own (a
+    Devanagari virama, a Thai tone mark, a kana voicing mark): kept."""
+    o = ord(mark)
+    return (0x0300 <= o <= 0x036F or 0x1AB0 <= o <= 0x1AFF or 0x1DC0 <= o <= 0x1DFF
+            or 0x20D0 <= o <= 0x20FF or 0xFE20 <= o <= 0xFE2F or 0x0591 <= o <= 0x05C7
+            or 0x0610 <= o <= 0x061A or 0x064B <= o <= 0x065F or o == 0x0670
+            or 0x06D6 <= o <= 0x06ED)
 
 
 def normalize(text: str) -> str:
     """The form string search compares (search.html#string: case- and accent-insensitive):
-    casefolded, Unicode NFKD with combining marks removed (also Arabic-script vowel marks, not
-    kana voicing marks), composed again (NFC: a Hangul syllable is whole again, so that 이 is
-    no prefix of 임), Arabic and Persian letter variants folded together (presentation forms
-    included), whitespace runs collapsed to one space and trimmed. Queries must be normalised
-    the same."""
+    casefolded, Unicode NFKD with the accents removed (:func:`_is_accent`; also Arabic-script
+    vowel marks), composed again (NFC: a Hangul syllable is whole again, so that 이 is no prefix
+    of 임), Arabic and Persian letter variants folded together (presentation forms included),
+    whitespace runs collapsed to one space and trimmed. Queries must be normalised the same."""
     if text.isascii():
         return " ".join(text.lower().split())
     decomposed = unicodedata.normalize("NFKD", text.casefold())
-    bare = "".join(c for c in decomposed if not unicodedata.combining(c) or c in _LETTER_MARKS)
+    bare = "".join(c for c in decomposed if not (unicodedata.combining(c) and _is_accent(c)))
     return " ".join(unicodedata.normalize("NFC", bare).translate(_ARABIC_SCRIPT).split())
 
 
