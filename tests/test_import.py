@@ -267,6 +267,16 @@ def test_resources_without_an_id_are_not_made_twice_by_importing_again(tmp_path:
     assert again.returncode == 0, again.stderr
     assert "(5 unchanged: already stored as they are)" in again.stdout, again.stdout
     assert read_all(data) == stored
+    # The id comes from the content, not from how it is written: the same resource with its
+    # members in another order and other spacing is the same resource; given twice, one.
+    same = {k: v for k, v in patient(0).items() if k != "id"}
+    reordered = tmp_path / "reordered.ndjson"
+    reordered.write_text(json.dumps(dict(reversed(list(same.items()))), indent=None,
+                                    separators=(" , ", " : ")) + "\n" + json.dumps(same) + "\n")
+    third = consilium(str(reordered), data_dir=data)
+    assert "imported 2 resources (2 unchanged: already stored as they are)" in third.stdout, \
+        third.stdout
+    assert read_all(data) == stored
 
 
 def test_rejects_written_over_an_input_file_are_refused(tmp_path: Path) -> None:

@@ -546,17 +546,20 @@ def test_entry_urns_in_criteria_and_searches_stand_for_those_entries(fhir: Fhir)
         return transaction(  # the Observation first: its criteria wait for the Patient's
             post("Observation", obs, urn(), ifNoneExist=f"subject={p}&code:text=pulse"),
             post("Patient", patient("urn-q-1"), p, ifNoneExist="identifier=urn:mrn|urn-q-1"),
-            {"request": {"method": "GET", "url": f"Observation?subject={p},Patient/none"}})
+            {"request": {"method": "GET", "url": f"Observation?subject={p},Patient/none"}},
+            {"request": {"method": "GET", "url": f"Patient?_id={p}"}})  # an id, for _id
     first = fhir.post("", bundle())
     assert first.status_code == 200, first.text
     statuses = [e["response"]["status"] for e in first.json()["entry"]]
-    assert statuses == ["201 Created", "201 Created", "200 OK"], statuses
+    assert statuses == ["201 Created", "201 Created", "200 OK", "200 OK"], statuses
     assert first.json()["entry"][2]["resource"]["total"] == 1
+    assert first.json()["entry"][3]["resource"]["total"] == 1
     again = fhir.post("", bundle())
     assert again.status_code == 200, again.text
     statuses = [e["response"]["status"] for e in again.json()["entry"]]
-    assert statuses == ["200 OK", "200 OK", "200 OK"], statuses
+    assert statuses == ["200 OK"] * 4, statuses
     assert again.json()["entry"][2]["resource"]["total"] == 1
+    assert again.json()["entry"][3]["resource"]["total"] == 1
     assert count(fhir, "Patient", identifier="urn:mrn|urn-q-1") == 1
     assert count(fhir, "Observation", **{"code:text": "pulse"}) == 1
 

@@ -348,10 +348,12 @@ def _urn_id(urn: str) -> str:
     return name if valid_id(name) else new_id()
 
 
-def _content_id(raw: bytes) -> str:
-    """The id of a line (or entry) without one: derived from its JSON, so that importing the
-    same file again finds it stored instead of making it again."""
-    return str(uuid.uuid5(_CONTENT_IDS, hashlib.sha256(raw.strip()).hexdigest()))
+def _content_id(resource: dict[str, Any]) -> str:
+    """The id of a line (or entry) without one: derived from its content (however its JSON is
+    written), so that importing the same file again finds it stored instead of making it
+    again. Identical resources without ids are one resource."""
+    canonical = orjson.dumps(resource, default=codec.json_default, option=orjson.OPT_SORT_KEYS)
+    return str(uuid.uuid5(_CONTENT_IDS, hashlib.sha256(canonical).hexdigest()))
 
 
 #: The namespace of the ids derived from content (:func:`_content_id`).
@@ -404,7 +406,7 @@ def _prepare(number: int, raw: bytes | Unreadable, models: bool) -> Prepared:
         return "bundle", number, resource
     id_ = resource.get("id")
     if id_ is None:
-        id_ = _content_id(raw)
+        id_ = _content_id(resource)
     elif not isinstance(id_, str) or not valid_id(id_):
         return "err", number, f"invalid id {id_!r}"
     try:
@@ -525,7 +527,13 @@ Counts = tuple[int, int]
 
 def _write_all(tx: Any, items: list[Any]) -> Counts:
     versions = tx.write_many(items, "PUT")
-    return len(versions), sum(v.last_updated != tx.now for v in versions)
+    unchanged = 0
+    last: dict[tuple[str, str], int] = {}
+    for v in versions:  # stored before, or given twice here: the second time is unchanged
+        key = (v.type, v.id)
+        unchanged += v.last_updated != tx.now or last.get(key) == v.version
+        last[key] = v.version
+    return len(versions), unchanged
 
 
 class Importer:

@@ -89,7 +89,8 @@ class Raw:
         self.data = data
 
 
-def _default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """What orjson is given for the values it does not know: decimals and Raw, verbatim."""
     if isinstance(obj, Decimal):
         return orjson.Fragment(str(obj))
     if isinstance(obj, Raw):
@@ -100,11 +101,11 @@ def _default(obj: Any) -> Any:
 def dumps(obj: Any, pretty: bool = False) -> bytes:
     option = orjson.OPT_INDENT_2 if pretty else 0
     try:
-        return orjson.dumps(obj, default=_default, option=option)
+        return orjson.dumps(obj, default=json_default, option=option)
     except orjson.JSONEncodeError as exc:
         if "64-bit" not in str(exc):
             raise
-        return orjson.dumps(_wide_integers(obj), default=_default, option=option)
+        return orjson.dumps(_wide_integers(obj), default=json_default, option=option)
 
 
 def _wide_integers(obj: Any) -> Any:

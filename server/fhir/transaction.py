@@ -705,19 +705,23 @@ def _substitute(e: Entry, resolve: Callable[[str], str | None], prefix: tuple[st
     given, then for the one it settles to (a conditional create that finds a resource)."""
     changed = False
 
-    def values(raw: str) -> str:
+    def values(name: str, raw: str) -> str:
         nonlocal changed
+        # _id takes the id alone (also at the end of a chain or _has): looked up as Type/id
+        is_id = name.rsplit(":", 1)[-1].rsplit(".", 1)[-1] == "_id"
         parts = raw.split(",")
         for i, part in enumerate(parts):
-            if part.startswith(prefix) and (new := resolve(part)) is not None and new != part:
-                parts[i], changed = new, True
+            key = f"{e.req.type}/{part}" if is_id and not part.startswith(references.URNS) \
+                else part
+            if key.startswith(prefix) and (new := resolve(key)) is not None and new != key:
+                parts[i], changed = new.rpartition("/")[2] if is_id else new, True
         return ",".join(parts)
 
     req = e.req
-    req.params = [(k, values(v)) for k, v in req.params]
+    req.params = [(k, values(k, v)) for k, v in req.params]
     if "if-none-exist" in req.headers:
         criteria = parse_qsl(req.headers["if-none-exist"].lstrip("?"), keep_blank_values=True)
-        replaced = [(k, values(v)) for k, v in criteria]
+        replaced = [(k, values(k, v)) for k, v in criteria]
         if replaced != criteria:
             req.headers["if-none-exist"] = urlencode(replaced)
     return changed
