@@ -238,11 +238,21 @@ def test_bundle_files_are_checked_as_bundles_and_documents_kept_whole(tmp_path: 
 
 
 @pytest.mark.parametrize("name", ["patients", "patients.json", "PATIENTS.NDJSON"])
-def test_ndjson_is_known_by_its_content_whatever_the_name(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("start", [b"", b"\n\n", b"\xef\xbb\xbf"])
+def test_ndjson_is_known_by_its_content_whatever_the_name(tmp_path: Path, name: str,
+                                                          start: bytes) -> None:
+    """Whatever its name, a file of JSON objects one a line is NDJSON, also when it starts with
+    blank lines or a byte order mark; a single resource so started is one resource."""
     src = write_ndjson(tmp_path / name, [patient(1), patient(2)])
+    src.write_bytes(start + src.read_bytes())
     out = consilium(str(src), data_dir=tmp_path / "data")
     assert out.returncode == 0, out.stderr
     assert "imported 2 resources" in out.stdout
+    one = tmp_path / "one.json"
+    one.write_bytes(start + json.dumps(patient(3), indent=2).encode())
+    out = consilium(str(one), data_dir=tmp_path / "data")
+    assert out.returncode == 0, out.stderr
+    assert "imported 1 resource " in out.stdout
 
 
 def test_resources_without_an_id_are_not_made_twice_by_importing_again(tmp_path: Path) -> None:

@@ -154,11 +154,19 @@ class _Counting(io.RawIOBase):
 
 
 def _open(path: Path) -> tuple[IO[bytes], _Counting]:
+    """The file's bytes (uncompressed), past a UTF-8 byte order mark that starts them (as some
+    Windows tools write), with the counter of the bytes read from the file."""
     counting = _Counting(open(path, "rb"))  # noqa: SIM115 (the returned stream owns it)
     stream: IO[bytes] = io.BufferedReader(counting, 1 << 20)
     if path.name.endswith(".gz"):
         stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
+    with contextlib.suppress(*_UNREADABLE):  # reported when read
+        if stream.peek(3)[:3] == _BOM:  # type: ignore[attr-defined]
+            stream.read(3)
     return stream, counting
+
+
+_BOM = b"\xef\xbb\xbf"
 
 
 def _is_ndjson(path: Path) -> bool:
@@ -169,7 +177,8 @@ def _is_ndjson(path: Path) -> bool:
         return True
     stream, _ = _open(path)
     with stream, contextlib.suppress(*_UNREADABLE):
-        first = stream.readline(_SNIFF)
+        while (first := stream.readline(_SNIFF)) and not first.strip():  # blank lines first
+            pass
         if not first.endswith(b"\n"):  # one line (or a longer one than is sniffed)
             return False
         try:
@@ -219,7 +228,7 @@ def _json_kind(path: Path) -> str:
             for i, (prefix, event, value) in enumerate(ijson.parse(stream)):
                 if i == 0 and event != "start_map":
                     raise _NotImportable("not a JSON object: a JSON file holds one resource or "
-                                         "a Bundle (NDJSON files end in .ndjson)")
+                                         "a Bundle (NDJSON: one resource a line)")
                 if prefix == "resourceType" and event == "string":
                     resource_type = value
                     if value != "Bundle":
@@ -361,13 +370,10 @@ _CONTENT_IDS = uuid.UUID("5d5b0f3e-8f0a-4f5c-9a53-6c6f6e73696c")
 
 
 def _ndjson_sized(stream: IO[bytes]) -> Iterator[tuple[Item, int]]:
-    """The lines, each with the bytes of the lines up to it. A UTF-8 byte order mark that
-    starts the file (as some Windows tools write) is passed over."""
+    """The lines, each with the bytes of the lines up to it."""
     size = 0
     for number, line in enumerate(stream, 1):
         size += len(line)
-        if number == 1:
-            line = line.removeprefix(b"\xef\xbb\xbf")
         if line.strip():
             yield (number, line), size
 
