@@ -218,6 +218,8 @@ def test_bundle_files_are_checked_as_bundles_and_documents_kept_whole(tmp_path: 
         {**entry, "request": {"method": "DELETE", "url": "Patient/imp-1"}}])
     as_object = bundle("object.json", type="collection", entry=entry)
     misspelt = bundle("misspelt.json", type="collection", entries=[entry])
+    requested = bundle("requested.json", type="collection", entry=[  # bdl-3
+        {**entry, "request": {"method": "DELETE", "url": "Patient/imp-1"}}])
     document = bundle("document.json", id="doc1", type="document",
                       identifier={"system": "urn:ietf:rfc:3986",
                                   "value": "urn:uuid:0c3a2f9e-1c4e-4d55-8b0a-5b3c1d2e3f40"},
@@ -226,10 +228,11 @@ def test_bundle_files_are_checked_as_bundles_and_documents_kept_whole(tmp_path: 
                            "resource": {"resourceType": "Composition", "status": "final",
                                         "type": {"text": "summary"}, "date": "2026-11-24",
                                         "title": "Summary", "author": [{"display": "Dr"}]}}])
-    out = consilium(str(typo), str(as_object), str(misspelt), str(document),
+    out = consilium(str(typo), str(as_object), str(misspelt), str(requested), str(document),
                     data_dir=tmp_path / "data")
     assert out.returncode == 1, (out.stdout, out.stderr)
-    assert "rejected 3" in out.stdout, out.stdout
+    assert "rejected 4" in out.stdout, out.stdout
+    assert f"{requested}:1:" in out.stderr and "bdl-3" in out.stderr, out.stderr
     err = out.stderr
     assert f"{typo}:1:" in err and "transactoin" in err, err
     assert f"{as_object}:1:" in err and "entry" in err, err

@@ -733,6 +733,15 @@ def test_the_bundle_itself_is_validated(fhir: Fhir) -> None:
     for kind in ("transaction", "batch"):
         r = fhir.post("", {**transaction(kind=kind), "total": "3"})
         assert r.status_code == 400 and "Bundle.total" in r.text, r.text
+        # bdl-1: a total only in a searchset or history
+        r = fhir.post("", {**transaction(kind=kind), "total": 3})
+        assert r.status_code == 400 and "bdl-1" in r.text, r.text
+    # bdl-2: search only in a searchset; bdl-4: response only in a response or history;
+    # bdl-8: a fullUrl is no version-specific reference
+    for extra in ({"search": {"mode": "match"}}, {"response": {"status": "201"}},
+                  {"fullUrl": "http://example.org/fhir/Patient/x/_history/1"}):
+        r = fhir.post("", transaction({**post("Patient", patient("e-9")), **extra}))
+        assert r.status_code == 400 and "Bundle.entry[0]" in r.text, (extra, r.text)
     bad = post("Patient", patient("e-2"), ifNoneExist="identifier=urn:mrn|e-2")
     bad["request"]["colour"] = "red"
     slow = {"request": {"method": "GET", "url": "Patient", "ifModifiedSince": "yesterday"}}
@@ -840,7 +849,7 @@ def history_bundle(base: str) -> dict:
             e["resource"] = {"resourceType": "Patient", "id": id_, "name": [{"family": family}]}
         return e
 
-    return {"resourceType": "Bundle", "type": "history", "entry": [
+    return {"resourceType": "Bundle", "type": "history", "total": 5, "entry": [
         entry("PUT", "hb-1", "Third", "200 OK"), entry("DELETE", "hb-2", None, "204 No Content"),
         entry("PUT", "hb-1", "Second", "200 OK"), entry("POST", "hb-2", "Other", "201 Created"),
         entry("POST", "hb-1", "First", "201 Created")]}

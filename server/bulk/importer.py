@@ -333,6 +333,9 @@ def _urn_links(path: Path) -> tuple[dict[str, str], bool]:
                 raise _NotImportable(f"unknown element {value!r} (not in R4 Bundle)")
             if prefix == "entry" and event not in ("start_array", "end_array"):
                 raise _NotImportable("Bundle.entry must be a JSON array")
+            if prefix == "entry.item" and event == "map_key" and value == "request":
+                raise _NotImportable("Bundle.entry.request is only for a batch, transaction or "
+                                     "history Bundle (bdl-3)")
             if prefix == "entry.item" and event in ("start_map", "end_map"):
                 if event == "end_map" and isinstance(full_url, str) and \
                         full_url.startswith(URNS) and isinstance(type_, str):

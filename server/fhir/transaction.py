@@ -151,6 +151,9 @@ def check_envelope(bundle: dict[str, Any]) -> None:
     checked as it is read (`_check_entry`), its resource as it is processed."""
     _refuse_malformed(validate_resource({k: v for k, v in bundle.items() if k != "entry"},
                                         "Bundle"), "Bundle", "Bundle")
+    if "total" in bundle and bundle.get("type") not in ("searchset", "history"):
+        raise invalid("Bundle.total is only for a searchset or a history (bdl-1)",
+                      expression="Bundle.total")
 
 
 def _check_entry(index: int, raw: dict[str, Any]) -> None:
@@ -161,6 +164,14 @@ def _check_entry(index: int, raw: dict[str, Any]) -> None:
     _refuse_malformed(validate_resource({"resourceType": "Bundle", "type": "batch",
                                          "entry": [alone]}, "Bundle"),
                       "Bundle.entry[0]", f"Bundle.entry[{index}]")
+    where = f"Bundle.entry[{index}]"
+    for element, rule in (("search", "only for a searchset (bdl-2)"),
+                          ("response", "only for a response or a history (bdl-4)")):
+        if element in raw:
+            raise invalid(f"{where}: entry.{element} is {rule}", expression=f"{where}.{element}")
+    if isinstance(raw.get("fullUrl"), str) and "/_history/" in raw["fullUrl"]:
+        raise invalid(f"{where}: a fullUrl cannot be a version-specific reference (bdl-8)",
+                      expression=f"{where}.fullUrl")
 
 
 def _refuse_malformed(issues: list[Issue], checked: str, where: str) -> None:
@@ -858,7 +869,9 @@ async def replay(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> Fhir
                 f"{done[i]} is already as this history leaves it; its changes are not made "
                 "again")}}
         else:
-            out[i] = await _batch_entry(req, i, puts[i], store, {}, None)
+            change = {k: v for k, v in puts[i].items() if k != "response"} \
+                if isinstance(puts[i], dict) else puts[i]  # what the change answered then
+            out[i] = await _batch_entry(req, i, change, store, {}, None)
     return FhirResponse(200, resource=_bundle("batch", out))
 
 
