@@ -373,6 +373,13 @@ def test_if_none_match_star_creates_only(fhir: Fhir) -> None:
         {"resource": {**PATIENT, "id": "inm-1"},
          "request": {"method": "PUT", "url": "Patient/inm-1", "ifNoneMatch": "*"}}]})
     assert r.json()["entry"][0]["response"]["status"].startswith("412"), r.text
+    # a version: the update is made unless that version is the current one
+    current = fhir.get("Patient/inm-1").json()["meta"]["versionId"]
+    assert_outcome(fhir.put("Patient/inm-1", {**PATIENT, "id": "inm-1", "active": False},
+                            headers={"If-None-Match": f'W/"{current}"'}), 412)
+    r = fhir.put("Patient/inm-1", {**PATIENT, "id": "inm-1", "active": False},
+                 headers={"If-None-Match": 'W/"1"'})
+    assert r.status_code == 200, r.text
 
 
 # -- delete --------------------------------------------------------------------------------------

@@ -94,14 +94,20 @@ def _store(tx: Transaction, caller: Caller, type_: str, id_: str, resource: dict
 
 def write_checked(tx: Transaction, type_: str, id_: str, resource: dict[str, Any],
                   indexes: IndexRows, method: str, if_match: int | None,
-                  caller: Caller = NOBODY, create_only: bool = False) -> tuple[Version, bool]:
-    """Write a new version unless If-Match fails (or, ``create_only``, the resource exists:
-    ``If-None-Match: *``); (version, created). An unchanged resource makes no new version (the
-    store returns the current one)."""
+                  caller: Caller = NOBODY, if_none_match: int | None = None
+                  ) -> tuple[Version, bool]:
+    """Write a new version unless If-Match fails, or If-None-Match (RFC 9110 §13.1.2) does:
+    ``if_none_match`` 0 for ``*`` (the resource exists), else a version (the current one);
+    (version, created). An unchanged resource makes no new version (the store returns the
+    current one)."""
     current = tx.read(type_, id_)
-    if create_only and current is not None and not current.deleted:
-        raise precondition_failed(f"If-None-Match: * asks to create {type_}/{id_} only if it "
-                                  f"does not exist, and it does (version {current.version})")
+    if if_none_match is not None and current is not None and not current.deleted \
+            and if_none_match in (0, current.version):
+        raise precondition_failed(
+            f"If-None-Match: * asks to create {type_}/{id_} only if it does not exist, and it "
+            f"does (version {current.version})" if if_none_match == 0 else
+            f'If-None-Match: W/"{if_none_match}" asks to update {type_}/{id_} unless that is '
+            "its current version, and it is")
     if if_match is not None and (current is None or current.deleted
                                  or current.version != if_match):
         have = "no current version" if current is None or current.deleted \
@@ -187,14 +193,14 @@ class Update:
     indexes: IndexRows
     if_match: int | None = None
     caller: Caller = NOBODY
-    create_only: bool = False  # If-None-Match: * (RFC 9110 §13.1.2)
+    if_none_match: int | None = None  # a version, or 0 for * (RFC 9110 §13.1.2)
 
     def target(self, tx: Transaction) -> str:
         return self.id
 
     def apply(self, tx: Transaction) -> tuple[Version, bool]:
         return write_checked(tx, self.type, self.id, self.resource, self.indexes, "PUT",
-                             self.if_match, self.caller, self.create_only)
+                             self.if_match, self.caller, self.if_none_match)
 
     respond = staticmethod(_written)
 
@@ -211,9 +217,11 @@ def build_update(req: FhirRequest) -> Update:
     if body_id != req.id:
         raise invalid(f"the id in the body ({body_id!r}) does not match the URL ({req.id!r})",
                       expression="id")
+    none_match = (req.header("if-none-match") or "").strip()
     return Update(req.type, req.id, resource, prepare(resource, req.type),
                   parse_etag(req.header("if-match")), Caller.of(req),
-                  create_only=(req.header("if-none-match") or "").strip() == "*")
+                  if_none_match=0 if none_match == "*" else parse_etag(none_match,
+                                                                        "If-None-Match"))
 
 
 @dataclass
