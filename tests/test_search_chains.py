@@ -387,6 +387,17 @@ def test_tasks_about_a_patient_are_in_the_patients_compartment(fhir: Fhir) -> No
     assert {"for", "focus"} <= found(fhir, "Patient/tp/*")
 
 
+def test_sorting_across_types_by_a_parameter_some_lack(network: Fhir) -> None:
+    """_sort across _type types by a parameter one of them lacks: its resources sort as having
+    no value, and a warning says so (strict handling: 400)."""
+    params = {"_type": "Patient,Practitioner", "_sort": "birthdate", "name": "li"}
+    bundle = search(network, "", params)
+    (outcome,) = entries(bundle, "outcome")
+    issue = outcome["resource"]["issue"][0]
+    assert issue["expression"] == ["_sort"] and "Practitioner" in issue["diagnostics"], issue
+    refused(network, "", params, "_sort", headers={"Prefer": "handling=strict"})
+
+
 def test_system_search_with_type(network: Fhir) -> None:
     bundle = search(network, "", {"_type": "Patient,Practitioner", "name": "li"})
     got = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries(bundle)}

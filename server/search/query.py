@@ -107,6 +107,8 @@ class Parser:
         self.strict = strict
         #: The parameters ignored (as written), each with why.
         self.ignored: dict[str, str] = {}
+        #: Parameters used, each with a warning about how.
+        self.warnings: dict[str, str] = {}
         #: The parameter as the client wrote it, named in errors about its chained parts.
         self.top: str | None = None
         #: One of several searched types: a ``_has`` that cannot point at it skips it.
@@ -411,6 +413,12 @@ class Parser:
             kind = kinds.pop()
             if kind in ("composite", "special"):
                 raise invalid(f"_sort: cannot sort by {code!r}", expression="_sort")
+            if lacking := [t for t in types if self.reg.get(t, code) is None]:
+                why = (f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no "
+                       f"parameter {code!r}: those resources sort as having no value")
+                if self.strict:
+                    raise invalid(f"_sort: {why}", expression="_sort")
+                self.warnings["_sort"] = why
             keys.append(SortKey(code, kind, desc))
         return keys
 
@@ -513,13 +521,14 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
                 if strict:
                     raise invalid(f"search parameter {name}: {why}; with _type, every "
                                   "parameter must be common to the types", expression=name)
-                q.warnings[name] = why
+                parser.warnings[name] = why
             clause = options[0] if len(options) == 1 else AnyOf(tuple(options))
         if clause is not None:
             q.clauses.append(clause)
     if "_count" not in {n for n, _ in params}:
         q.count = default_count
     q.ignored = parser.ignored
+    q.warnings = parser.warnings
     q.base = parser.base
     return q
 
