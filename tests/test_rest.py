@@ -287,6 +287,25 @@ def test_conditional_read(fhir: Fhir) -> None:
     past = "Sat, 01 Jan 2000 00:00:00 GMT"
     assert fhir.get(f"Patient/{pid}", headers={"If-Modified-Since": future}).status_code == 304
     assert fhir.get(f"Patient/{pid}", headers={"If-Modified-Since": past}).status_code == 200
+    # RFC 9110 §13.1.1-3: a list of ETags, or *, and If-Modified-Since is not looked at when
+    # If-None-Match is given (a stale ETag with a recent date used to get a 304).
+    for etags in ('W/"9", W/"1"', "*"):
+        assert fhir.get(f"Patient/{pid}", headers={"If-None-Match": etags}).status_code == 304
+    fhir.put(f"Patient/{pid}", {**PATIENT, "id": pid, "active": False})
+    r = fhir.get(f"Patient/{pid}", headers={"If-None-Match": 'W/"1"', "If-Modified-Since": future})
+    assert r.status_code == 200 and r.json()["meta"]["versionId"] == "2", r.text
+
+
+def test_history_cursors_beyond_any_version_are_refused(fhir: Fhir) -> None:
+    pid = created(fhir)["id"]
+    for path in (f"Patient/{pid}/_history", "Patient/_history", "_history"):
+        assert_outcome(fhir.get(path, params={"_cursor": str(2**70)}), 400)
+
+
+def test_meta_of_a_deleted_resource_is_gone(fhir: Fhir) -> None:
+    pid = created(fhir)["id"]
+    fhir.delete(f"Patient/{pid}")
+    assert_outcome(fhir.get(f"Patient/{pid}/$meta"), 410)
 
 
 def test_head_returns_headers_only(fhir: Fhir) -> None:

@@ -53,7 +53,7 @@ def link_url(base: str, path: str, params: list[tuple[str, str]]) -> str:
     return f"{url}?{urlencode(params)}" if params else url
 
 
-_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 410: "410 Gone"}
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 410: "410 Gone"}
 
 
 def history_entry(base: str, v: Version) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def history_entry(base: str, v: Version) -> dict[str, Any]:
     else:
         request = {"method": "DELETE" if v.deleted else ("PATCH" if v.method == "PATCH" else "PUT"),
                    "url": f"{v.type}/{v.id}"}
-        status = 204 if v.deleted else (201 if v.version == 1 else 200)
+        status = 200 if v.deleted else (201 if v.version == 1 else 200)  # as answered
     entry["request"] = request
     entry["response"] = {"status": _STATUS_TEXT[status], "etag": v.etag,
                          "lastModified": instant(v.last_updated)}

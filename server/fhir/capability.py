@@ -156,6 +156,6 @@ def capability_statement(base: str, settings: Any) -> dict[str, Any]:
                            "url": base},
         "fhirVersion": "4.0.1",
         "format": formats,
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/merge-patch+json"],
         "rest": [_rest(bool(settings.auth) if settings is not None else True)],
     }

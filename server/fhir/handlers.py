@@ -30,9 +30,13 @@ async def read(req: FhirRequest, store: ResourceStore) -> FhirResponse:
 def conditional_read(req: FhirRequest, v: Version) -> FhirResponse:
     """200 with the version, or 304 when If-None-Match or If-Modified-Since say the caller has
     it (http.html#cread)."""
-    etag = req.header("if-none-match")
-    if etag is not None and parse_etag(etag, "If-None-Match") == v.version:
-        return FhirResponse(304, version=v)
+    etags = req.header("if-none-match")
+    if etags is not None and etags.strip():
+        # RFC 9110 §13.1.2: a list of ETags, or * (any); and §13.1.3: If-Modified-Since is
+        # not looked at when If-None-Match is there.
+        matched = etags.strip() == "*" or v.version in {
+            parse_etag(e, "If-None-Match") for e in etags.split(",")}
+        return FhirResponse(304 if matched else 200, version=v)
     since = req.header("if-modified-since")
     if since is not None:
         t = parse_http_date(since)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from server.fhir import codec
-from server.fhir.errors import FhirError, Issue, invalid, not_found, outcome
+from server.fhir.errors import FhirError, Issue, gone, invalid, not_found, outcome
 from server.fhir.prepare import check_type
 from server.fhir.request import FhirRequest, FhirResponse
 from server.fhir.validation import validate_resource
@@ -75,8 +75,10 @@ async def validate(req: FhirRequest, store: ResourceStore) -> FhirResponse:
 async def meta(req: FhirRequest, store: ResourceStore) -> FhirResponse:
     assert req.type and req.id
     current = await store.read(req.type, req.id)
-    if current is None or current.body is None:
+    if current is None:
         raise not_found(req.type, req.id)
+    if current.body is None:  # as a read of it answers
+        raise gone(req.type, req.id, current.version)
     resource = codec.loads(current.body)
     meta_ = {k: v for k, v in (resource.get("meta") or {}).items()
              if k in ("profile", "security", "tag")}

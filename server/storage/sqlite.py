@@ -589,6 +589,9 @@ def _reindex(conn: sqlite3.Connection, kinds: tuple[str, ...]) -> None:
 
 def _decode_cursor(cursor: str) -> int:
     try:
-        return int(cursor)
+        seq = int(cursor)
     except ValueError:
         raise ValueError("invalid page cursor") from None
+    if not 0 < seq < 2**63:
+        raise ValueError("invalid page cursor")
+    return seq
