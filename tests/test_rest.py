@@ -735,6 +735,14 @@ def test_validate_operation(fhir: Fhir) -> None:
     pid = created(fhir)["id"]
     inst = fhir.post(f"Patient/{pid}/$validate", {**PATIENT, "id": pid})
     assert inst.status_code == 200
+    # mode=delete asks whether the instance may be deleted: no resource to send (R4
+    # Resource-validate), in the URL or in Parameters
+    for r in (fhir.post(f"Patient/{pid}/$validate?mode=delete", content=b""),
+              fhir.post(f"Patient/{pid}/$validate", {"resourceType": "Parameters", "parameter": [
+                  {"name": "mode", "valueCode": "delete"}]})):
+        assert r.status_code == 200, r.text
+        assert "may be deleted" in r.json()["issue"][0]["diagnostics"], r.text
+    assert_outcome(fhir.post("Patient/nope/$validate?mode=delete", content=b""), 404)
     # $validate never stores anything
     assert len(fhir.get("Patient/_history").json()["entry"]) == 1
 

@@ -35,27 +35,34 @@ def _validate_input(req: FhirRequest) -> tuple[Any, str]:
                 raise FhirError(400, "not-supported",
                                 "validation against a given profile is not supported yet",
                                 expression="Parameters.parameter.profile")
-        if resource is None:
+        if resource is None and mode != "delete":  # what a delete would remove is stored
             raise invalid("the Parameters carry no 'resource' to validate")
         body = resource
+    return body, _mode(mode)
+
+
+def _mode(mode: str) -> str:
     if mode not in _VALIDATE_MODES:
         raise invalid(f"mode must be one of {', '.join(_VALIDATE_MODES)}", expression="mode")
-    return body, mode
+    return mode
 
 
 async def validate(req: FhirRequest, store: ResourceStore) -> FhirResponse:
     """$validate (Resource-validate): 200 with an OperationOutcome whether or not it is valid."""
     assert req.type
-    if req.id is not None and req.body.strip() == b"":
+    if req.id is not None and req.body.strip() == b"":  # the stored resource
         current = await store.read(req.type, req.id)
         if current is None or current.deleted or current.body is None:
             raise not_found(req.type, req.id)
-        resource, mode = codec.loads(current.body), "update"
+        resource, mode = codec.loads(current.body), _mode(req.param("mode") or "update")
     else:
         resource, mode = _validate_input(req)
     if mode == "delete":
         if req.id is None:
             raise invalid("mode=delete needs an instance: [type]/[id]/$validate")
+        current = await store.read(req.type, req.id)
+        if current is None or current.deleted:
+            raise not_found(req.type, req.id)
         return FhirResponse(200, resource=outcome([Issue("informational", "the resource may "
                                                          "be deleted", "information")]))
     try:
