@@ -373,6 +373,15 @@ def test_if_match_guards_against_lost_updates(fhir: Fhir) -> None:
     assert fhir.get(f"Patient/{pid}").json()["gender"] == "male"
     assert_outcome(fhir.put(f"Patient/{pid}", {**PATIENT, "id": pid},
                             headers={"If-Match": "garbage"}), 400)
+    # RFC 9110 §13.1.1: a list of ETags (any of them), or * (the resource exists)
+    ok = fhir.put(f"Patient/{pid}", {**PATIENT, "id": pid, "active": True},
+                  headers={"If-Match": 'W/"1", W/"2"'})
+    assert ok.status_code == 200, ok.text
+    assert fhir.put(f"Patient/{pid}", {**PATIENT, "id": pid},
+                    headers={"If-Match": "*"}).status_code == 200
+    assert_outcome(fhir.put("Patient/never-was", {**PATIENT, "id": "never-was"},
+                            headers={"If-Match": "*"}), 412)
+    assert_outcome(fhir.delete(f"Patient/{pid}", headers={"If-Match": 'W/"1", W/"2"'}), 412)
 
 
 def test_if_none_match_star_creates_only(fhir: Fhir) -> None:

@@ -14,7 +14,7 @@ from server.fhir import references, writes
 from server.fhir.bundles import bundle, history_entry, link_url
 from server.fhir.errors import FhirError, invalid, not_found
 from server.fhir.request import FhirRequest, FhirResponse
-from server.fhir.values import parse_count, parse_etag, parse_http_date, parse_instant
+from server.fhir.values import parse_count, parse_etags, parse_http_date, parse_instant
 from server.fhir.writes import current_or_error
 from server.search.query import Parser
 from server.storage.base import HistoryQuery, ResourceStore, Version
@@ -30,13 +30,9 @@ async def read(req: FhirRequest, store: ResourceStore) -> FhirResponse:
 def conditional_read(req: FhirRequest, v: Version) -> FhirResponse:
     """200 with the version, or 304 when If-None-Match or If-Modified-Since say the caller has
     it (http.html#cread)."""
-    etags = req.header("if-none-match")
-    if etags is not None and etags.strip():
-        # RFC 9110 §13.1.2: a list of ETags, or * (any); and §13.1.3: If-Modified-Since is
-        # not looked at when If-None-Match is there.
-        matched = etags.strip() == "*" or v.version in {
-            parse_etag(e, "If-None-Match") for e in etags.split(",")}
-        return FhirResponse(304 if matched else 200, version=v)
+    etags = parse_etags(req.header("if-none-match"), "If-None-Match")
+    if etags is not None:  # RFC 9110 §13.1.3: then If-Modified-Since is not looked at
+        return FhirResponse(304 if etags.matches(v.version) else 200, version=v)
     since = req.header("if-modified-since")
     if since is not None:
         t = parse_http_date(since)

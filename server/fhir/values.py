@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
@@ -18,6 +19,30 @@ _INSTANT = re.compile(
 
 def valid_id(id: str) -> bool:
     return _ID.match(id) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Etags:
+    """An If-Match or If-None-Match header (RFC 9110 §13.1.1-2): versions, or * (any)."""
+
+    versions: frozenset[int]
+    any: bool = False
+
+    def matches(self, version: int | None) -> bool:
+        """Whether the current version (None: no current one) is one of these."""
+        return version is not None and (self.any or version in self.versions)
+
+    def __str__(self) -> str:
+        return "*" if self.any else ", ".join(f'W/"{v}"' for v in sorted(self.versions))
+
+
+def parse_etags(value: str | None, header: str = "If-Match") -> Etags | None:
+    """A header of one ETag, a list of them, or *; None when absent or empty."""
+    if value is None or value.strip() == "":
+        return None
+    if value.strip() == "*":
+        return Etags(frozenset(), any=True)
+    return Etags(frozenset(parse_etag(e, header) or 0 for e in value.split(",")))
 
 
 def parse_etag(value: str | None, header: str = "If-Match") -> int | None:

@@ -21,7 +21,7 @@ from server.fhir import codec, hooks, references
 from server.fhir.errors import FhirError, conflict, gone, invalid, not_found, precondition_failed
 from server.fhir.prepare import check_type, prepare
 from server.fhir.request import JSON_PATCH, JSON_TYPES, XML_TYPES, FhirRequest, FhirResponse
-from server.fhir.values import parse_etag, valid_id
+from server.fhir.values import Etags, parse_etags, valid_id
 from server.search.plan import SearchQuery
 from server.search.query import parse_conditional
 from server.storage.base import IndexRows, Transaction, Version
@@ -93,29 +93,30 @@ def _store(tx: Transaction, caller: Caller, type_: str, id_: str, resource: dict
 
 
 def write_checked(tx: Transaction, type_: str, id_: str, resource: dict[str, Any],
-                  indexes: IndexRows, method: str, if_match: int | None,
-                  caller: Caller = NOBODY, if_none_match: int | None = None
+                  indexes: IndexRows, method: str, if_match: Etags | None,
+                  caller: Caller = NOBODY, if_none_match: Etags | None = None
                   ) -> tuple[Version, bool]:
-    """Write a new version unless If-Match fails, or If-None-Match (RFC 9110 §13.1.2) does:
-    ``if_none_match`` 0 for ``*`` (the resource exists), else a version (the current one);
+    """Write a new version unless If-Match or If-None-Match (RFC 9110 §13.1.1-2) fail;
     (version, created). An unchanged resource makes no new version (the store returns the
     current one)."""
     current = tx.read(type_, id_)
-    if if_none_match is not None and current is not None and not current.deleted \
-            and if_none_match in (0, current.version):
-        raise precondition_failed(
-            f"If-None-Match: * asks to create {type_}/{id_} only if it does not exist, and it "
-            f"does (version {current.version})" if if_none_match == 0 else
-            f'If-None-Match: W/"{if_none_match}" asks to update {type_}/{id_} unless that is '
-            "its current version, and it is")
-    if if_match is not None and (current is None or current.deleted
-                                 or current.version != if_match):
-        have = "no current version" if current is None or current.deleted \
-            else f"the current version is {current.version}"
-        raise precondition_failed(f"If-Match asks for version {if_match} of {type_}/{id_}, "
-                                  f"but {have}")
+    check_preconditions(current, type_, id_, if_match, if_none_match)
     created = current is None or current.deleted
     return _store(tx, caller, type_, id_, resource, indexes, method, current), created
+
+
+def check_preconditions(current: Version | None, type_: str, id_: str,
+                        if_match: Etags | None, if_none_match: Etags | None = None) -> None:
+    """412 unless the current version is one If-Match names (any with *), and none that
+    If-None-Match names (none at all with *: create only)."""
+    version = None if current is None or current.deleted else current.version
+    have = "there is no current version" if version is None \
+        else f"the current version is {version}"
+    if if_match is not None and not if_match.matches(version):
+        raise precondition_failed(f"If-Match asks for {if_match} of {type_}/{id_}, but {have}")
+    if if_none_match is not None and if_none_match.matches(version):
+        raise precondition_failed(f"If-None-Match asks for none of {if_none_match} of "
+                                  f"{type_}/{id_}, but {have}")
 
 
 # -- request bodies ------------------------------------------------------------------------------
@@ -191,9 +192,9 @@ class Update:
     id: str
     resource: dict[str, Any]
     indexes: IndexRows
-    if_match: int | None = None
+    if_match: Etags | None = None
     caller: Caller = NOBODY
-    if_none_match: int | None = None  # a version, or 0 for * (RFC 9110 §13.1.2)
+    if_none_match: Etags | None = None
 
     def target(self, tx: Transaction) -> str:
         return self.id
@@ -217,11 +218,9 @@ def build_update(req: FhirRequest) -> Update:
     if body_id != req.id:
         raise invalid(f"the id in the body ({body_id!r}) does not match the URL ({req.id!r})",
                       expression="id")
-    none_match = (req.header("if-none-match") or "").strip()
     return Update(req.type, req.id, resource, prepare(resource, req.type),
-                  parse_etag(req.header("if-match")), Caller.of(req),
-                  if_none_match=0 if none_match == "*" else parse_etag(none_match,
-                                                                        "If-None-Match"))
+                  parse_etags(req.header("if-match")), Caller.of(req),
+                  if_none_match=parse_etags(req.header("if-none-match"), "If-None-Match"))
 
 
 @dataclass
@@ -232,7 +231,7 @@ class ConditionalUpdate:
     query: SearchQuery
     resource: dict[str, Any]
     indexes: IndexRows
-    if_match: int | None = None
+    if_match: Etags | None = None
     fresh_id: str = field(default_factory=new_id)
     caller: Caller = NOBODY
 
@@ -271,7 +270,7 @@ def build_conditional_update(req: FhirRequest) -> ConditionalUpdate:
     if resource.get("id") is not None:
         check_id(resource["id"])
     return ConditionalUpdate(req.type, query, resource, prepare(resource, req.type),
-                             parse_etag(req.header("if-match")), caller=Caller.of(req))
+                             parse_etags(req.header("if-match")), caller=Caller.of(req))
 
 
 # -- patch ---------------------------------------------------------------------------------------
@@ -328,7 +327,7 @@ class Patch:
     patch: jsonpatch.JsonPatch | MergePatch
     id: str | None = None
     query: SearchQuery | None = None
-    if_match: int | None = None
+    if_match: Etags | None = None
     caller: Caller = NOBODY
     #: What the references of the patched resource go through: refused when conditional (a
     #: transaction resolves them, and its ``fullUrl`` ones, here instead).
@@ -348,10 +347,7 @@ class Patch:
             assert self.id is not None
             id_ = self.id
         current = current_or_error(tx.read(self.type, id_), self.type, id_)
-        if self.if_match is not None and current.version != self.if_match:
-            raise precondition_failed(f"If-Match asks for version {self.if_match} of "
-                                      f"{self.type}/{id_}, but the current version is "
-                                      f"{current.version}")
+        check_preconditions(current, self.type, id_, self.if_match)
         assert current.body is not None
         try:
             patched = self.patch.apply(codec.loads(current.body))
@@ -372,7 +368,7 @@ class Patch:
 def build_patch(req: FhirRequest, conditional: bool = False) -> Patch:
     assert req.type
     doc = patch_document(req.content_type, req.body)
-    if_match = parse_etag(req.header("if-match"))
+    if_match = parse_etags(req.header("if-match"))
     if conditional:
         return Patch(req.type, doc, query=parse_conditional(req.type, req.params,
                                                             "the conditional patch", req.base),
@@ -389,7 +385,7 @@ class Delete:
     type: str
     id: str | None = None
     query: SearchQuery | None = None
-    if_match: int | None = None
+    if_match: Etags | None = None
     caller: Caller = NOBODY
 
     def apply(self, tx: Transaction) -> Version | None:
@@ -400,8 +396,8 @@ class Delete:
                                           "resources; this server deletes only one at a time")
             if not matches:
                 if self.if_match is not None:
-                    raise precondition_failed(f"If-Match asks for version {self.if_match} of "
-                                              f"the {self.type} the criteria match, and they "
+                    raise precondition_failed(f"If-Match asks for {self.if_match} of the "
+                                              f"{self.type} the criteria match, and they "
                                               "match none")
                 return None
             id_ = matches[0].id
@@ -409,9 +405,7 @@ class Delete:
             assert self.id is not None
             id_ = self.id
         current = tx.read(self.type, id_)
-        if self.if_match is not None and (current is None or current.version != self.if_match):
-            raise precondition_failed(f"If-Match asks for version {self.if_match} of "
-                                      f"{self.type}/{id_}")
+        check_preconditions(current, self.type, id_, self.if_match)
         if current is None:  # http.html#delete: as for a deleted one, 200 (nothing to do)
             return None
         if current.deleted:
@@ -432,7 +426,7 @@ class Delete:
 
 def build_delete(req: FhirRequest, conditional: bool = False) -> Delete:
     assert req.type
-    if_match = parse_etag(req.header("if-match"))
+    if_match = parse_etags(req.header("if-match"))
     if conditional:
         return Delete(req.type, query=parse_conditional(req.type, req.params,
                                                          "the conditional delete", req.base),
