@@ -66,6 +66,15 @@ def test_metadata_is_public_and_describes_what_is_served(fhir: Fhir) -> None:
     assert "application/json-patch+json" in cs["patchFormat"]
 
 
+def test_metadata_takes_summary_and_elements(fhir: Fhir) -> None:
+    full = fhir.get("metadata")
+    summary = fhir.get("metadata", params={"_summary": "true"})
+    assert summary.status_code == 200 and summary.json()["fhirVersion"] == "4.0.1"
+    assert len(summary.content) < len(full.content) / 2, (len(summary.content), len(full.content))
+    elements = fhir.get("metadata", params={"_elements": "fhirVersion,format"}).json()
+    assert elements["format"] and "rest" not in elements, list(elements)
+
+
 def test_metadata_says_which_search_parameters_are_not_supported(fhir: Fhir) -> None:
     """Left out of a type's searchParam list, and named with the reason in the documentation:
     of the type (Location's special ``near``), or of the whole API (the full-text ones)."""

@@ -420,10 +420,11 @@ class FhirRouter:
         resource = response.resource
         if resource is None:
             return response.status, headers, b""
-        if resource.get("resourceType") == "Bundle":
-            transform = transform_for(req.params) if req.params else None
-            if transform is not None:
-                resource = materialise(resource, transform)
+        transform = transform_for(req.params) if req.params else None
+        if transform is not None and resource.get("resourceType") == "Bundle":
+            resource = materialise(resource, transform)
+        elif transform is not None and resource.get("resourceType") != "OperationOutcome":
+            resource = transform(resource)  # the CapabilityStatement, an operation's answer
         body, ct = self._serialise(resource, fmt, pretty)
         headers.append((b"content-type", ct))
         return response.status, headers, body
