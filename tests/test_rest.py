@@ -63,7 +63,8 @@ def test_metadata_is_public_and_describes_what_is_served(fhir: Fhir) -> None:
     assert types["Patient"]["conditionalDelete"] == "single"
     assert {o["name"] for o in types["Patient"]["operation"]} >= {"validate"}
     assert {i["code"] for i in rest["interaction"]} >= {"history-system"}
-    assert "application/json-patch+json" in cs["patchFormat"]
+    assert {"application/json-patch+json", "application/merge-patch+json"} <= set(
+        cs["patchFormat"])
 
 
 def test_metadata_takes_summary_and_elements(fhir: Fhir) -> None:
@@ -555,6 +556,14 @@ def test_conditional_delete_honours_if_match(fhir: Fhir) -> None:
 
 
 # -- history -------------------------------------------------------------------------------------
+
+def test_a_deletion_in_a_history_is_answered_as_the_delete_was(fhir: Fhir) -> None:
+    pid = created(fhir)["id"]
+    assert fhir.delete(f"Patient/{pid}").status_code == 200
+    (deletion, _) = fhir.get(f"Patient/{pid}/_history").json()["entry"]
+    assert deletion["request"] == {"method": "DELETE", "url": f"Patient/{pid}"}
+    assert deletion["response"]["status"] == "200 OK" and "resource" not in deletion
+
 
 def test_instance_type_and_system_history(fhir: Fhir) -> None:
     pid = created(fhir)["id"]
