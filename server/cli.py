@@ -364,8 +364,7 @@ def cmd_import(args: argparse.Namespace) -> int:
           + f" in {report.seconds:.1f} s ({report.rate:,.0f}/s); "
           f"rejected {report.rejected_count:,}"
           + (" — nothing imported (--atomic)" if nothing else ""))
-    order = {str(f): i for i, f in enumerate(args.files)}
-    for r in sorted(report.rejected, key=lambda r: (order.get(r.source, -1), r.line)):
+    for r in report.rejected:  # in file order
         print(f"{r.source}:{r.line}: {r.message}", file=sys.stderr)
     if report.rejected_count > len(report.rejected):
         print(f"... and {report.rejected_count - len(report.rejected):,} more"

@@ -177,8 +177,7 @@ def _is_ndjson(path: Path) -> bool:
         return True
     stream, _ = _open(path)
     with stream, contextlib.suppress(*_UNREADABLE):
-        while (first := stream.readline(_SNIFF)) and not first.strip():  # blank lines first
-            pass
+        first = _next_line(stream)
         if not first.endswith(b"\n"):  # one line (or a longer one than is sniffed)
             return False
         try:
@@ -186,10 +185,15 @@ def _is_ndjson(path: Path) -> bool:
                 return False
         except orjson.JSONDecodeError:
             return False
-        while (line := stream.readline(_SNIFF)) and not line.strip():
-            pass
-        return line.lstrip().startswith(b"{")
+        return _next_line(stream).lstrip().startswith(b"{")
     return False
+
+
+def _next_line(stream: IO[bytes]) -> bytes:
+    """The next line that is not blank (as much of it as is sniffed); b"" at the end."""
+    while (line := stream.readline(_SNIFF)) and not line.strip():
+        pass
+    return line
 
 
 #: How much of a file's first line is read to tell NDJSON from a JSON document.
@@ -253,28 +257,24 @@ def _json_kind(path: Path) -> str:
     return "entries"
 
 
-
-class _Escapes(io.RawIOBase):
-    """A binary stream that notes whether what is read through it holds a \\u escape of a
-    surrogate (which the fast JSON reader turns into "?" when it stands alone)."""
+class _Escapes(_Counting):
+    """A counting stream that also notes whether what is read through it holds a \\u escape
+    of a surrogate (which the fast JSON reader turns into "?" when it stands alone)."""
 
     _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
     def __init__(self, raw: IO[bytes]):
-        self.raw = raw
+        super().__init__(raw)
         self.seen = False
         self._tail = b""
 
-    def readable(self) -> bool:
-        return True
-
     def readinto(self, b: Any) -> int:
-        n = self.raw.readinto(b)  # type: ignore[attr-defined]
+        n = super().readinto(b)
         if n and not self.seen:
             data = self._tail + bytes(b[:n])
             self.seen = self._SURROGATE.search(data) is not None
             self._tail = data[-5:]
-        return n or 0
+        return n
 
 
 def _bundle_items(stream: IO[bytes], links: dict[str, str],

@@ -73,7 +73,7 @@ class Entry:
     op_id: str | None = None  # the id assigned before the store confirms it
     same_as: int | None = None  # the earlier entry of the same conditional create
     transform: Transform | None = None  # what its _summary or _elements keep of the answer
-    placeholders: bool = False  # its search criteria name other entries (`_criteria_urns`)
+    placeholders: bool = False  # its search criteria name other entries (`_substitute`)
 
     def where(self) -> str:
         return f"Bundle.entry[{self.index}]"
@@ -161,10 +161,9 @@ def _check_entry(index: int, raw: dict[str, Any]) -> None:
     alone = {k: v for k, v in raw.items() if k != "resource"}
     if not alone:  # nothing but a resource: no request, said as such when it is read
         return
-    _refuse_malformed(validate_resource({"resourceType": "Bundle", "type": "batch",
-                                         "entry": [alone]}, "Bundle"),
-                      "Bundle.entry[0]", f"Bundle.entry[{index}]")
     where = f"Bundle.entry[{index}]"
+    _refuse_malformed(validate_resource({"resourceType": "Bundle", "type": "batch",
+                                         "entry": [alone]}, "Bundle"), "Bundle.entry[0]", where)
     for element, rule in (("search", "only for a searchset (bdl-2)"),
                           ("response", "only for a response or a history (bdl-4)")):
         if element in raw:
@@ -869,9 +868,7 @@ async def replay(req: FhirRequest, store: ResourceStore, raw: list[Any]) -> Fhir
                 f"{done[i]} is already as this history leaves it; its changes are not made "
                 "again")}}
         else:
-            change = {k: v for k, v in puts[i].items() if k != "response"} \
-                if isinstance(puts[i], dict) else puts[i]  # what the change answered then
-            out[i] = await _batch_entry(req, i, change, store, {}, None)
+            out[i] = await _batch_entry(req, i, puts[i], store, {}, None)
     return FhirResponse(200, resource=_bundle("batch", out))
 
 
@@ -905,10 +902,14 @@ async def _replayed(store: ResourceStore, puts: list[Any]) -> dict[int, str]:
 
 
 def _as_put(raw: Any) -> Any:
-    """A history entry's POST as a PUT to the id it created (in the resource, or else the
-    fullUrl's); the other entries as they are."""
+    """A history entry as the change to make again: without its response (what the change
+    answered then), and a POST as a PUT to the id it created (in the resource, or else the
+    fullUrl's)."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = {k: v for k, v in raw.items() if k != "response"}
     request = _request_of(raw)
-    resource = raw.get("resource") if isinstance(raw, dict) else None
+    resource = raw.get("resource")
     if request.get("method") != "POST" or not isinstance(resource, dict) or \
             not isinstance(resource.get("resourceType"), str):
         return raw

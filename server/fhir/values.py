@@ -42,7 +42,8 @@ def parse_etags(value: str | None, header: str = "If-Match") -> Etags | None:
         return None
     if value.strip() == "*":
         return Etags(frozenset(), any=True)
-    return Etags(frozenset(parse_etag(e, header) or 0 for e in value.split(",")))
+    return Etags(frozenset(v for e in value.split(",")
+                           if (v := parse_etag(e, header)) is not None))
 
 
 def parse_etag(value: str | None, header: str = "If-Match") -> int | None:

@@ -167,21 +167,22 @@ def _primitive_token(v: Any, t: TypeInfo) -> list[Row]:
 
 
 @functools.cache
+def _reached(resource_type: str, code: str) -> frozenset[str]:
+    """The names of the types a parameter's expression reaches on a resource type."""
+    param = registry().get(resource_type, code)
+    path = param.extractor(resource_type) if param is not None else None
+    return frozenset(t.name for t in path.types) if path is not None else frozenset()
+
+
 def canonical_only(resource_type: str, code: str) -> bool:
     """Whether a reference parameter reaches canonical references only (URLs of definitions,
     not resource ids): they are searched by URL, and not followed by chains and includes."""
-    param = registry().get(resource_type, code)
-    path = param.extractor(resource_type) if param is not None else None
-    return path is not None and bool(path.types) and all(t.name == "canonical"
-                                                         for t in path.types)
+    return _reached(resource_type, code) == {"canonical"}
 
 
-@functools.cache
 def folds_case(resource_type: str, code: str) -> bool:
     """Whether a token parameter reaches values matched whatever their case (FOLDED)."""
-    param = registry().get(resource_type, code)
-    path = param.extractor(resource_type) if param is not None else None
-    return path is not None and any(t.name in FOLDED for t in path.types)
+    return not FOLDED.isdisjoint(_reached(resource_type, code))
 
 
 def _boolean(v: Any, t: TypeInfo) -> list[Row]:

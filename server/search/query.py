@@ -276,8 +276,7 @@ class Parser:
             return Missing(type_, code, kind, raw == "true")
         target = None
         if modifier and param.type == "reference" and structures().is_resource_type(modifier):
-            if modifier not in (param.targets or ()) and not (
-                    structures().is_resource_type(modifier) and not param.targets):
+            if param.targets and modifier not in param.targets:
                 raise invalid(f"search parameter {name}: {modifier!r} is not a target type of "
                               f"{code}", expression=self.top or name)
             target = modifier
@@ -384,6 +383,20 @@ class Parser:
             raise invalid(f"unknown search parameter {name!r}: {why}", expression=name)
         self.ignored.setdefault(name, why)
 
+    def common(self, types: tuple[str, ...], code: str, name: str, otherwise: str) -> None:
+        """search.html#searchall: with _type, "all other search parameters SHALL be common to
+        all provided types". One that some of them lack is refused under strict handling, and
+        used with a warning otherwise, saying what becomes of the types that lack it."""
+        lacking = [t for t in types if self.reg.get(t, code) is None]
+        if not lacking:
+            return
+        why = (f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no parameter "
+               f"{code!r}: {otherwise}")
+        if self.strict:
+            raise invalid(f"{name}: {why}; with _type, every parameter must be common to the "
+                          "types", expression=name)
+        self.warnings[name] = why
+
     def not_supported(self, name: str, why: str) -> None:
         """A parameter of the specification this server does not support."""
         bare = name.split(":")[0]
@@ -413,12 +426,7 @@ class Parser:
             kind = kinds.pop()
             if kind in ("composite", "special"):
                 raise invalid(f"_sort: cannot sort by {code!r}", expression="_sort")
-            if lacking := [t for t in types if self.reg.get(t, code) is None]:
-                why = (f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no "
-                       f"parameter {code!r}: those resources sort as having no value")
-                if self.strict:
-                    raise invalid(f"_sort: {why}", expression="_sort")
-                self.warnings["_sort"] = why
+            self.common(types, code, "_sort", "their resources sort as having no value")
             keys.append(SortKey(code, kind, desc))
         return keys
 
@@ -512,16 +520,9 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
             if not options:
                 parser._unknown(name, "no searched type has this parameter")
                 continue
-            if lacking := _lacking(parser, types, name):
-                # search.html#searchall: with _type, "all other search parameters SHALL be
-                # common to all provided types"
-                why = (f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no such "
-                       "parameter, and no resource of "
-                       f"{'that type' if len(lacking) == 1 else 'those types'} can match")
-                if strict:
-                    raise invalid(f"search parameter {name}: {why}; with _type, every "
-                                  "parameter must be common to the types", expression=name)
-                parser.warnings[name] = why
+            code = name.partition(".")[0].partition(":")[0]
+            if code not in ("_has", "_list"):
+                parser.common(types, code, name, "their resources cannot match")
             clause = options[0] if len(options) == 1 else AnyOf(tuple(options))
         if clause is not None:
             q.clauses.append(clause)
@@ -545,15 +546,6 @@ def _canonical_version(type_: str, name: str, raw: str) -> tuple[str, str] | Non
         return None
     url, _, version = raw.rpartition("|")
     return (url, version) if url and version else None
-
-
-def _lacking(parser: Parser, types: tuple[str, ...], name: str) -> list[str]:
-    """The searched types that have no parameter ``name`` (as written, modifiers and chains
-    included)."""
-    code = name.partition(".")[0].partition(":")[0]
-    if code in ("_has", "_list"):
-        return []
-    return [t for t in types if parser.reg.get(t, code) is None]
 
 
 def _quiet(parser: Parser, type_: str, name: str, raw: str) -> Clause | None:
