@@ -659,11 +659,11 @@ def stored_count(data: Path) -> int:
         return 0
 
 
-def signalled_import(tmp_path: Path, after: int, signum: int
+def signalled_import(tmp_path: Path, after: int, signum: int, group: bool = True
                      ) -> tuple[Path, Path, subprocess.Popen[str]]:
     """An import of N_MANY patients in chunks of CHUNK_OF_MANY, in a process group of its
-    own (as a terminal's), sent ``signum`` once ``after`` resources are stored: (its file,
-    its data dir, the process)."""
+    own (as a terminal's), sent ``signum`` once ``after`` resources are stored, to the whole
+    group or to the importing process only: (its file, its data dir, the process)."""
     import os
     import time
 
@@ -677,10 +677,10 @@ def signalled_import(tmp_path: Path, after: int, signum: int
     deadline = time.monotonic() + 120
     while stored_count(data) < after and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    if signum == 15:  # SIGTERM, as `timeout` and `docker stop` send it: to the process
-        os.kill(proc.pid, signum)
-    else:  # as a terminal sends it: to the process group
+    if group:
         os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)
     return src, data, proc
 
 
@@ -706,14 +706,18 @@ def test_an_import_killed_midway_leaves_whole_chunks_and_can_be_run_again(tmp_pa
     assert len(read_all(data)) == N_MANY
 
 
-@pytest.mark.parametrize("signum", [2, 15])  # SIGINT, SIGTERM
+@pytest.mark.parametrize(("signum", "group"), [
+    (2, True),  # Ctrl-C: SIGINT to the terminal's process group
+    (15, False),  # `timeout`, `docker stop`: SIGTERM to the process
+    (15, True),  # a systemd service's stop: SIGTERM to every process of the service
+])
 def test_ctrl_c_finishes_the_chunks_under_way_says_so_and_the_import_can_be_run_again(
-        tmp_path: Path, signum: int) -> None:
-    """Ctrl-C (SIGINT to the terminal's process group: the importing process and its workers)
-    stops reading, lets the chunks under way be written, and exits 130 with a message and the
-    summary, no tracebacks; run again, the import completes. SIGTERM (`timeout`, `docker stop`)
-    likewise, exiting 143."""
-    src, data, proc = signalled_import(tmp_path, 2 * CHUNK_OF_MANY, signum)
+        tmp_path: Path, signum: int, group: bool) -> None:
+    """Ctrl-C (SIGINT to the importing process and its workers) stops reading, lets the chunks
+    under way be written, and exits 130 with a message and the summary, no tracebacks; run
+    again, the import completes. SIGTERM likewise, exiting 143, whether it reaches the
+    importing process only or its workers too."""
+    src, data, proc = signalled_import(tmp_path, 2 * CHUNK_OF_MANY, signum, group)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, (out, err)
     assert "interrupted" in err and "Traceback" not in err, err

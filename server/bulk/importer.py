@@ -449,9 +449,28 @@ def _warm_up() -> None:
 
 
 def _ignore_interrupts() -> None:
-    """In a worker: Ctrl-C reaches the whole process group, and the importing process decides
-    (Importer.stop); a worker dying mid-chunk would leave the pool waiting for its result."""
+    """In a worker: Ctrl-C reaches the whole process group, and a service manager's stop
+    (systemd's) sends SIGTERM to every process of the service; the importing process decides
+    (Importer.stop). A worker dying mid-chunk would leave the pool waiting for its result."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _pool(ctx: Any, workers: int, initializer: Callable[..., None],
+          initargs: tuple[Any, ...] = ()) -> Iterator[Any]:
+    """A pool of workers that ignore SIGTERM (:func:`_ignore_interrupts`), so not ended by
+    ``Pool.terminate``'s: once the work is done they are let go; on a failure, killed."""
+    pool = ctx.Pool(workers, initializer=initializer, initargs=initargs)
+    try:
+        yield pool
+    except BaseException:
+        for child in multiprocessing.active_children():
+            child.kill()
+        pool.terminate()
+        raise
+    pool.close()
+    pool.join()
 
 
 def _prepare_worker() -> None:
@@ -658,12 +677,12 @@ class Importer:
             self.progress(sum(read.values()), self.report.imported, self.report.rejected_count)
 
         if self.atomic:  # one transaction: the workers prepare, this process writes
-            with ctx.Pool(self.workers, initializer=_prepare_worker) as pool:
+            with _pool(ctx, self.workers, _prepare_worker) as pool:
                 await self._atomic(pool.imap(_prepare_chunk, jobs()), meta, consumed)
         else:
             turns = _Turns(ctx)
-            with ctx.Pool(self.workers, initializer=_open_writer,
-                          initargs=(self.settings, turns, self.chunk, self.workers)) as pool:
+            with _pool(ctx, self.workers, _open_writer,
+                       (self.settings, turns, self.chunk, self.workers)) as pool:
                 for k, (written, prepared) in enumerate(pool.imap(_prepare_and_write, jobs())):
                     sources = meta.popleft()
                     if written is None:  # a chunk with Bundles, ours to write in its turn
