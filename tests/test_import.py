@@ -424,6 +424,28 @@ def test_a_history_bundle_is_replayed_oldest_first(tmp_path: Path) -> None:
     assert ("Patient", "hb-2") not in stored  # deleted
 
 
+def test_a_bundle_imported_again_counts_its_writes_as_unchanged(tmp_path: Path) -> None:
+    """A history or transaction Bundle imported a second time changes nothing, and the summary
+    says so, as for NDJSON lines."""
+    from tests.test_transactions import history_bundle
+
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps(history_bundle("http://elsewhere.example/fhir")))
+    tx = tmp_path / "tx.json"
+    tx.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient(7), "request": {"method": "PUT", "url": "Patient/imp-7"}},
+        {"resource": patient(8), "request": {"method": "PUT", "url": "Patient/imp-8"}}]}))
+    data = tmp_path / "data"
+    first = consilium(str(history), str(tx), data_dir=data)
+    assert first.returncode == 0, first.stderr
+    assert "imported 7 resources (2 Bundles)" in first.stdout, first.stdout
+    again = consilium(str(history), str(tx), data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert "imported 7 resources (7 unchanged: already stored as they are)" in again.stdout, \
+        again.stdout
+    assert read_all(data)[("Patient", "hb-1")]["meta"]["versionId"] == "3"
+
+
 def test_later_lines_win_across_chunks_and_bundles(tmp_path: Path) -> None:
     """Workers write their chunks in file order, and a chunk with a transaction Bundle waits
     its turn too: the resource given three times ends as the last line says, version 3."""

@@ -49,7 +49,7 @@ import orjson
 from server.fhir import codec
 from server.fhir.errors import FhirError
 from server.fhir.references import URNS, check_unconditional, rewrite
-from server.storage.base import Serialized
+from server.storage.base import Serialized, instant
 
 log = logging.getLogger(__name__)
 
@@ -732,18 +732,18 @@ class Importer:
                           base=(self.settings.base_url or "").rstrip("/") + "/fhir",
                           _resource=bundle)
         entries = bundle.get("entry") or []
+        began = instant(time.time_ns() // 1000)
         try:
             check_envelope(bundle)
             if bundle.get("type") == "transaction":
                 response = await transaction(req, self.store, entries)
                 assert response.resource is not None
-                self.report.imported += sum(
-                    _wrote(e, r) for e, r in zip(entries, response.resource["entry"],
-                                                 strict=True))
+                written = list(zip(entries, response.resource["entry"], strict=True))
             else:
                 run = replay if bundle.get("type") == "history" else batch
                 response = await run(req, self.store, entries)
                 assert response.resource is not None
+                written = []
                 for i, e in enumerate(response.resource["entry"]):
                     status = e["response"]["status"]
                     if status[0] in "45":
@@ -752,7 +752,8 @@ class Importer:
                             name, number, f"batch entry {i + 1}: {status}: "
                                           f"{issues[0].get('diagnostics', '')}")
                     else:
-                        self.report.imported += _wrote(entries[i], e)
+                        written.append((entries[i], e))
+            self.report.count(_tally(written, began))
             self.report.bundles += 1
         except FhirError as exc:
             self.report.reject(name, number, f"{bundle.get('type')} Bundle rejected: {exc}")
@@ -812,10 +813,25 @@ def _name_at(sources: list[_Source], at: int) -> str:
     raise IndexError(at)
 
 
-def _wrote(entry: dict[str, Any], response: dict[str, Any]) -> bool:
-    """Whether a Bundle entry wrote something: not a read, nor a conditional create that
-    found its match."""
-    method = entry.get("request", {}).get("method")
-    status = response["response"]["status"]
-    return method not in ("GET", "HEAD") and (status.startswith("201") or method != "POST")
+def _tally(written: list[tuple[dict[str, Any], dict[str, Any]]], began: str) -> Counts:
+    """(writes, of which unchanged) of the entries of a Bundle processed from ``began`` on, each
+    with its response entry. Reads are neither, nor is a conditional create that found its
+    match. A write is unchanged when it left its resource as it was: an entry answered without
+    a version (of a history replayed before, a deletion of nothing), an update whose answer was
+    last modified before the Bundle (the same content again)."""
+    writes = unchanged = 0
+    for entry, answer in written:
+        method = entry.get("request", {}).get("method")
+        response = answer["response"]
+        if method in ("GET", "HEAD"):
+            continue
+        if "etag" not in response:
+            writes += 1
+            unchanged += 1
+            continue
+        if method == "POST" and not response["status"].startswith("201"):
+            continue
+        writes += 1
+        unchanged += method != "DELETE" and response.get("lastModified", "") < began
+    return writes, unchanged
 
