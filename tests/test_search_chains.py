@@ -292,6 +292,25 @@ def test_revinclude(network: Fhir) -> None:
     assert modes(bundle) == {"Organization/tabriz": "match", "Patient/p1": "include"}
 
 
+def test_includes_cut_at_their_limit_say_so_even_for_one_match(
+        fhir: Fhir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Bundle whose included resources were cut at the limit says so, also when a single
+    match has more referrers than the limit (search.html#revinclude lets a server limit them;
+    the client is told)."""
+    from server.storage import sqlite_search
+
+    monkeypatch.setattr(sqlite_search, "_MAX_INCLUDED", 3)
+    put_all(fhir, patient("cap"), *({"resourceType": "Condition", "id": f"cap-c{i}",
+                                     "subject": {"reference": "Patient/cap"}} for i in range(4)))
+    bundle = search(fhir, "Patient", {"_id": "cap", "_revinclude": "Condition:subject"})
+    assert len([e for e in bundle["entry"] if e["search"]["mode"] == "include"]) == 3
+    (note,) = entries(bundle, "outcome")
+    assert "stopped at 3 resources" in note["resource"]["issue"][0]["diagnostics"]
+    fhir.delete("Condition/cap-c3")
+    bundle = search(fhir, "Patient", {"_id": "cap", "_revinclude": "Condition:subject"})
+    assert len(bundle["entry"]) == 4 and not entries(bundle, "outcome")  # exactly the limit
+
+
 def test_includes_skip_deleted_and_foreign_targets(network: Fhir) -> None:
     bundle = search(network, "Observation", {"_id": "o5", "_include": "Observation:subject"})
     assert modes(bundle) == {"Observation/o5": "match"}

@@ -972,6 +972,6 @@ def _reverse(conn: sqlite3.Connection, inc: Include, targets: list[Version],
                 "SELECT r.rid, r.type, r.id, r.version, r.updated, b.body FROM idx_reference x "
                 "JOIN resource r ON r.rid = x.rid JOIN version b ON b.seq = r.seq "
                 f"WHERE x.pid = ? AND x.target_id = ? AND x.target_type = ? AND {local} "
-                "AND r.deleted = 0 LIMIT ?", (pid, v.id, v.type, *c.args, _MAX_INCLUDED))
+                "AND r.deleted = 0 LIMIT ?", (pid, v.id, v.type, *c.args, _MAX_INCLUDED + 1))
             out += [_version(row) for row in rows]
     return out
