@@ -90,6 +90,25 @@ def test_metadata_says_which_search_parameters_are_not_supported(fhir: Fhir) -> 
         assert code not in {p["name"] for p in types["Patient"]["searchParam"]}
 
 
+def test_metadata_lists_only_the_includes_a_search_takes(fhir: Fhir) -> None:
+    """searchInclude and searchRevInclude list what a search accepts: not the parameters of
+    canonical references (the URL of a definition), which are searched by that URL."""
+    from server.search.index import canonical_only
+
+    rest = fhir.get("metadata", token=None).json()["rest"][0]
+    types = {res["type"]: res for res in rest["resource"]}
+    assert "ActivityDefinition:composed-of" not in types["Patient"]["searchRevInclude"]
+    assert "QuestionnaireResponse:questionnaire" not in types["QuestionnaireResponse"][
+        "searchInclude"]
+    assert "Observation:subject" in types["Patient"]["searchRevInclude"]
+    for res in rest["resource"]:
+        for value in res["searchInclude"][1:] + res["searchRevInclude"]:
+            source, code = value.split(":")
+            assert not canonical_only(source, code), (res["type"], value)
+    r = fhir.get("Patient", params={"_revinclude": types["Patient"]["searchRevInclude"][0]})
+    assert r.status_code == 200, r.text
+
+
 def test_our_operations_have_their_definitions_at_their_urls(fhir: Fhir) -> None:
     """Every operation /metadata names with a Consilium definition can be read there, and says
     what the router serves: its code, resource types and levels."""

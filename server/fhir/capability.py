@@ -9,6 +9,7 @@ from typing import Any
 from server import __version__
 from server.fhir.interactions import INTERACTIONS, OPERATIONS
 from server.fhir.structures import structures
+from server.search.index import canonical_only
 from server.search.registry import registry
 
 SOFTWARE_DATE = "2026-11-23"
@@ -38,9 +39,15 @@ def _search_params(type_: str) -> list[dict[str, Any]]:
     return out
 
 
+def _followed(type_: str, code: str, param: Any) -> bool:
+    """Whether an include follows the parameter: one of references, not of canonical ones
+    (which name a definition by its URL, and are searched by it)."""
+    return param.type == "reference" and not canonical_only(type_, code)
+
+
 def _includes(type_: str) -> list[str]:
     return ["*"] + [f"{type_}:{code}" for code, p in sorted(registry().params_for(type_).items())
-                    if p.type == "reference"]
+                    if _followed(type_, code, p)]
 
 
 @functools.cache
@@ -49,7 +56,7 @@ def _revincludes() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {t: [] for t in structures().resource_types}
     for source in structures().resource_types:
         for code, p in sorted(registry().params_for(source).items()):
-            if p.type != "reference":
+            if not _followed(source, code, p):
                 continue
             for target in p.targets or structures().resource_types:
                 if target in out:
