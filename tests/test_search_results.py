@@ -318,6 +318,84 @@ def test_elements_name_choice_elements_by_their_base_and_keep_mandatory_ones(fhi
     assert kept("note") == {"note", "status", "code"}
 
 
+STRICT = {"Prefer": "handling=strict"}
+
+
+def warned(bundle: dict[str, Any]) -> str:
+    """The diagnostics of a searchset's warnings, joined."""
+    return " | ".join(i["diagnostics"] for e in entries(bundle, "outcome")
+                      for i in e["resource"]["issue"])
+
+
+def test_elements_that_are_no_element_or_nested_are_said_so(fhir: Fhir) -> None:
+    """search.html#elements names "base element names": a name the type has not is reported
+    (refused under strict handling), and a nested path keeps its top-level element whole
+    rather than drop it, saying so."""
+    put(fhir, patient("el", name=[{"family": "Elle", "given": ["E"]}], gender="female"))
+    bundle = search(fhir, "Patient", {"_id": "el", "_elements": "name.family"})
+    (entry,) = entries(bundle)
+    assert entry["resource"]["name"] == [{"family": "Elle", "given": ["E"]}]
+    assert "gender" not in entry["resource"]
+    assert "name.family" in warned(bundle) and "whole" in warned(bundle)
+    bundle = search(fhir, "Patient", {"_id": "el", "_elements": "gender,bogus"})
+    (entry,) = entries(bundle)
+    assert entry["resource"]["gender"] == "female" and "bogus" in warned(bundle)
+    assert "name.family" not in warned(bundle)
+    (entry,) = entries(search(fhir, "Patient", {"_id": "el", "_elements": "Patient.gender"}))
+    assert entry["resource"]["gender"] == "female"
+    refused(fhir, "Patient", {"_elements": "bogus"}, "_elements", headers=STRICT)
+    refused(fhir, "Patient", {"_elements": "name.family"}, "_elements", headers=STRICT)
+
+
+def test_elements_with_summary_are_ignored_and_left_out_of_the_self_link(fhir: Fhir) -> None:
+    """_summary decides what comes back when both are given: _elements is reported as ignored
+    and the self link gives "the parameters that were actually used" (search.html#conformance)."""
+    put(fhir, patient("both", name=[{"family": "Both"}], gender="male"))
+    bundle = search(fhir, "Patient", {"_id": "both", "_summary": "true", "_elements": "gender"})
+    (entry,) = entries(bundle)
+    assert entry["resource"]["name"] == [{"family": "Both"}]
+    assert "_elements" not in link(bundle, "self") and "_elements" in warned(bundle)
+    refused(fhir, "Patient", {"_summary": "true", "_elements": "gender"}, "_elements",
+            headers=STRICT)
+
+
+@pytest.mark.parametrize("name", ["_count", "_summary", "_total"])
+def test_a_result_parameter_given_twice_with_different_values_is_refused(
+        fhir: Fhir, name: str) -> None:
+    values = {"_count": ("1", "2"), "_summary": ("true", "false"),
+              "_total": ("none", "accurate")}[name]
+    refused(fhir, "Patient", [(name, values[0]), (name, values[1])], name)
+    bundle = search(fhir, "Patient", [(name, values[0]), (name, values[0])])
+    assert bundle["resourceType"] == "Bundle"
+
+
+def test_format_in_a_search_form_body_chooses_the_format(fhir: Fhir) -> None:
+    put(fhir, patient("fmt"))
+    r = fhir.post("Patient/_search", content=b"_id=fmt&_format=xml",
+                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/fhir+xml"), r.headers
+    assert "<Bundle" in r.text and 'value="fmt"' in r.text
+
+
+def test_includes_that_cannot_apply_to_the_search_are_said_so(fhir: Fhir) -> None:
+    """An _include whose source type is not searched, or a _revinclude whose parameter cannot
+    point at a searched type, brings nothing: reported and left out of the self link, refused
+    under strict handling. A target type the parameter cannot point at is refused, as in a
+    filter (subject:Practitioner)."""
+    put(fhir, {"resourceType": "Observation", "id": "inc-x", "status": "final",
+               "code": {"text": "x"}})
+    for name, value in (("_include", "Patient:organization"),
+                        ("_revinclude", "Organization:partof")):
+        bundle = search(fhir, "Observation", {"_id": "inc-x", name: value})
+        assert value in warned(bundle) and name not in (link(bundle, "self") or "")
+        refused(fhir, "Observation", {"_id": "inc-x", name: value}, name, headers=STRICT)
+    bundle = search(fhir, "Observation", {"_id": "inc-x",
+                                          "_include:iterate": "Patient:organization"})
+    assert not entries(bundle, "outcome")  # iterated: it may apply to what was included
+    refused(fhir, "Observation", {"_include": "Observation:subject:Practitioner"}, "_include")
+
+
 def test_elements_leave_included_resources_whole_and_summary_trims_them_too(fhir: Fhir) -> None:
     """search.html#elements: "The list of elements does not apply to included resources";
     _summary, which says nothing of the kind, trims every resource of the Bundle."""

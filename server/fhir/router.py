@@ -247,19 +247,22 @@ class FhirRouter:
         type_ = None
         fmt = "json"
         try:
-            fmt = self._response_format(scope, headers)
+            query = scope.get("query_string", b"")
+            params = parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else []
+            fmt = self._response_format(params, headers)
             route = self.routes.route(method, path)
             name = route.name
             type_ = route.type
             principal = self._principal(headers, route)
-            query = scope.get("query_string", b"")
-            params = parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else []
             body = await self._body(receive, headers) if method in ("POST", "PUT", "PATCH") \
                 else b""
             if method == "POST" and route.interaction is not None \
                     and route.interaction.code.startswith("search"):
-                params += _search_form(body, headers.get("content-type", ""))
+                form = _search_form(body, headers.get("content-type", ""))
+                params += form
                 body = b""
+                if any(k == "_format" for k, _ in form):
+                    fmt = self._response_format(params, headers)
             params = route.params(params)
             req = FhirRequest(method, name, route.type, route.id, route.vid, route.op,
                               route.compartment, params, headers, body, self._base(scope, headers),
@@ -339,19 +342,18 @@ class FhirRouter:
     # -- formats --------------------------------------------------------------------------------
 
     @staticmethod
-    def _response_format(scope: Scope, headers: dict[str, str]) -> str:
-        """"json", "xml" or "native" (a Binary in its own content type), from _format or Accept."""
-        query = scope.get("query_string", b"")
-        if b"_format=" in query:
-            for k, v in parse_qsl(query.decode("latin-1")):
-                if k == "_format":
-                    v = v.split(";")[0].strip().lower()
-                    if v in JSON_TYPES:
-                        return "json"
-                    if v in XML_TYPES:
-                        return "xml"
-                    raise FhirError(406, "not-supported", f"_format {v!r} is not supported; "
-                                    "use json or xml")
+    def _response_format(params: list[tuple[str, str]], headers: dict[str, str]) -> str:
+        """"json", "xml" or "native" (a Binary in its own content type), from _format (the
+        first given) or Accept."""
+        for k, v in params:
+            if k == "_format" and v:
+                v = v.split(";")[0].strip().lower()
+                if v in JSON_TYPES:
+                    return "json"
+                if v in XML_TYPES:
+                    return "xml"
+                raise FhirError(406, "not-supported", f"_format {v!r} is not supported; "
+                                "use json or xml")
         accept = headers.get("accept")
         if not accept:
             return "json"

@@ -86,6 +86,30 @@ def spares_included(params: list[tuple[str, str]]) -> bool:
     return not summary and any(k == "_elements" for k, _ in params)
 
 
+def element_items(raw: str) -> list[str]:
+    """The items of an ``_elements`` value, as given."""
+    return [n.strip() for n in raw.split(",") if n.strip()]
+
+
+def element_name(item: str) -> str:
+    """The top-level element an ``_elements`` item keeps: its "base element name" (search.html
+    #elements). ``Patient.name`` is tolerated; a nested path (``name.family``) keeps its
+    top-level element whole."""
+    head, _, rest = item.partition(".")
+    if rest and structures().is_resource_type(head):
+        head = rest.partition(".")[0]
+    return head
+
+
+def selectable(type_: str, name: str) -> bool:
+    """Whether ``_elements`` can name ``name`` on ``type_``: an element, or a choice's base."""
+    type_def = structures().types.get(type_)
+    elements = type_def.elements if type_def else {}
+    base = name.removesuffix("[x]")
+    return name in elements or any(
+        el.choice_of is not None and el.choice_of[:-3] == base for el in elements.values())
+
+
 def transform_for(params: list[tuple[str, str]]) -> Transform | None:
     """The transform ``_summary``/``_elements`` ask for, or None for the whole resource."""
     mode = None
@@ -97,8 +121,7 @@ def transform_for(params: list[tuple[str, str]]) -> Transform | None:
                               expression="_summary")
             mode = v
         elif k == "_elements":
-            # "Patient.name" style prefixes are tolerated; only top-level names count.
-            names |= {n.strip().split(".")[-1] for n in v.split(",") if n.strip()}
+            names |= {element_name(n) for n in element_items(v)}
     if mode not in (None, "false"):
         m = mode
         return lambda r: summary(r, m)

@@ -51,7 +51,7 @@ def searchset(req: FhirRequest, query: SearchQuery, page: SearchPage, path: str,
     """The searchset Bundle of a page: matches, includes, links and warnings."""
     # The parameters used, as used (search.html#conformance): _count at most the largest page.
     kept = [(k, str(query.count) if k == "_count" else v) for k, v in params
-            if k not in query.ignored and k != "_cursor"]
+            if k not in query.ignored and (k, v) not in query.unused and k != "_cursor"]
     links = [("self", link_url(req.base, path, [*kept, *(
         [("_cursor", query.cursor)] if query.cursor else [])]))]
     if page.next_cursor:

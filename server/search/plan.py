@@ -159,6 +159,9 @@ class SearchQuery:
     ignored: dict[str, str] = field(default_factory=dict)
     #: Parameters used, each with a warning about how (reported in the bundle).
     warnings: dict[str, str] = field(default_factory=dict)
+    #: Values of parameters that cannot apply to the search (name, value as written): left out
+    #: of the self link, each with a warning.
+    unused: set[tuple[str, str]] = field(default_factory=set)
     summary_count: bool = False
     #: This server's FHIR base with a trailing slash: absolute references under it are local
     #: ones. None when unknown; then only relative references count as local.

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 
 from server.fhir.errors import FhirError, invalid
 from server.fhir.structures import structures
+from server.fhir.summary import element_items, element_name, selectable
 from server.fhir.values import parse_count, valid_id
 from server.search import index
 from server.search.plan import (
@@ -42,6 +43,8 @@ RESULT_PARAMS = {"_sort", "_count", "_include", "_revinclude", "_summary", "_ele
                  "_contained", "_containedType", "_format", "_pretty", "_cursor", "_type"}
 #: The modifiers a result parameter takes: :iterate (and R3's :recurse) on includes; on _sort,
 #: :asc and :desc, the syntax of DSTU2 and STU3, which their clients still send.
+#: Result parameters that take one value: given twice, the values must agree.
+_SINGLE = {"_count", "_summary", "_total"}
 _RESULT_MODIFIERS = {"_include": {"iterate", "recurse"}, "_revinclude": {"iterate", "recurse"},
                      "_sort": {"asc", "desc"}}
 #: Refused whatever the handling: a server SHALL refuse a ``_query`` it does not know
@@ -397,6 +400,46 @@ class Parser:
                           "types", expression=name)
         self.warnings[name] = why
 
+    def warn(self, name: str, why: str) -> None:
+        """A parameter used, or left unused, with something the client should know: refused
+        under strict handling."""
+        if self.strict:
+            raise invalid(f"{name}: {why}", expression=name)
+        self.warnings[name] = f"{self.warnings[name]}; {why}" if name in self.warnings else why
+
+    def elements(self, types: tuple[str, ...], name: str, raw: str) -> None:
+        """search.html#elements takes "base element names": one no searched type has is
+        reported, and a nested path keeps its top-level element whole (summary.element_name)."""
+        for item in element_items(raw):
+            top = element_name(item)
+            if not any(selectable(t, top) for t in types):
+                self.warn(name, f"{item!r} is not an element of {' or '.join(types)}; "
+                                "nothing is kept for it")
+            elif item.partition(".")[2] and not structures().is_resource_type(
+                    item.partition(".")[0]):
+                self.warn(name, f"{item!r} is a nested path; only top-level elements are "
+                                f"selected, and {top} is returned whole")
+
+    def applies(self, types: tuple[str, ...], name: str, inc: Include, reverse: bool) -> bool:
+        """Whether an include can bring anything to a search of ``types``: an ``_include``
+        from a searched type, a ``_revinclude`` of a parameter that can point at one (or any,
+        once iterated). One that cannot is reported (refused under strict handling)."""
+        if inc.iterate or inc.source_type == "*":
+            return True
+        if not reverse:
+            if inc.source_type in types:
+                return True
+            why = f"the search is of {' and '.join(types)}, not {inc.source_type}"
+        else:
+            param = self.reg.get(inc.source_type, inc.code)
+            targets = set(param.targets) if param is not None and param.targets else None
+            if targets is None or targets & set(types):
+                return True
+            why = (f"{inc.source_type}.{inc.code} points at {', '.join(sorted(targets))}, "
+                   f"not at {' or '.join(types)}")
+        self.warn(name, f"{inc.source_type}:{inc.code} cannot apply: {why}")
+        return False
+
     def not_supported(self, name: str, why: str) -> None:
         """A parameter of the specification this server does not support."""
         bare = name.split(":")[0]
@@ -445,14 +488,19 @@ class Parser:
         target = parts[2] if len(parts) == 3 else None
         if not structures().is_resource_type(source):
             raise invalid(f"{name}: unknown resource type {source!r}", expression=self.top or name)
+        targets: Iterable[str] = ()
         if code != "*":
             param = self.reg.get(source, code)
             if param is None or param.type != "reference":
                 raise invalid(f"{name}: {source} has no reference parameter {code!r}",
                               expression=self.top or name)
             _not_canonical(source, code, self.top or name)
+            targets = param.targets or ()
         if target is not None and not structures().is_resource_type(target):
             raise invalid(f"{name}: unknown resource type {target!r}", expression=self.top or name)
+        if target is not None and targets and target not in targets:
+            raise invalid(f"{name}: {target!r} is not a target type of {source}.{code}",
+                          expression=self.top or name)
         return Include(source, code, target, iterate)
 
 
@@ -470,6 +518,8 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
 
     parser = Parser(base, strict)
     q = SearchQuery(types)
+    summarised = any(n == "_summary" and v not in ("", "false") for n, v in params)
+    given: dict[str, str] = {}
     for name, raw in params:
         # "Empty parameters are not an error - they are just ignored by the server"
         # (search.html#errors): silently, as if not given.
@@ -488,6 +538,9 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
                 # search.html#modifiers: a server "SHALL reject" a modifier it does not support
                 raise FhirError(400, "not-supported", f"{name}: modifier :{modifier} is not "
                                 f"supported on {bare}", expression=name)
+            if bare in _SINGLE and given.setdefault(bare, raw) != raw:
+                raise invalid(f"{bare} is given twice, as {given[bare]!r} and {raw!r}; give "
+                              "it once", expression=bare)
             if bare == "_sort":  # repeated "for inner sort orders"
                 q.sort += parser.sort(types, raw, flip=modifier == "desc")
             elif bare == "_count":
@@ -498,10 +551,21 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
                 if raw not in ("none", "estimate", "accurate"):
                     raise invalid("_total must be none, estimate or accurate", expression="_total")
                 q.total = raw
-            elif bare == "_include":
-                q.includes.append(parser.include(name, raw, False))
-            elif bare == "_revinclude":
-                q.revincludes.append(parser.include(name, raw, True))
+            elif bare in ("_include", "_revinclude"):
+                reverse = bare == "_revinclude"
+                inc = parser.include(name, raw, reverse)
+                if parser.applies(types, name, inc, reverse):
+                    (q.revincludes if reverse else q.includes).append(inc)
+                else:
+                    q.unused.add((name, raw))
+            elif bare == "_elements":
+                if summarised:  # _summary decides what comes back (summary.transform_for)
+                    if strict:
+                        raise invalid("_elements cannot be used with _summary: give one",
+                                      expression="_elements")
+                    parser.ignored[name] = "_summary is given, and decides what comes back"
+                else:
+                    parser.elements(types, name, raw)
             elif bare == "_summary":
                 q.summary_count = raw == "count"
             elif bare == "_contained" and raw != "false":
