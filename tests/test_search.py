@@ -178,6 +178,10 @@ def test_string_or_with_escaped_commas_and_and(fhir: Fhir) -> None:
     assert found(fhir, "Organization", {"name": "smith,jones"}) == {"sj", "s", "j"}  # OR
     assert found(fhir, "Organization", {"name": "smith\\, jones"}) == {"sj"}  # one value
     assert found(fhir, "Organization", {"name": "xyz,jones"}) == {"j"}
+    # search.html#escaping: "The parameter value xx\xx is illegal"
+    for value in ("smith\\s", "smith\\"):
+        refused(fhir, "Organization", {"name": value}, "name")
+    assert found(fhir, "Organization", {"name": "smith\\\\"}) == set()  # a backslash, escaped
     assert found(fhir, "Organization", [("name", "smith"), ("name", "smithe")]) == {"s"}  # AND
     assert found(fhir, "Organization", [("name", "smith"), ("name:contains", "jones")]) == {"sj"}
     assert found(fhir, "Organization", [("name", "jones"), ("name", "smith")]) == set()
@@ -257,6 +261,10 @@ def test_token_identifier_telecom_and_of_type(coded: Fhir) -> None:
     assert found(coded, "Patient", {"email": "f@example.org"}) == {"female"}
     assert found(coded, "Patient", {"phone": "f@example.org"}) == set()
     refused(coded, "Patient", {"identifier:of-type": f"{V2_0203}|MR"}, "identifier:of-type")
+    # search.html#token: :of-type is of Identifiers (their type and value), not of other tokens
+    for name in ("gender:of-type", "_tag:of-type", "active:of-type"):
+        body = refused(coded, "Patient", {name: "a|b|c"}, name)
+        assert body["issue"][0]["code"] == "not-supported"
 
 
 def test_tokens_on_text_elements_ignore_case(fhir: Fhir) -> None:
@@ -277,6 +285,10 @@ def test_tokens_on_text_elements_ignore_case(fhir: Fhir) -> None:
 def test_token_booleans_and_codes_with_an_implicit_system(coded: Fhir) -> None:
     assert found(coded, "Patient", {"active": "true"}) == {"male"}
     assert found(coded, "Patient", {"active": "false"}) == {"female"}
+    # "The implicit system for boolean values is http://hl7.org/fhir/special-values"
+    assert found(coded, "Patient", {"active": "http://hl7.org/fhir/special-values|true"}) == {
+        "male"}
+    assert found(coded, "Patient", {"active": "|true"}) == set()
     assert found(coded, "Patient", {"gender": "male"}) == {"male"}
     assert found(coded, "Patient", {"gender": "http://hl7.org/fhir/administrative-gender|male"}
                  ) == {"male"}
@@ -353,6 +365,10 @@ def test_bad_references_are_refused(referring: Fhir) -> None:
     refused(referring, "Observation", {"subject:Nonsense": "p1"}, "subject:Nonsense")
     refused(referring, "Observation", {"patient:Group": "p1"}, "patient:Group")
     refused(referring, "Observation", {"subject": "a/b/c"}, "subject")
+    # search.html#errors: "Where the content of the parameter is syntactically incorrect,
+    # servers SHOULD return an error": an id or version that is no id
+    for value in ("Patient/", "Patient/p 1", "p 1", "Patient/p1/_history/", "Patient/p1/_history/x y"):
+        refused(referring, "Observation", {"subject": value}, "subject")
 
 
 # -- date ----------------------------------------------------------------------------------------
@@ -787,6 +803,22 @@ def test_an_identifier_or_a_text_alone_is_not_missing(fhir: Fhir) -> None:
     assert found(fhir, "Observation", {"code:text": "pulse"}) == {"by-text"}
     assert "by-text" not in found(fhir, "Observation", {"code:missing": "true"})
     assert "by-text" in found(fhir, "Observation", {"code:missing": "false"})
+
+
+def test_a_reference_to_a_contained_resource_is_not_missing(fhir: Fhir) -> None:
+    """search.html#missing: ":missing=true will return all the resources that don't have a
+    value": a subject that is a contained Patient is a value, of the patient parameter too."""
+    put_all(fhir,
+            {**observation("inner-subject", subject={"reference": "#pt"}),
+             "contained": [{"resourceType": "Patient", "id": "pt",
+                            "name": [{"family": "Zyzzyva"}]}]},
+            observation("no-subject"))
+    for name in ("subject", "patient"):
+        assert "inner-subject" not in found(fhir, "Observation", {f"{name}:missing": "true"})
+        assert "inner-subject" in found(fhir, "Observation", {f"{name}:missing": "false"})
+        assert "no-subject" in found(fhir, "Observation", {f"{name}:missing": "true"})
+    bundle = search(fhir, "Observation", {"_id": "inner-subject", "_include": "Observation:subject"})
+    assert len(bundle["entry"]) == 1  # nothing to include: the Patient is inside
 
 
 # -- common parameters ---------------------------------------------------------------------------

@@ -204,7 +204,8 @@ def test_list(network: Fhir) -> None:
 def test_bad_list(network: Fhir) -> None:
     body = refused(network, "Patient", {"_list": "$current-problems"}, "_list")
     assert body["issue"][0]["code"] == "not-supported"
-    refused(network, "Patient", {"_list": "not an id!"}, "_list")
+    body = refused(network, "Patient", {"_list": "not an id!"}, "_list")
+    assert body["issue"][0]["diagnostics"].startswith("search parameter _list:"), body
     refused(network, "Patient", {"_list:missing": "true"}, "_list:missing")
 
 

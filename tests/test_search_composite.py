@@ -382,3 +382,47 @@ def test_a_database_with_decomposed_letters_and_inclusive_comparators_is_indexed
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
     conn.close()
+
+
+def test_a_database_of_schema_7_gets_boolean_systems_and_contained_references(
+        tmp_path: Any) -> None:
+    """Before schema 8 a boolean's token had no system (special-values is its implicit one),
+    and a reference to a contained resource had no row (so it was :missing): opening such a
+    database adds the one and the other, leaving the rest as it is."""
+    import asyncio
+
+    from server.search.index import extract
+    from server.search.query import parse
+
+    path = tmp_path / "consilium.db"
+    store = SqliteStore(path)
+    active = {"resourceType": "Patient", "id": "act", "active": True}
+    inner = {"resourceType": "Observation", "id": "inner", "status": "final",
+             "code": {"text": "x"}, "subject": {"reference": "#pt"},
+             "contained": [{"resourceType": "Patient", "id": "pt"}]}
+    for body in (active, inner):
+        store.run_sync(lambda tx, b=body: tx.write(b["resourceType"], b["id"], dict(b),  # type: ignore[misc]
+                                                    extract(b), "PUT"))
+    store.close_sync()
+    as_written_by(path, 7, "UPDATE idx_token SET system = '' WHERE code = 'true'",
+                  "DELETE FROM idx_reference WHERE url = '#pt'")
+    conn = sqlite3.connect(path)
+    before = conn.execute("SELECT count(*) FROM idx_token").fetchone()[0]
+    conn.close()
+
+    store = SqliteStore(path)
+    try:
+        def matches(type_: str, name: str, value: str) -> list[str]:
+            query = parse((type_,), [(name, value)])
+            return [v.id for v in asyncio.run(store.search(query)).matches]
+
+        assert matches("Patient", "active", "http://hl7.org/fhir/special-values|true") == ["act"]
+        assert matches("Patient", "active", "|true") == []
+        assert matches("Observation", "subject:missing", "true") == []
+        assert matches("Observation", "patient:missing", "false") == ["inner"]
+    finally:
+        store.close_sync()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
+    assert conn.execute("SELECT count(*) FROM idx_token").fetchone()[0] == before
+    conn.close()

@@ -268,11 +268,14 @@ def test_identifier_and_of_type() -> None:
     assert rows(patient, "string", "identifier:text") == {("medical record", "Medical record")}
 
 
+SV = "http://hl7.org/fhir/special-values"  # the implicit system of booleans
+
+
 def test_boolean_code_and_contact_point_tokens() -> None:
     patient = {"resourceType": "Patient", "active": False, "gender": "female",
                "telecom": [{"system": "phone", "value": "+98 21 555"},
                            {"system": "email", "value": "a@example.org"}]}
-    assert rows(patient, "token", "active") == {(None, "false")}
+    assert rows(patient, "token", "active") == {(SV, "false")}
     # The required binding's value set (administrative-gender) includes one code system, so the
     # code's row has that system (search.html#token: code has an implicit system).
     assert rows(patient, "token", "gender") == {
@@ -284,13 +287,13 @@ def test_boolean_code_and_contact_point_tokens() -> None:
 
 def test_deceased_expression_with_exists_and_not_equal() -> None:
     # Patient-deceased: Patient.deceased.exists() and Patient.deceased != false
-    assert rows({"resourceType": "Patient"}, "token", "deceased") == {(None, "false")}
+    assert rows({"resourceType": "Patient"}, "token", "deceased") == {(SV, "false")}
     assert rows({"resourceType": "Patient", "deceasedBoolean": True},
-                "token", "deceased") == {(None, "true")}
+                "token", "deceased") == {(SV, "true")}
     assert rows({"resourceType": "Patient", "deceasedDateTime": "2020-01-01"},
-                "token", "deceased") == {(None, "true")}
+                "token", "deceased") == {(SV, "true")}
     assert rows({"resourceType": "Patient", "deceasedBoolean": False},
-                "token", "deceased") == {(None, "false")}
+                "token", "deceased") == {(SV, "false")}
 
 
 # ------------------------------------------------------------------------------- references
@@ -314,6 +317,7 @@ def test_reference_forms() -> None:
         ("PractitionerRole", "77", None, "http://other.example/fhir/PractitionerRole/77"),
         (None, None, None, "http://other.example/people/abc"),
         (None, None, None, "urn:uuid:3c9a8d2e-64ef-4c38-a45b-0b5d3ec2d6c1"),
+        (None, None, None, "#c1"),  # there (not :missing), nothing to follow
     }
     assert rows(obs, "token", "performer:identifier") == {("http://example.org/npi", "555")}
 

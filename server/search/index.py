@@ -185,8 +185,12 @@ def folds_case(resource_type: str, code: str) -> bool:
     return not FOLDED.isdisjoint(_reached(resource_type, code))
 
 
+#: search.html#token: "The implicit system for boolean values is" this one.
+SPECIAL_VALUES = "http://hl7.org/fhir/special-values"
+
+
 def _boolean(v: Any, t: TypeInfo) -> list[Row]:
-    return [(None, "true" if v else "false")] if type(v) is bool else []
+    return [(SPECIAL_VALUES, "true" if v else "false")] if type(v) is bool else []
 
 
 TOKEN: dict[str, Tails] = {
@@ -246,8 +250,10 @@ def _is_id(text: str) -> bool:
 
 
 def _parse_reference(ref: str) -> Row | None:
-    if not ref or ref[0] == "#":
+    if not ref:
         return None
+    if ref[0] == "#":  # a contained resource: there (not :missing), but nothing to follow
+        return (None, None, None, ref)
     if ref.startswith("urn:"):
         return (None, None, None, ref)
     absolute = "://" in ref
@@ -273,8 +279,8 @@ def reference_row(ref: str) -> Row | None:
 
     ``Patient/1`` and ``Patient/1/_history/2`` are local; an absolute URL keeps the whole URL
     and, when its path ends in ``Type/id[/_history/v]``, that type, id and version as well;
-    ``urn:uuid:``/``urn:oid:`` keep only the url; ``#contained`` gives no row (searching inside
-    contained resources is not supported).
+    ``urn:uuid:``/``urn:oid:`` and ``#contained`` keep only the url (chains and includes do not
+    look inside contained resources; the row says the reference is there).
     """
     return _cached_reference(ref) if len(ref) <= 256 else _parse_reference(ref)
 

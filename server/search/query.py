@@ -99,8 +99,11 @@ def split_values(text: str) -> list[str]:
     return split_unescaped(text, ",")
 
 
+_ESCAPES = re.compile(r"\\[\\,|$]")
+
+
 def unescape(text: str) -> str:
-    return re.sub(r"\\([\\,|$])", r"\1", text)
+    return _ESCAPES.sub(lambda m: m.group()[1], text)
 
 
 class Parser:
@@ -177,6 +180,9 @@ class Parser:
             url, _, version = value.partition("|")
             return ReferenceValue(None, None, url, version or None)
         parts = value.split("/")
+        if not all(valid_id(p) for p in parts[1::2] + parts[:1] * (len(parts) == 1)):
+            raise self._bad(name, raw, "has an id or version that is not one (1 to 64 letters, "
+                            "digits, '-' and '.')")
         if len(parts) == 1:
             only = list(targets)
             return ReferenceValue(target or (only[0] if len(only) == 1 else None), parts[0])
@@ -293,6 +299,10 @@ class Parser:
             return Match(type_, f"{code}:text", "string", self.values(name, "string", raw, "text",
                                                                         param))
         if modifier == "of-type":
+            if f"{code}:of-type" not in param.index_codes():
+                raise FhirError(400, "not-supported", f"search parameter {name}: :of-type "
+                                "applies to identifiers (their type and value), and "
+                                f"{code} is not one", expression=self.top or name)
             return Match(type_, f"{code}:of-type", "token", self._of_type(name, raw))
         if modifier == "identifier":
             return Match(type_, f"{code}:identifier", "token",
@@ -378,6 +388,9 @@ class Parser:
             if value.startswith("$"):
                 raise FhirError(400, "not-supported", f"_list={value}: functional lists are "
                                 "not supported; name a List by its id", expression=self.top)
+            if not valid_id(unescape(value)):
+                raise self._bad(name, value, "is not the id of a List (1 to 64 letters, digits, "
+                                "'-' and '.')")
         return self._has(type_, "_has:List:item:_id", raw, depth)
 
     def _unknown(self, name: str, why: str) -> None:
@@ -573,6 +586,11 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
                                 "supported", expression="_contained")
             continue
         parser.top = name
+        if "\\" in _ESCAPES.sub("", raw):
+            # search.html#escaping: "The parameter value xx\xx is illegal"
+            raise invalid(f"search parameter {name}: {raw!r} has a backslash that escapes "
+                          "nothing: a backslash is written \\\\, and it escapes only , | $ and "
+                          "itself", expression=name)
         if len(types) == 1 and (versioned := _canonical_version(types[0], name, raw)):
             raw, version = versioned
             if (on_version := parser.clause(types[0], "version", version)) is not None:

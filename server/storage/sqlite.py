@@ -447,7 +447,7 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with connect(self.path) as conn:
-            sqlite_schema.migrate(conn, _reindex)
+            sqlite_schema.migrate(conn, _reindex, _add_rows)
         self._reader = connect(self.path, readonly=True)
         self._reader_lock = threading.Lock()
         from server.storage import sqlite_search
@@ -553,9 +553,6 @@ class SqliteStore:
 def _reindex(conn: sqlite3.Connection, kinds: tuple[str, ...]) -> None:
     """Write again the index rows of these kinds for the current resources (and the spans of
     their parameters), as the extraction of this version gives them."""
-    from server.search.index import extract
-    from server.search.registry import registry
-
     tables = [sqlite_schema.INDEX_TABLES[kind][0] for kind in kinds]
     spanned = [sqlite_schema.INDEX_TABLES[kind][0] for kind in kinds
                if kind in sqlite_schema.SPANNED_KINDS]
@@ -564,6 +561,21 @@ def _reindex(conn: sqlite3.Connection, kinds: tuple[str, ...]) -> None:
             f"SELECT DISTINCT pid FROM {table}" for table in spanned) + ")")
     for table in tables:
         conn.execute(f"DELETE FROM {table}")
+    _write_rows(conn, kinds)
+
+
+def _add_rows(conn: sqlite3.Connection, kind: str, marker: bytes) -> None:
+    """Add the index rows of a kind that the current resources whose JSON holds ``marker``
+    lack: those this version's extraction gives them and an older one did not."""
+    _write_rows(conn, (kind,), "AND instr(v.body, ?) > 0", (marker,))
+
+
+def _write_rows(conn: sqlite3.Connection, kinds: tuple[str, ...], where: str = "",
+                args: tuple[Any, ...] = ()) -> None:
+    """Insert the index rows of these kinds of the current resources (those ``where`` picks)."""
+    from server.search.index import extract
+    from server.search.registry import registry
+
     reg = registry()
     types = [t for t in reg.resource_types
              if any(p.type in kinds for p in reg.params_for(t).values())]
@@ -572,8 +584,8 @@ def _reindex(conn: sqlite3.Connection, kinds: tuple[str, ...]) -> None:
         after = 0
         while rows := conn.execute(
                 "SELECT r.rid, v.body FROM resource r JOIN version v ON v.seq = r.seq WHERE "
-                "r.type = ? AND r.rid > ? AND r.deleted = 0 ORDER BY r.rid LIMIT 1000",
-                (type, after)).fetchall():
+                f"r.type = ? AND r.rid > ? AND r.deleted = 0 {where} ORDER BY r.rid LIMIT 1000",
+                (type, after, *args)).fetchall():
             index_rows: dict[str, list[tuple[Any, ...]]] = {}
             for rid, body in rows:
                 found = extract(codec.loads(body))

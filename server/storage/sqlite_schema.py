@@ -16,7 +16,7 @@ from typing import Any
 
 from server.search.plan import NEG_INF, POS_INF
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource (
@@ -165,7 +165,8 @@ def composite_row(type: str, code: str, parts: tuple[tuple[Any, ...], ...]) -> t
 
 
 def migrate(conn: sqlite3.Connection,
-            reindex: Callable[[sqlite3.Connection, tuple[str, ...]], None]) -> None:
+            reindex: Callable[[sqlite3.Connection, tuple[str, ...]], None],
+            add: Callable[[sqlite3.Connection, str, bytes], None]) -> None:
     """Bring the database to :data:`SCHEMA_VERSION`. ``reindex`` writes again the index rows of
     some kinds for the resources an older database holds. New in 3: composite rows. New in 4:
     the spans of numbers, quantities and composites (those of dates are from 2, in a table then
@@ -176,7 +177,9 @@ def migrate(conn: sqlite3.Connection,
     7: strings composed again after their accents are dropped (whole Hangul syllables, kana
     with their voicing marks; :exact values in NFC), tokens of text elements (a ContactPoint's
     value, a string) casefolded, and a quantity's comparator leaves out its own value (<5 ends
-    below 5)."""
+    below 5). New in 8: a boolean's token has its implicit system (special-values), and a
+    reference to a contained resource has a row (it is not :missing); ``add`` writes the rows
+    of the resources whose JSON holds a text, keeping the rows they have."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
@@ -203,6 +206,14 @@ def migrate(conn: sqlite3.Connection,
                            if k not in kinds)
         if kinds:
             reindex(conn, kinds)
+        if 0 < current < 8 and "token" not in kinds:
+            from server.search.index import SPECIAL_VALUES
+
+            conn.executemany(
+                "UPDATE OR REPLACE idx_token SET system = ? WHERE pid = ? AND system = '' AND "
+                "code IN ('true', 'false')", [(SPECIAL_VALUES, pid) for pid in _boolean_pids()])
+        if 0 < current < 8 and "reference" not in kinds:
+            add(conn, "reference", b'"reference":"#')
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -217,6 +228,16 @@ def _union_pids() -> list[tuple[int]]:
     return [(param_id(t, code),) for t in reg.resource_types
             for name, param in reg.params_for(t).items() if reg.is_union(t, name)
             for code in param.index_codes()]
+
+
+def _boolean_pids() -> list[int]:
+    """The ids of the token parameters that index booleans."""
+    from server.search.registry import registry
+
+    reg = registry()
+    return [param_id(t, code) for t in reg.resource_types
+            for code, param in reg.params_for(t).items() if param.type == "token" and any(
+                i.name == "boolean" for x in param.extractors.values() for i in x.types)]
 
 
 def _check_version(conn: sqlite3.Connection) -> int:
