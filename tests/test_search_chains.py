@@ -92,6 +92,44 @@ def test_multi_level_chains(network: Fhir) -> None:
                                         "family": "rahimi"}) == {"e1"}
 
 
+def test_chains_look_inside_contained_resources(fhir: Fhir) -> None:
+    """search.html#contained: "A chained condition will be evaluated inside contained
+    resources": MedicationRequest?medication.ingredient-code=abc finds the request whose
+    Medication is contained, and a contained resource is never a match of its own."""
+    ingredient = {"ingredient": [{"itemCodeableConcept": {"coding": [
+        {"system": "http://example.org/drugs", "code": "abc"}]}}]}
+    put_all(fhir,
+            {"resourceType": "Medication", "id": "m2", **ingredient},
+            {"resourceType": "MedicationRequest", "id": "inside", "status": "active",
+             "intent": "order", "subject": {"reference": "Patient/p1"},
+             "contained": [{"resourceType": "Medication", "id": "m1", **ingredient}],
+             "medicationReference": {"reference": "#m1"}},
+            {"resourceType": "MedicationRequest", "id": "outside", "status": "active",
+             "intent": "order", "subject": {"reference": "Patient/p1"},
+             "medicationReference": {"reference": "Medication/m2"}},
+            {"resourceType": "MedicationRequest", "id": "other", "status": "active",
+             "intent": "order", "subject": {"reference": "Patient/p1"},
+             "contained": [{"resourceType": "Medication", "id": "m3", "ingredient": [
+                 {"itemCodeableConcept": {"text": "xyz"}}]}],
+             "medicationReference": {"reference": "#m3"}},
+            {**observation("inner-subject", subject={"reference": "#pt"}),
+             "contained": [{"resourceType": "Patient", "id": "pt",
+                            "name": [{"family": "Zyzzyva"}], "gender": "other"}]})
+    assert found(fhir, "MedicationRequest", {"medication.ingredient-code": "abc"}) == {
+        "inside", "outside"}
+    assert found(fhir, "MedicationRequest", {
+        "medication.ingredient-code": "http://example.org/drugs|abc"}) == {"inside", "outside"}
+    assert found(fhir, "MedicationRequest", {"medication.ingredient-code:text": "xyz"}) == {
+        "other"}
+    assert found(fhir, "Observation", {"subject:Patient.name": "zyzz"}) == {"inner-subject"}
+    assert found(fhir, "Observation", {"patient.gender": "other"}) == {"inner-subject"}
+    assert found(fhir, "Observation", {"subject:Patient.gender:not": "other",
+                                       "_id": "inner-subject"}) == set()
+    assert found(fhir, "Patient", {"name": "zyzz"}) == set()  # contained: not a match itself
+    assert found(fhir, "Medication", {"ingredient-code": "abc"}) == {"m2"}
+    assert found(fhir, "Patient", {"_has:Observation:subject:code": "x"}) == set()
+
+
 def test_chains_and_has_are_limited_to_three_links(fhir: Fhir) -> None:
     """Deeper ones are refused with 400 naming the parameter (never a server error)."""
     put_all(fhir, *({"resourceType": "Organization", "id": f"o{i}", "name": f"Org {i}",

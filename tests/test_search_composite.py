@@ -387,8 +387,9 @@ def test_a_database_with_decomposed_letters_and_inclusive_comparators_is_indexed
 def test_a_database_of_schema_7_gets_boolean_systems_and_contained_references(
         tmp_path: Any) -> None:
     """Before schema 8 a boolean's token had no system (special-values is its implicit one),
-    and a reference to a contained resource had no row (so it was :missing): opening such a
-    database adds the one and the other, leaving the rest as it is."""
+    a reference to a contained resource had no row (so it was :missing), and a contained
+    resource none (chains did not look inside): opening such a database adds them, leaving
+    the rest as it is."""
     import asyncio
 
     from server.search.index import extract
@@ -399,15 +400,17 @@ def test_a_database_of_schema_7_gets_boolean_systems_and_contained_references(
     active = {"resourceType": "Patient", "id": "act", "active": True}
     inner = {"resourceType": "Observation", "id": "inner", "status": "final",
              "code": {"text": "x"}, "subject": {"reference": "#pt"},
-             "contained": [{"resourceType": "Patient", "id": "pt"}]}
+             "contained": [{"resourceType": "Patient", "id": "pt", "gender": "male"}]}
     for body in (active, inner):
         store.run_sync(lambda tx, b=body: tx.write(b["resourceType"], b["id"], dict(b),  # type: ignore[misc]
                                                     extract(b), "PUT"))
     store.close_sync()
     as_written_by(path, 7, "UPDATE idx_token SET system = '' WHERE code = 'true'",
-                  "DELETE FROM idx_reference WHERE url = '#pt'")
+                  "DELETE FROM idx_reference WHERE url = '#pt'",
+                  f"DELETE FROM idx_token WHERE pid >= {1 << 31}")
     conn = sqlite3.connect(path)
-    before = conn.execute("SELECT count(*) FROM idx_token").fetchone()[0]
+    own = f"SELECT count(*) FROM idx_token WHERE pid < {1 << 31}"  # not the contained ones
+    before = conn.execute(own).fetchone()[0]
     conn.close()
 
     store = SqliteStore(path)
@@ -420,9 +423,10 @@ def test_a_database_of_schema_7_gets_boolean_systems_and_contained_references(
         assert matches("Patient", "active", "|true") == []
         assert matches("Observation", "subject:missing", "true") == []
         assert matches("Observation", "patient:missing", "false") == ["inner"]
+        assert matches("Observation", "subject:Patient.gender", "male") == ["inner"]
     finally:
         store.close_sync()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
-    assert conn.execute("SELECT count(*) FROM idx_token").fetchone()[0] == before
+    assert conn.execute(own).fetchone()[0] == before
     conn.close()

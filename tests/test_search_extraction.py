@@ -620,8 +620,13 @@ def test_every_resource_type_with_every_element_extracts() -> None:
         out = extract(resource)
         assert set(out) >= {"string", "token", "reference", "date", "number", "quantity", "uri"}
         codes = {r[0].split(":")[0] for kind in out.values() for r in kind}
+        contained = {c for c in codes if c.startswith("#")}  # a contained resource's
+        codes -= contained
         assert {"_tag", "_security", "_profile", "_source"} <= codes, resource_type
         assert codes <= set(reg.params_for(resource_type)), resource_type
+        for code in contained:
+            inner, _, name = code[1:].partition(".")
+            assert name in reg.params_for(inner), (resource_type, code)
 
 
 # ------------------------------------------------------- expressions skipped for absent elements

@@ -692,7 +692,23 @@ def _composite_rows(code: str, path: FhirPath, resource: dict[str, Any],
 
 def extract(resource: dict[str, Any]) -> dict[str, list[Row]]:
     """Index rows of every supported search parameter of the resource's type, deduplicated,
-    per kind (every kind present, possibly empty)."""
+    per kind (every kind present, possibly empty). A contained resource's rows come too, each
+    under its type and code after a ``#`` (``#Medication.ingredient-code``): chains look
+    inside contained resources (search.html#contained), nothing else sees them."""
+    out = _extract(resource)
+    for inner in resource.get("contained") or ():
+        if type(inner) is dict and type(kind := inner.get("resourceType")) is str \
+                and _is_resource_type(kind):
+            prefix = f"#{kind}."
+            for kind_, rows in _extract(inner).items():
+                if kind_ != "composite":  # not chained into
+                    target = out[kind_]
+                    for row in rows:
+                        target[(prefix + row[0], *row[1:])] = None
+    return {kind: list(rows) for kind, rows in out.items()}
+
+
+def _extract(resource: dict[str, Any]) -> Out:
     out: Out = {kind: {} for kind in KINDS}
     for code, kind, path, converters, extra, _ in _steps(resource["resourceType"],
                                                          frozenset(resource)):
@@ -707,4 +723,4 @@ def extract(resource: dict[str, Any]) -> dict[str, list[Row]]:
                     rows[(code, *tail)] = None
             if extra is not None:
                 extra(code, value, info, out)
-    return {kind: list(rows) for kind, rows in out.items()}
+    return out

@@ -564,10 +564,10 @@ def _reindex(conn: sqlite3.Connection, kinds: tuple[str, ...]) -> None:
     _write_rows(conn, kinds)
 
 
-def _add_rows(conn: sqlite3.Connection, kind: str, marker: bytes) -> None:
-    """Add the index rows of a kind that the current resources whose JSON holds ``marker``
-    lack: those this version's extraction gives them and an older one did not."""
-    _write_rows(conn, (kind,), "AND instr(v.body, ?) > 0", (marker,))
+def _add_rows(conn: sqlite3.Connection, kinds: tuple[str, ...], marker: bytes) -> None:
+    """Add the index rows of these kinds that the current resources whose JSON holds
+    ``marker`` lack: those this version's extraction gives them and an older one did not."""
+    _write_rows(conn, kinds, "AND instr(v.body, ?) > 0", (marker,))
 
 
 def _write_rows(conn: sqlite3.Connection, kinds: tuple[str, ...], where: str = "",

@@ -166,7 +166,7 @@ def composite_row(type: str, code: str, parts: tuple[tuple[Any, ...], ...]) -> t
 
 def migrate(conn: sqlite3.Connection,
             reindex: Callable[[sqlite3.Connection, tuple[str, ...]], None],
-            add: Callable[[sqlite3.Connection, str, bytes], None]) -> None:
+            add: Callable[[sqlite3.Connection, tuple[str, ...], bytes], None]) -> None:
     """Bring the database to :data:`SCHEMA_VERSION`. ``reindex`` writes again the index rows of
     some kinds for the resources an older database holds. New in 3: composite rows. New in 4:
     the spans of numbers, quantities and composites (those of dates are from 2, in a table then
@@ -177,9 +177,10 @@ def migrate(conn: sqlite3.Connection,
     7: strings composed again after their accents are dropped (whole Hangul syllables, kana
     with their voicing marks; :exact values in NFC), tokens of text elements (a ContactPoint's
     value, a string) casefolded, and a quantity's comparator leaves out its own value (<5 ends
-    below 5). New in 8: a boolean's token has its implicit system (special-values), and a
-    reference to a contained resource has a row (it is not :missing); ``add`` writes the rows
-    of the resources whose JSON holds a text, keeping the rows they have."""
+    below 5). New in 8: a boolean's token has its implicit system (special-values); the
+    resources with contained ones have their rows, and a reference to one has a row (it is not
+    :missing). ``add`` writes the rows of some kinds of the resources whose JSON holds a text,
+    keeping the rows they have."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
@@ -212,8 +213,9 @@ def migrate(conn: sqlite3.Connection,
             conn.executemany(
                 "UPDATE OR REPLACE idx_token SET system = ? WHERE pid = ? AND system = '' AND "
                 "code IN ('true', 'false')", [(SPECIAL_VALUES, pid) for pid in _boolean_pids()])
-        if 0 < current < 8 and "reference" not in kinds:
-            add(conn, "reference", b'"reference":"#')
+        if 0 < current < 8:
+            add(conn, tuple(k for k in INDEX_TABLES if k != "composite" and k not in kinds),
+                b'"contained":')
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -250,12 +252,16 @@ def _check_version(conn: sqlite3.Connection) -> int:
 
 @functools.lru_cache(maxsize=8192)
 def param_id(type: str, code: str) -> int:
-    """Stable 32-bit id of a search parameter of a type (a hash: no table, nothing to roll back).
+    """Stable 32-bit id of a search parameter of a type (a hash: no table, nothing to roll back),
+    or of a contained resource's parameter (its code after a ``#``, the upper half).
 
     The registry checks at start-up that no two parameters it knows share an id.
     """
     digest = hashlib.blake2b(f"{type}.{code}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") >> 1
+    pid = int.from_bytes(digest, "big") >> 1
+    # A contained resource's parameter (index.extract: "#Medication.code") never shares an
+    # id with one of the resources themselves.
+    return pid | 1 << 31 if code.startswith("#") else pid
 
 
 def delete_index_rows(conn: sqlite3.Connection, rids: list[tuple[int]]) -> None:

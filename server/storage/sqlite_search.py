@@ -50,7 +50,21 @@ def pids_of(type: str, code: str) -> tuple[int, ...]:
     those of the parameters it is the union of (registry.Registry.stored_codes)."""
     from server.search.registry import registry
 
+    if code.startswith("#"):  # of the resources ``type`` contains (index.extract)
+        inner, _, code = code[1:].partition(".")
+        return tuple(param_id(type, f"#{inner}.{c}")
+                     for c in registry().stored_codes(inner, code))
     return tuple(param_id(type, c) for c in registry().stored_codes(type, code))
+
+
+def _inside(c: Chain) -> Match | None:
+    """A chain's condition as it reads the rows of the ``c.target_type`` resources that the
+    resources of ``c.type`` contain (index.extract): for a condition on index rows."""
+    m = c.inner
+    if not isinstance(m, Match) or m.kind in ("id", "lastUpdated", "composite") \
+            or m.code.startswith("#"):
+        return None
+    return replace(m, type=c.type, code=f"#{c.target_type}.{m.code}")
 
 
 def pid_sql(pids: Sequence[int], column: str = "pid") -> str:
@@ -441,10 +455,16 @@ class Compiler:
         ttype2 = self.arg(c.target_type)
         inner = self.clause(c.inner, t)
         local = self.local("ref")
-        return (f"SELECT ref.rid FROM idx_reference ref WHERE {pid} "
-                f"AND ref.target_type = {ttype} AND ref.target_id IN (SELECT {t}.id FROM "
-                f"resource {t} WHERE +{t}.type = {ttype2} AND {t}.deleted = 0 AND {inner}) "
-                f"AND {local}")
+        sql = (f"SELECT ref.rid FROM idx_reference ref WHERE {pid} "
+               f"AND ref.target_type = {ttype} AND ref.target_id IN (SELECT {t}.id FROM "
+               f"resource {t} WHERE +{t}.type = {ttype2} AND {t}.deleted = 0 AND {inner}) "
+               f"AND {local}")
+        contained = _inside(c)
+        if contained is not None:  # or a resource it contains (search.html#contained)
+            return (f"{sql} UNION SELECT ref.rid FROM idx_reference ref WHERE {pid} AND "
+                    f"ref.target_id = '' AND ref.target_type = '' AND ref.url >= '#' AND "
+                    f"ref.url < '$' AND {self.clause(contained, 'ref')}")
+        return sql
 
     def has(self, c: Has, res: str) -> str:
         return f"{res}.rid IN ({self.has_rids(c)})"
