@@ -474,6 +474,31 @@ def test_system_search_with_type(network: Fhir) -> None:
     refused(network, "", {"_type": "Device,Immunization", "_sort": "manufacturer"}, "_sort")
 
 
+def test_system_search_without_type_takes_the_parameters_common_to_all_types(
+        fhir: Fhir) -> None:
+    """search.html#base: "GET [base]?parameter(s) (parameters common to all types) … If _type
+    is not included, all parameters SHALL be common to all resource types"; /metadata lists
+    them as the system's search parameters."""
+    put_all(fhir, patient("same"), observation("same"), patient("other"),
+            {"resourceType": "Practitioner", "id": "tagged",
+             "meta": {"tag": [{"system": "urn:t", "code": "x"}]}})
+
+    def got(params: Any) -> set[str]:
+        return {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                for e in entries(search(fhir, "", params))}
+
+    assert got({"_id": "same"}) == {"Patient/same", "Observation/same"}
+    assert got({"_type": "Patient,Observation", "_id": "same"}) == {
+        "Patient/same", "Observation/same"}
+    assert got({"_tag": "urn:t|x"}) == {"Practitioner/tagged"}
+    assert got([("_id", "same,tagged"), ("_sort", "_id")]) == {
+        "Patient/same", "Observation/same", "Practitioner/tagged"}
+    body = refused(fhir, "", {"name": "x"}, "name")
+    assert "_type" in body["issue"][0]["diagnostics"]
+    rest = fhir.get("metadata", token=None).json()["rest"][0]
+    assert {"_id", "_lastUpdated", "_tag"} <= {p["name"] for p in rest["searchParam"]}
+
+
 def test_negations_across_types_stay_within_each_type(fhir: Fhir) -> None:
     put_all(fhir,
             patient("x", gender="male", name=[{"family": "X"}]),

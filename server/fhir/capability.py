@@ -128,7 +128,8 @@ def _rest(auth: bool) -> dict[str, Any]:
                          + _not_supported("") + " " + _UNSUPPORTED_SEARCH,
         "resource": [_resource(t) for t in structures().resource_types],
         "interaction": [{"code": c} for c in system_codes],
-        "searchParam": [],
+        "searchParam": [p for p in _search_params(structures().resource_types[0])
+                        if p["name"] in registry().common],
         "operation": _operations("system", None),
     }
     if auth:

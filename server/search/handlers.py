@@ -13,7 +13,8 @@ from server.fhir.request import FhirRequest, FhirResponse
 from server.fhir.structures import structures
 from server.fhir.summary import spares_included
 from server.search.plan import AnyOf, Match, ReferenceValue, SearchQuery
-from server.search.query import parse
+from server.search.query import NOT_SUPPORTED, RESULT_PARAMS, parse
+from server.search.registry import registry
 from server.storage.base import ResourceStore, SearchPage
 
 SPEC = Path(__file__).resolve().parent / "spec"
@@ -107,10 +108,15 @@ async def search_system(req: FhirRequest, store: ResourceStore) -> FhirResponse:
 def system_query(req: FhirRequest) -> SearchQuery:
     """The query of ``GET [base]?_type=…``."""
     names = _types_asked(req)
-    if not names:
-        raise FhirError(400, "not-supported",
-                        "a search across all types needs _type (e.g. _type=Patient,Practitioner)",
-                        expression="_type")
+    if not names:  # search.html#base: "all parameters SHALL be common to all resource types"
+        common = registry().common
+        for k, _ in req.params:
+            code = k.partition(".")[0].partition(":")[0]
+            if code not in common and code not in (*RESULT_PARAMS, *NOT_SUPPORTED, "_has"):
+                raise invalid(f"{k}: a search across all types takes the parameters common to "
+                              f"them ({', '.join(sorted(common))}); name the types with _type "
+                              "to use others", expression=k)
+        names = list(structures().resource_types)
     for t in names:
         if not structures().is_resource_type(t):
             raise invalid(f"_type: unknown resource type {t!r}", expression="_type")

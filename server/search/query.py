@@ -41,10 +41,10 @@ PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 #: Parameters that shape the result rather than select resources.
 RESULT_PARAMS = {"_sort", "_count", "_include", "_revinclude", "_summary", "_elements", "_total",
                  "_contained", "_containedType", "_format", "_pretty", "_cursor", "_type"}
-#: The modifiers a result parameter takes: :iterate (and R3's :recurse) on includes; on _sort,
-#: :asc and :desc, the syntax of DSTU2 and STU3, which their clients still send.
 #: Result parameters that take one value: given twice, the values must agree.
 _SINGLE = {"_count", "_summary", "_total"}
+#: The modifiers a result parameter takes: :iterate (and R3's :recurse) on includes; on _sort,
+#: :asc and :desc, the syntax of DSTU2 and STU3, which their clients still send.
 _RESULT_MODIFIERS = {"_include": {"iterate", "recurse"}, "_revinclude": {"iterate", "recurse"},
                      "_sort": {"asc", "desc"}}
 #: Refused whatever the handling: a server SHALL refuse a ``_query`` it does not know

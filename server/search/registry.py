@@ -154,6 +154,13 @@ class Registry:
     def get(self, resource_type: str, code: str) -> SearchParam | None:
         return self.params_for(resource_type).get(code)
 
+    @functools.cached_property
+    def common(self) -> frozenset[str]:
+        """The codes of the parameters every resource type has (``_id``, ``_tag`` …): those
+        of a search across all types (search.html#base)."""
+        return frozenset.intersection(*(frozenset(self.params_for(t))
+                                        for t in self.resource_types))
+
     @property
     def resource_types(self) -> tuple[str, ...]:
         return tuple(self._by_type)

@@ -461,7 +461,7 @@ class Compiler:
                f"AND {local}")
         contained = _inside(c)
         if contained is not None:  # or a resource it contains (search.html#contained)
-            return (f"{sql} UNION SELECT ref.rid FROM idx_reference ref WHERE {pid} AND "
+            return (f"{sql} UNION ALL SELECT ref.rid FROM idx_reference ref WHERE {pid} AND "
                     f"ref.target_id = '' AND ref.target_type = '' AND ref.url >= '#' AND "
                     f"ref.url < '$' AND {self.clause(contained, 'ref')}")
         return sql
