@@ -155,6 +155,10 @@ def test_paging_follows_next_to_the_end_and_previous_back(fhir: Fhir) -> None:
     # The first page reached backwards has no previous page, and its next leads on again.
     assert link(bundle, "previous") is None
     assert ids(follow(fhir, link(bundle, "next") or "")) == pages[1]
+    # Every page of several has a "first" link (search.html#paging), to the first page.
+    assert ids(follow(fhir, link(last, "first") or "")) == pages[0]
+    assert "_cursor" not in (link(last, "first") or "")
+    assert link(search(fhir, "Patient", {"_id": "n01"}), "first") is None  # one page only
     # Descending and unsorted searches page the same way.
     pages, _ = walk(fhir, {"_sort": "-family", "_count": "7"})
     assert [i for p in pages for i in p] == expected[::-1]

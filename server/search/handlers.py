@@ -55,6 +55,8 @@ def searchset(req: FhirRequest, query: SearchQuery, page: SearchPage, path: str,
             if k not in query.ignored and (k, v) not in query.unused and k != "_cursor"]
     links = [("self", link_url(req.base, path, [*kept, *(
         [("_cursor", query.cursor)] if query.cursor else [])]))]
+    if page.next_cursor or page.prev_cursor:  # search.html#paging: first … previous, next
+        links.append(("first", link_url(req.base, path, kept)))
     if page.next_cursor:
         links.append(("next", link_url(req.base, path, [*kept, ("_cursor", page.next_cursor)])))
     if page.prev_cursor:
