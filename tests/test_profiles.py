@@ -857,6 +857,32 @@ def test_organization_searches_on_extensions(fhir: Fhir) -> None:
     assert _ids(fhir, "Organization", region="CN-NM") == {org_id}
 
 
+def test_validate_takes_a_profile_and_checks_the_profiles_a_resource_claims(
+        fhir: Fhir) -> None:
+    """Resource-validate's ``profile`` input (in the URL or in Parameters) validates against
+    that profile too; and a resource claiming one of ours is checked as a write would check it
+    (a create would answer 422). A profile this server does not know is refused."""
+    bad = consent()
+    del bad["patient"]
+
+    def error_codes(r: Any) -> set[str]:
+        assert r.status_code == 200, r.text
+        return {i["code"] for i in r.json()["issue"] if i["severity"] in ("error", "fatal")}
+
+    assert not error_codes(fhir.post("Consent/$validate", bad))  # plain R4: valid
+    url = model.TELEMEDICINE_CONSENT
+    assert "required" in error_codes(fhir.post(f"Consent/$validate?profile={url}", bad))
+    assert "required" in error_codes(fhir.post("Consent/$validate", {
+        "resourceType": "Parameters", "parameter": [
+            {"name": "resource", "resource": bad}, {"name": "profile", "valueUri": url}]}))
+    assert "required" in error_codes(fhir.post("Consent/$validate", claims(bad, url)))
+    assert not error_codes(fhir.post(f"Consent/$validate?profile={url}", consent()))
+    assert not error_codes(fhir.post(
+        "Consent/$validate?profile=http://hl7.org/fhir/StructureDefinition/Consent", bad))
+    r = fhir.post("Consent/$validate?profile=http://example.org/StructureDefinition/x", bad)
+    assert r.status_code == 400 and "http://example.org/StructureDefinition/x" in r.text
+
+
 def test_writes_claiming_a_profile_are_validated(fhir: Fhir) -> None:
     good = claims(consent(), model.TELEMEDICINE_CONSENT)
     r = fhir.post("Consent", good)

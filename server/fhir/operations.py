@@ -12,6 +12,7 @@ from server.fhir.validation import validate_resource
 from server.storage.base import ResourceStore
 
 _VALIDATE_MODES = ("create", "update", "delete")
+_CORE = "http://hl7.org/fhir/StructureDefinition/"
 
 
 async def capabilities(req: FhirRequest, store: ResourceStore) -> FhirResponse:
@@ -20,9 +21,11 @@ async def capabilities(req: FhirRequest, store: ResourceStore) -> FhirResponse:
     return FhirResponse(200, resource=capability_statement(req.base, req.settings))
 
 
-def _validate_input(req: FhirRequest) -> tuple[Any, str]:
+def _validate_input(req: FhirRequest) -> tuple[Any, str, str | None]:
+    """The resource to validate, the mode, and the profile to validate against (or None)."""
     body = req.resource()
     mode = req.param("mode") or "create"
+    profile = req.param("profile")
     if isinstance(body, dict) and body.get("resourceType") == "Parameters" \
             and req.type != "Parameters":
         resource = None
@@ -32,13 +35,27 @@ def _validate_input(req: FhirRequest) -> tuple[Any, str]:
             elif p.get("name") == "mode":
                 mode = p.get("valueCode") or mode
             elif p.get("name") == "profile":
-                raise FhirError(400, "not-supported",
-                                "validation against a given profile is not supported yet",
-                                expression="Parameters.parameter.profile")
+                profile = p.get("valueUri") or p.get("valueCanonical") or profile
         if resource is None and mode != "delete":  # what a delete would remove is stored
             raise invalid("the Parameters carry no 'resource' to validate")
         body = resource
-    return body, _mode(mode)
+    return body, _mode(mode), profile
+
+
+def _profile(profile: str | None, type_: str) -> str | None:
+    """Resource-validate's ``profile`` as one of ours to validate against too, or None for the
+    base definition of the type (what every resource is validated against); another is
+    refused."""
+    from server.workflow.profiles import known_profile
+
+    if profile is None or profile.partition("|")[0] == f"{_CORE}{type_}":
+        return None
+    base = known_profile(profile)
+    if base is None:
+        raise FhirError(400, "not-supported", f"profile {profile} is not one this server "
+                        f"knows: it validates against the R4 definition of {type_} and the "
+                        "Consilium profiles (/metadata lists them)", expression="profile")
+    return base
 
 
 def _mode(mode: str) -> str:
@@ -55,8 +72,10 @@ async def validate(req: FhirRequest, store: ResourceStore) -> FhirResponse:
         if current is None or current.deleted or current.body is None:
             raise not_found(req.type, req.id)
         resource, mode = codec.loads(current.body), _mode(req.param("mode") or "update")
+        profile = req.param("profile")
     else:
-        resource, mode = _validate_input(req)
+        resource, mode, profile = _validate_input(req)
+    against = _profile(profile, req.type)
     if mode == "delete":
         if req.id is None:
             raise invalid("mode=delete needs an instance: [type]/[id]/$validate")
@@ -74,6 +93,17 @@ async def validate(req: FhirRequest, store: ResourceStore) -> FhirResponse:
                         expression=["id"])]
     else:
         issues = validate_resource(resource, req.type)
+        if not any(i.severity in ("error", "fatal") for i in issues):  # as a write checks it
+            from server.workflow.profiles import (
+                claimed_profile_issues,
+                claimed_profiles,
+                validate_against,
+            )
+
+            issues += claimed_profile_issues(resource)
+            if against is not None and against not in {
+                    u.partition("|")[0] for u in claimed_profiles(resource)}:
+                issues += validate_against(resource, against)
     if not issues:
         issues = [Issue("informational", "validation found no problems", "information")]
     return FhirResponse(200, resource=outcome(issues))

@@ -599,18 +599,29 @@ def claimed_profiles(resource: dict[str, Any]) -> Iterator[str]:
             yield claimed
 
 
-def require_claimed_profiles(resource: dict[str, Any]) -> None:
-    """For a write: validate against every profile of ours that the resource claims (an
-    unknown Consilium profile is refused too); 422 with all the issues."""
+def claimed_profile_issues(resource: dict[str, Any]) -> list[Issue]:
+    """The issues of validating against every profile of ours that the resource claims (an
+    unknown Consilium profile is one)."""
     issues: list[Issue] = []
     for url in claimed_profiles(resource):
-        base, _, version = url.partition("|")
-        sd = definitions().get(base)
-        if sd is None or (version and version != sd.get("version")):
+        if known_profile(url) is None:
             issues.append(Issue("not-supported", f"meta.profile claims {url}, which this "
                                 "server does not define", expression=["meta.profile"]))
             continue
-        issues.extend(validate_against(resource, base))
-    error = profile_error(issues)
+        issues.extend(validate_against(resource, url.partition("|")[0]))
+    return issues
+
+
+def known_profile(url: str) -> str | None:
+    """The profile of ours ``url`` (``[url]|[version]``) names, or None."""
+    base, _, version = url.partition("|")
+    sd = definitions().get(base)
+    return base if sd is not None and (not version or version == sd.get("version")) else None
+
+
+def require_claimed_profiles(resource: dict[str, Any]) -> None:
+    """For a write: validate against every profile of ours that the resource claims (an
+    unknown Consilium profile is refused too); 422 with all the issues."""
+    error = profile_error(claimed_profile_issues(resource))
     if error is not None:
         raise error
