@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from server.fhir.structures import structures
 from tests.conftest import Fhir
 from tests.test_search import (
     LOINC,
@@ -128,6 +129,50 @@ def test_chains_look_inside_contained_resources(fhir: Fhir) -> None:
     assert found(fhir, "Patient", {"name": "zyzz"}) == set()  # contained: not a match itself
     assert found(fhir, "Medication", {"ingredient-code": "abc"}) == {"m2"}
     assert found(fhir, "Patient", {"_has:Observation:subject:code": "x"}) == set()
+
+
+def test_a_chain_reads_the_contained_resource_its_reference_points_at(fhir: Fhir) -> None:
+    """Only the contained resource the chained parameter points at, whatever else is contained;
+    whichever clause drives the search; with modifiers, and further links."""
+    put_all(fhir,
+            {"resourceType": "Practitioner", "id": "gp", "name": [{"family": "Doctor"}]},
+            {**observation("two", subject={"reference": "#pa"},
+                           performer=[{"reference": "#pb"}]),
+             "identifier": [{"system": "urn:o", "value": "two"}],
+             "contained": [{"resourceType": "Patient", "id": "pa", "name": [{"family": "Alpha"}],
+                            "generalPractitioner": [{"reference": "Practitioner/gp"}]},
+                           {"resourceType": "Patient", "id": "pb", "name": [{"family": "Beta"}],
+                            "gender": "male"}]},
+            {**observation("group", subject={"reference": "#g"},
+                           performer=[{"reference": "#pc"}]),
+             "contained": [{"resourceType": "Group", "id": "g", "type": "person",
+                            "actual": True, "name": "Gamma"},
+                           {"resourceType": "Patient", "id": "pc",
+                            "name": [{"family": "Gamma"}]}]})
+    assert found(fhir, "Observation", {"subject:Patient.name": "alpha"}) == {"two"}
+    assert found(fhir, "Observation", {"subject:Patient.name": "beta"}) == set()
+    assert found(fhir, "Observation", {"performer:Patient.name": "beta"}) == {"two"}
+    assert found(fhir, "Observation", {"subject:Patient.name": "gamma"}) == set()
+    assert found(fhir, "Observation", {"subject:Group.type": "person"}) == {"group"}
+    # Driven by another clause, ANDed with another chain
+    assert found(fhir, "Observation", {"_id": "two", "subject:Patient.name": "alpha"}) == {"two"}
+    assert found(fhir, "Observation", {"identifier": "urn:o|two",
+                                       "subject:Patient.name": "alpha"}) == {"two"}
+    assert found(fhir, "Observation", [("subject:Patient.name", "alpha"),
+                                       ("performer:Patient.gender", "male")]) == {"two"}
+    # Modifiers inside the chain: the referenced contained Patient's own values
+    assert "two" in found(fhir, "Observation", {"subject:Patient.gender:missing": "true"})
+    assert "two" not in found(fhir, "Observation",
+                              {"performer:Patient.gender:missing": "true"})
+    assert "two" in found(fhir, "Observation", {"subject:Patient.gender:not": "male"})
+    assert "two" not in found(fhir, "Observation", {"performer:Patient.gender:not": "male"})
+    # On from the contained Patient to a resource of the server
+    assert found(fhir, "Observation", {
+        "subject:Patient.general-practitioner:Practitioner.name": "doctor"}) == {"two"}
+    # A conditional create finds the resource by its contained subject
+    r = fhir.post("Observation", observation("dup", subject={"reference": "Patient/x"}),
+                  headers={"If-None-Exist": "identifier=urn:o|two&subject:Patient.name=alpha"})
+    assert r.status_code == 200, r.text
 
 
 def test_chains_and_has_are_limited_to_three_links(fhir: Fhir) -> None:
@@ -495,8 +540,33 @@ def test_system_search_without_type_takes_the_parameters_common_to_all_types(
         "Patient/same", "Observation/same", "Practitioner/tagged"}
     body = refused(fhir, "", {"name": "x"}, "name")
     assert "_type" in body["issue"][0]["diagnostics"]
+    refused(fhir, "", {"_sort": "family"}, "_sort")  # a sort key is a parameter too
+    put(fhir, {"resourceType": "List", "id": "l", "status": "current", "mode": "working",
+               "entry": [{"item": {"reference": "Patient/other"}}]})
+    assert got({"_list": "l"}) == {"Patient/other"}
     rest = fhir.get("metadata", token=None).json()["rest"][0]
-    assert {"_id", "_lastUpdated", "_tag"} <= {p["name"] for p in rest["searchParam"]}
+    assert {"_id", "_lastUpdated", "_tag", "_list", "_has"} <= {
+        p["name"] for p in rest["searchParam"]}
+
+
+def test_a_search_across_every_type_reads_ids_and_times_through_the_indexes(
+        tmp_path: Any) -> None:
+    """_id and _lastUpdated over many types are one lookup each (search.html#base), not a
+    read of every resource: the plan SQLite makes says so."""
+    import sqlite3
+
+    from server.search.query import parse
+    from server.storage import sqlite_schema
+    from server.storage.sqlite_search import page_sql
+
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    sqlite_schema.migrate(conn, lambda c, k: None, lambda c, k, m: None)
+    types = tuple(structures().resource_types)
+    for params in ([("_id", "a,b")], [("_lastUpdated", "ge2020-01-01")]):
+        sql, args = page_sql(parse(types, params), conn=conn)
+        plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+        assert "SCAN r " not in plan + " " and "SCAN resource" not in plan, (params, plan)
+    conn.close()
 
 
 def test_negations_across_types_stay_within_each_type(fhir: Fhir) -> None:

@@ -317,7 +317,7 @@ def test_reference_forms() -> None:
         ("PractitionerRole", "77", None, "http://other.example/fhir/PractitionerRole/77"),
         (None, None, None, "http://other.example/people/abc"),
         (None, None, None, "urn:uuid:3c9a8d2e-64ef-4c38-a45b-0b5d3ec2d6c1"),
-        (None, None, None, "#c1"),  # there (not :missing), nothing to follow
+        ("Practitioner", None, None, "#c1"),  # contained: there (not :missing), no id
     }
     assert rows(obs, "token", "performer:identifier") == {("http://example.org/npi", "555")}
 
@@ -620,12 +620,14 @@ def test_every_resource_type_with_every_element_extracts() -> None:
         out = extract(resource)
         assert set(out) >= {"string", "token", "reference", "date", "number", "quantity", "uri"}
         codes = {r[0].split(":")[0] for kind in out.values() for r in kind}
-        contained = {c for c in codes if c.startswith("#")}  # a contained resource's
+        contained = {c for c in codes if ">#" in c}  # a contained resource's, chained into
         codes -= contained
         assert {"_tag", "_security", "_profile", "_source"} <= codes, resource_type
         assert codes <= set(reg.params_for(resource_type)), resource_type
         for code in contained:
-            inner, _, name = code[1:].partition(".")
+            referring, _, rest = code.partition(">#")
+            inner, _, name = rest.partition(".")
+            assert reg.get(resource_type, referring).type == "reference", (resource_type, code)
             assert name in reg.params_for(inner), (resource_type, code)
 
 

@@ -39,6 +39,15 @@ def _search_params(type_: str) -> list[dict[str, Any]]:
     return out
 
 
+#: Search parameters of every type that no SearchParameter defines (search.html#list, #has).
+_SYSTEM_SPECIAL = [
+    {"name": "_list", "type": "special", "documentation": "The resources a List holds, by the "
+     "List's id (not functional lists such as $current-problems)."},
+    {"name": "_has", "type": "special", "documentation": "Reverse chaining: "
+     "_has:[type]:[reference parameter]:[parameter]=[value], nested up to three links."},
+]
+
+
 def _followed(type_: str, code: str, param: Any) -> bool:
     """Whether an include follows the parameter: one of references, not of canonical ones
     (which name a definition by its URL, and are searched by it)."""
@@ -129,7 +138,7 @@ def _rest(auth: bool) -> dict[str, Any]:
         "resource": [_resource(t) for t in structures().resource_types],
         "interaction": [{"code": c} for c in system_codes],
         "searchParam": [p for p in _search_params(structures().resource_types[0])
-                        if p["name"] in registry().common],
+                        if p["name"] in registry().common] + _SYSTEM_SPECIAL,
         "operation": _operations("system", None),
     }
     if auth:

@@ -111,13 +111,17 @@ def system_query(req: FhirRequest) -> SearchQuery:
     """The query of ``GET [base]?_type=…``."""
     names = _types_asked(req)
     if not names:  # search.html#base: "all parameters SHALL be common to all resource types"
-        common = registry().common
-        for k, _ in req.params:
+        common = registry().common | {"_has", "_list"}
+        for k, v in req.params:
             code = k.partition(".")[0].partition(":")[0]
-            if code not in common and code not in (*RESULT_PARAMS, *NOT_SUPPORTED, "_has"):
-                raise invalid(f"{k}: a search across all types takes the parameters common to "
-                              f"them ({', '.join(sorted(common))}); name the types with _type "
-                              "to use others", expression=k)
+            codes = [key.strip().lstrip("-") for key in v.split(",")] if code == "_sort" \
+                else [code]
+            for c in codes:
+                if c and c not in common and (code == "_sort" or c not in (
+                        *RESULT_PARAMS, *NOT_SUPPORTED)):
+                    raise invalid(f"{k}: a search across all types takes the parameters common "
+                                  f"to them ({', '.join(sorted(common))}); name the types with "
+                                  "_type to use others", expression=k)
         names = list(structures().resource_types)
     for t in names:
         if not structures().is_resource_type(t):

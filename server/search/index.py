@@ -692,20 +692,42 @@ def _composite_rows(code: str, path: FhirPath, resource: dict[str, Any],
 
 def extract(resource: dict[str, Any]) -> dict[str, list[Row]]:
     """Index rows of every supported search parameter of the resource's type, deduplicated,
-    per kind (every kind present, possibly empty). A contained resource's rows come too, each
-    under its type and code after a ``#`` (``#Medication.ingredient-code``): chains look
-    inside contained resources (search.html#contained), nothing else sees them."""
+    per kind (every kind present, possibly empty).
+
+    A reference to a contained resource (``#m1``) has the contained resource's type, and that
+    resource's rows come too, under the referring parameter, a ``>#``, its type and code
+    (``medication>#Medication.ingredient-code``): a chain through the parameter reads them
+    (search.html#contained: "A chained condition will be evaluated inside contained
+    resources"); nothing else sees them."""
     out = _extract(resource)
-    for inner in resource.get("contained") or ():
-        if type(inner) is dict and type(kind := inner.get("resourceType")) is str \
-                and _is_resource_type(kind):
-            prefix = f"#{kind}."
-            for kind_, rows in _extract(inner).items():
-                if kind_ != "composite":  # not chained into
-                    target = out[kind_]
-                    for row in rows:
-                        target[(prefix + row[0], *row[1:])] = None
+    contained = resource.get("contained")
+    if contained and type(contained) is list:
+        _contained(out, {c["id"]: c for c in contained if type(c) is dict
+                         and type(c.get("id")) is str and type(c.get("resourceType")) is str
+                         and _is_resource_type(c["resourceType"])})
     return {kind: list(rows) for kind, rows in out.items()}
+
+
+def _contained(out: Out, by_id: dict[str, dict[str, Any]]) -> None:
+    references = out["reference"]
+    inner_rows: dict[str, Out] = {}
+    for row in [r for r in references if (r[4] or "").startswith("#")]:
+        inner = by_id.get(row[4][1:])
+        if inner is None:
+            continue
+        code, type_ = row[0], inner["resourceType"]
+        del references[row]
+        references[(code, type_, *row[2:])] = None
+        if ":" in code:  # :identifier rows: not chained through
+            continue
+        if row[4] not in inner_rows:
+            inner_rows[row[4]] = _extract(inner)
+        prefix = f"{code}>#{type_}."
+        for kind, rows in inner_rows[row[4]].items():
+            if kind != "composite":  # not chained into
+                target = out[kind]
+                for r in rows:
+                    target[(prefix + r[0], *r[1:])] = None
 
 
 def _extract(resource: dict[str, Any]) -> Out:

@@ -425,11 +425,12 @@ class Parser:
         reported, and a nested path keeps its top-level element whole (summary.element_name)."""
         for item in element_items(raw):
             top = element_name(item)
+            path = item.partition(".")[2] if structures().is_resource_type(
+                item.partition(".")[0]) else item
             if not any(selectable(t, top) for t in types):
                 self.warn(name, f"{item!r} is not an element of {' or '.join(types)}; "
                                 "nothing is kept for it")
-            elif item.partition(".")[2] and not structures().is_resource_type(
-                    item.partition(".")[0]):
+            elif "." in path:
                 self.warn(name, f"{item!r} is a nested path; only top-level elements are "
                                 f"selected, and {top} is returned whole")
 
@@ -443,6 +444,10 @@ class Parser:
             if inc.source_type in types:
                 return True
             why = f"the search is of {' and '.join(types)}, not {inc.source_type}"
+        elif inc.target_type is not None:
+            if inc.target_type in types:
+                return True
+            why = f"the search is of {' and '.join(types)}, not {inc.target_type}"
         else:
             param = self.reg.get(inc.source_type, inc.code)
             targets = set(param.targets) if param is not None and param.targets else None
@@ -450,7 +455,8 @@ class Parser:
                 return True
             why = (f"{inc.source_type}.{inc.code} points at {', '.join(sorted(targets))}, "
                    f"not at {' or '.join(types)}")
-        self.warn(name, f"{inc.source_type}:{inc.code} cannot apply: {why}")
+        label = ":".join(p for p in (inc.source_type, inc.code, inc.target_type) if p)
+        self.warn(name, f"{label} cannot apply: {why}")
         return False
 
     def not_supported(self, name: str, why: str) -> None:
@@ -551,7 +557,9 @@ def parse(types: tuple[str, ...], params: list[tuple[str, str]], *, default_coun
                 # search.html#modifiers: a server "SHALL reject" a modifier it does not support
                 raise FhirError(400, "not-supported", f"{name}: modifier :{modifier} is not "
                                 f"supported on {bare}", expression=name)
-            if bare in _SINGLE and given.setdefault(bare, raw) != raw:
+            if bare in _SINGLE and given.setdefault(bare, raw) != raw and not (
+                    bare == "_count" and raw.isdigit() and given[bare].isdigit()
+                    and int(raw) == int(given[bare])):
                 raise invalid(f"{bare} is given twice, as {given[bare]!r} and {raw!r}; give "
                               "it once", expression=bare)
             if bare == "_sort":  # repeated "for inner sort orders"

@@ -253,15 +253,15 @@ def _check_version(conn: sqlite3.Connection) -> int:
 @functools.lru_cache(maxsize=8192)
 def param_id(type: str, code: str) -> int:
     """Stable 32-bit id of a search parameter of a type (a hash: no table, nothing to roll back),
-    or of a contained resource's parameter (its code after a ``#``, the upper half).
+    or of a contained resource's parameter (``medication>#Medication.code``: the upper half).
 
     The registry checks at start-up that no two parameters it knows share an id.
     """
     digest = hashlib.blake2b(f"{type}.{code}".encode(), digest_size=4).digest()
     pid = int.from_bytes(digest, "big") >> 1
-    # A contained resource's parameter (index.extract: "#Medication.code") never shares an
-    # id with one of the resources themselves.
-    return pid | 1 << 31 if code.startswith("#") else pid
+    # A contained resource's parameter (index.extract: "medication>#Medication.code") never
+    # shares an id with one of the resources themselves.
+    return pid | 1 << 31 if ">#" in code else pid
 
 
 def delete_index_rows(conn: sqlite3.Connection, rids: list[tuple[int]]) -> None:

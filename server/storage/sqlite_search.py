@@ -50,21 +50,35 @@ def pids_of(type: str, code: str) -> tuple[int, ...]:
     those of the parameters it is the union of (registry.Registry.stored_codes)."""
     from server.search.registry import registry
 
-    if code.startswith("#"):  # of the resources ``type`` contains (index.extract)
-        inner, _, code = code[1:].partition(".")
-        return tuple(param_id(type, f"#{inner}.{c}")
-                     for c in registry().stored_codes(inner, code))
-    return tuple(param_id(type, c) for c in registry().stored_codes(type, code))
+    reg = registry()
+    if ">#" in code:  # of the resources ``type`` contains, as its ``referring`` points at them
+        referring, _, rest = code.partition(">#")
+        inner, _, code = rest.partition(".")
+        return tuple(param_id(type, f"{r}>#{inner}.{c}") for r in reg.stored_codes(type, referring)
+                     for c in reg.stored_codes(inner, code))
+    return tuple(param_id(type, c) for c in reg.stored_codes(type, code))
 
 
-def _inside(c: Chain) -> Match | None:
-    """A chain's condition as it reads the rows of the ``c.target_type`` resources that the
-    resources of ``c.type`` contain (index.extract): for a condition on index rows."""
-    m = c.inner
-    if not isinstance(m, Match) or m.kind in ("id", "lastUpdated", "composite") \
-            or m.code.startswith("#"):
+def _inside(c: Chain) -> Clause | None:
+    """A chain's condition as it reads, on a resource of ``c.type``, the rows of the
+    ``c.target_type`` resource it contains and points at through ``c.code`` (index.extract);
+    None for a condition that cannot (on the id or the time of the resource, a composite, a
+    chain from a contained resource on to another contained one)."""
+    inner = c.inner
+    m = inner.clause if isinstance(inner, Not) else inner
+    if not isinstance(m, Match | Missing | Chain) or ">#" in c.code or ">#" in m.code \
+            or isinstance(m, Match | Missing) and m.kind in (*_COLUMNS, "composite"):
         return None
-    return replace(m, type=c.type, code=f"#{c.target_type}.{m.code}")
+    moved = replace(m, type=c.type, code=f"{c.code}>#{c.target_type}.{m.code}")
+    return Not(moved) if isinstance(inner, Not) else moved
+
+
+def _contained_ref(c: Chain, ref: str, compiler: Compiler) -> str:
+    """The idx_reference row ``ref`` is the reference of ``c.code`` to a contained
+    ``c.target_type`` resource (index.extract)."""
+    return (f"{pid_sql(pids_of(c.type, c.code), ref + '.pid')} AND "
+            f"{ref}.target_type = {compiler.arg(c.target_type)} AND {ref}.target_id = '' AND "
+            f"{ref}.url >= '#' AND {ref}.url < '$'")
 
 
 def pid_sql(pids: Sequence[int], column: str = "pid") -> str:
@@ -134,7 +148,7 @@ class Compiler:
             return self.chain_rids(c)
         if isinstance(c, Has):
             return self.has_rids(c)
-        if isinstance(c, AnyOf) and all(isinstance(x, Match) and x.kind not in _COLUMNS
+        if isinstance(c, AnyOf) and all(isinstance(x, Match) and x.kind != "lastUpdated"
                                         for x in c.clauses):
             return self.any_of_rids(c)
         return None
@@ -160,10 +174,16 @@ class Compiler:
             ttype = self.arg(c.target_type)
             local = self.local("ref")
             inner = self.probe(c.inner, t)
-            return (f"EXISTS (SELECT 1 FROM idx_reference ref JOIN resource {t} ON "
-                    f"{t}.type = ref.target_type AND {t}.id = ref.target_id WHERE ref.rid = "
-                    f"{res}.rid AND {pid} AND ref.target_type = {ttype} AND {local} "
-                    f"AND {t}.deleted = 0 AND {inner})")
+            sql = (f"EXISTS (SELECT 1 FROM idx_reference ref JOIN resource {t} ON "
+                   f"{t}.type = ref.target_type AND {t}.id = ref.target_id WHERE ref.rid = "
+                   f"{res}.rid AND {pid} AND ref.target_type = {ttype} AND {local} "
+                   f"AND {t}.deleted = 0 AND {inner})")
+            contained = _inside(c)
+            if contained is None:
+                return sql
+            return (f"({sql} OR EXISTS (SELECT 1 FROM idx_reference ref WHERE ref.rid = "
+                    f"{res}.rid AND {_contained_ref(c, 'ref', self)}) AND "
+                    f"{self.probe(contained, res)})")
         return self.clause(c, res)
 
     def clause(self, c: Clause | Ranges, res: str) -> str:
@@ -190,7 +210,7 @@ class Compiler:
         groups: dict[tuple[Any, ...], list[Match]] = {}
         others: list[Clause] = []
         for x in c.clauses:
-            if isinstance(x, Match) and x.kind not in _COLUMNS:
+            if isinstance(x, Match):  # the types searched are the outer query's
                 groups.setdefault((x.kind, x.values, x.modifier), []).append(x)
             else:
                 others.append(x)
@@ -232,10 +252,10 @@ class Compiler:
         return f"{res}.rid IN ({self.match_rids(m, same)})"
 
     def match_rids(self, m: Match, same: list[Match] | None = None) -> str:
-        if m.kind == "id":
-            type_ = self.arg(m.type)
+        if m.kind == "id":  # through the (type, id) index, of each type
+            types = ", ".join(self.arg(t) for t in dict.fromkeys(x.type for x in same or [m]))
             ids = [v.code for v in m.values if isinstance(v, TokenValue)]
-            return (f"SELECT rid FROM resource WHERE type = {type_} AND id IN "
+            return (f"SELECT rid FROM resource WHERE type IN ({types}) AND id IN "
                     f"({', '.join(self.arg(i) for i in ids)})")
         table = INDEX_TABLES[m.kind][0]
         pids = list(dict.fromkeys(p for x in same or [m] for p in pids_of(x.type, x.code)))
@@ -461,9 +481,8 @@ class Compiler:
                f"AND {local}")
         contained = _inside(c)
         if contained is not None:  # or a resource it contains (search.html#contained)
-            return (f"{sql} UNION ALL SELECT ref.rid FROM idx_reference ref WHERE {pid} AND "
-                    f"ref.target_id = '' AND ref.target_type = '' AND ref.url >= '#' AND "
-                    f"ref.url < '$' AND {self.clause(contained, 'ref')}")
+            return (f"{sql} UNION ALL SELECT ref.rid FROM idx_reference ref WHERE "
+                    f"{_contained_ref(c, 'ref', self)} AND {self.clause(contained, 'ref')}")
         return sql
 
     def has(self, c: Has, res: str) -> str:
