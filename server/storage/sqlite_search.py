@@ -69,8 +69,10 @@ def _inside(c: Chain) -> Clause | None:
     if not isinstance(m, Match | Missing | Chain) or ">#" in c.code or ">#" in m.code \
             or isinstance(m, Match | Missing) and m.kind in (*_COLUMNS, "composite"):
         return None
-    moved = replace(m, type=c.type, code=f"{c.code}>#{c.target_type}.{m.code}")
-    return Not(moved) if isinstance(inner, Not) else moved
+    code = f"{c.code}>#{c.target_type}.{m.code}"
+    if isinstance(inner, Not):
+        return Not(replace(inner.clause, type=c.type, code=code))
+    return replace(m, type=c.type, code=code)
 
 
 def _contained_ref(c: Chain, ref: str, compiler: Compiler) -> str:
