@@ -277,7 +277,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from server.bulk.importer import Importer
+    from server.bulk.importer import Importer, WorkerDied
     from server.storage import open_store
 
     for f in args.files:
@@ -290,6 +290,18 @@ def cmd_import(args: argparse.Namespace) -> int:
                   "name another file", file=sys.stderr)
             return 2
     settings = _settings(args)
+    if args.rejects is not None and args.rejects.resolve().is_relative_to(
+            settings.data_dir.resolve()):
+        print(f"consilium import: --rejects {args.rejects} is in the data dir "
+              f"{settings.data_dir}, where it could overwrite the store; name a file elsewhere",
+              file=sys.stderr)
+        return 2
+    try:  # before anything is read: a store that cannot be opened is all there is to say
+        asyncio.run(open_store(settings).close())
+    except Exception as exc:
+        print(f"consilium import: cannot open the store in {settings.data_dir}: {exc}",
+              file=sys.stderr)
+        return 2
     from server import logs
 
     logs.setup("warning" if not args.log_level else args.log_level)
@@ -343,7 +355,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(run())
     except Exception as exc:  # the store failed (a full disk …): what is committed stays
-        log.exception("import failed", extra={"event": "import.failed"})
+        if isinstance(exc, WorkerDied):  # said in full below
+            log.error("import failed", extra={"event": "import.failed", "reason": str(exc)})
+        else:
+            log.exception("import failed", extra={"event": "import.failed"})
         report, failure = importer.report, exc
         report.seconds = time.monotonic() - started
     finally:
@@ -375,6 +390,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if failure is not None:
         print(f"consilium import: stopped by an error: {failure}; what is imported above stays"
               f"{'' if args.atomic else '; ' + again}", file=sys.stderr)
+        if isinstance(failure, WorkerDied):  # the pool cannot be shut down: its queues' locks
+            sys.stdout.flush()               # may have died with the worker
+            sys.stderr.flush()
+            os._exit(3)
         return 3
     if report.interrupted:
         print(f"consilium import: interrupted before the end of the files; {again}",

@@ -300,6 +300,33 @@ def test_rejects_written_over_an_input_file_are_refused(tmp_path: Path) -> None:
     assert src.read_bytes() == before
 
 
+def test_rejects_written_into_the_data_dir_are_refused(tmp_path: Path) -> None:
+    """--rejects naming the store (or anything in the data dir) would destroy it: refused."""
+    data = tmp_path / "data"
+    src = write_ndjson(tmp_path / "in.ndjson", [patient(1)])
+    assert consilium(str(src), data_dir=data).returncode == 0
+    before = (data / "consilium.db").read_bytes()
+    bad = write_ndjson(tmp_path / "bad.ndjson", [{"resourceType": "Patient", "gender": "x"}])
+    for target in (data / "consilium.db", data / "consilium.db-wal", data / "new.txt"):
+        out = consilium(str(bad), "--rejects", str(target), data_dir=data)
+        assert out.returncode == 2 and "--rejects" in out.stderr, out.stderr
+    assert (data / "consilium.db").read_bytes() == before
+    assert not (data / "new.txt").exists()
+    assert ("Patient", "imp-1") in read_all(data)
+
+
+def test_a_store_that_cannot_be_opened_is_said_so_in_one_line(tmp_path: Path) -> None:
+    """A data dir that is a file (or read-only): one line naming it, exit 2, no summary of an
+    import that never began and no traceback."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    src = write_ndjson(tmp_path / "in.ndjson", [patient(1)])
+    out = consilium(str(src), data_dir=not_a_dir)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "cannot open the store" in out.stderr and str(not_a_dir) in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "imported" not in out.stdout, out
+
+
 def test_a_directory_is_refused_as_such(tmp_path: Path) -> None:
     out = consilium(str(tmp_path), data_dir=tmp_path / "data")
     assert out.returncode == 2 and "a directory, not a file" in out.stderr
@@ -726,6 +753,72 @@ def test_an_import_killed_midway_leaves_whole_chunks_and_can_be_run_again(tmp_pa
     again = consilium(str(src), data_dir=data)
     assert again.returncode == 0, again.stderr
     assert len(read_all(data)) == N_MANY
+
+
+def _workers(pid: int) -> list[int]:
+    """The pool workers of the importing process ``pid`` (not its resource tracker)."""
+    import os
+
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            out.append(int(entry))
+    return out
+
+
+@pytest.mark.parametrize("atomic", [False, True])
+def test_a_worker_that_dies_fails_the_import_rather_than_hang_it(
+        tmp_path: Path, atomic: bool) -> None:
+    """A worker killed mid-import (the kernel's out-of-memory killer does so) loses the chunk
+    it held: the import stops with a message and the summary, exit 3, what was committed
+    staying (nothing, with --atomic), and importing again completes it."""
+    import os
+    import signal
+    import time
+
+    n = 2 * N_MANY
+    src = write_ndjson(tmp_path / "many.ndjson", [patient(i) for i in range(n)])
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "server", "import", "--quiet", "--data-dir",
+                             str(data), "--workers", "2", "--chunk", str(CHUNK_OF_MANY),
+                             "--model-check",  # slower: the worker dies mid-import
+                             *(["--atomic"] if atomic else []), str(src)],
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    def cpu_seconds(pid: int) -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:  # until it works on a chunk
+        workers = _workers(proc.pid)
+        if len(workers) == 2 and cpu_seconds(workers[0]) > 1.5:
+            break
+        time.sleep(0.02)
+    os.kill(workers[0], signal.SIGKILL)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 3, (out, err)
+    assert "worker" in err and "Traceback" not in err, err
+    assert "imported" in out
+    count = stored_count(data)
+    assert count == 0 if atomic else count % CHUNK_OF_MANY == 0 and count < n, count
+    again = consilium(str(src), data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert len(read_all(data)) == n
 
 
 @pytest.mark.parametrize(("signum", "group"), [

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import gc
 import gzip
 import hashlib
@@ -33,6 +34,7 @@ import os
 import queue
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -454,55 +456,94 @@ def _ignore_interrupts() -> None:
     (Importer.stop). A worker dying mid-chunk would leave the pool waiting for its result."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform == "linux":  # and end with the importing process, however it ends
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:  # it ended before that
+            os._exit(1)
 
 
 @contextlib.contextmanager
 def _pool(ctx: Any, workers: int, initializer: Callable[..., None],
-          initargs: tuple[Any, ...] = ()) -> Iterator[Any]:
+          initargs: tuple[Any, ...], unblock: Callable[[], None]) -> Iterator[Any]:
     """A pool of workers that ignore SIGTERM (:func:`_ignore_interrupts`), so not ended by
-    ``Pool.terminate``'s: once the work is done they are let go; on a failure, killed."""
+    ``Pool.terminate``'s: once the work is done they are let go; on a failure, killed, after
+    ``unblock`` has let the pool's thread that reads the jobs end."""
     pool = ctx.Pool(workers, initializer=initializer, initargs=initargs)
     try:
         yield pool
-    except BaseException:
+    except BaseException as exc:
+        unblock()
         for child in multiprocessing.active_children():
             child.kill()
-        pool.terminate()
+        if not isinstance(exc, WorkerDied):  # else its queues' locks may have died with it:
+            pool.terminate()                 # the process ends without (cmd_import)
         raise
     pool.close()
     pool.join()
 
 
-def _prepare_worker() -> None:
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+class WorkerDied(Exception):
+    """A worker process of the pool died, and the chunk it held with it."""
+
+
+def _started(started: Any) -> None:
+    """In a worker: count it among the workers the pool started (``_watched``)."""
+    with started.get_lock():
+        started.value += 1
+
+
+def _watched(results: Any, started: Any, workers: int) -> Iterator[Any]:
+    """The results of ``pool.imap`` in order. A pool replaces a worker that dies (the kernel's
+    out-of-memory killer kills the largest process) but waits for its chunk for ever: a worker
+    started beyond the first ``workers`` fails the import instead."""
+    while True:
+        try:
+            yield results.next(timeout=0.5)
+        except StopIteration:
+            return
+        except multiprocessing.TimeoutError:
+            if started.value > workers:
+                raise WorkerDied(
+                    "a worker process died, and the chunk it held with it (was it killed? the "
+                    "kernel's out-of-memory killer does so: a smaller --chunk, or fewer "
+                    "--workers, need less memory)") from None
+
+
+def _prepare_worker(started: Any) -> None:
     _ignore_interrupts()
     _warm_up()
+    _started(started)
 
 
 class _Turns:
-    """Chunk k is written once chunks 0 … k - 1 are: a counter shared by the processes."""
+    """Chunk k is written once chunks 0 … k - 1 are: a counter shared by the processes, looked
+    at every millisecond (a Condition would block its notifier for ever on a waiter that
+    died)."""
 
     def __init__(self, ctx: Any):
-        self.next = ctx.Value("q", 0, lock=False)
-        self.changed = ctx.Condition()
+        self.next = ctx.Value("q", 0)
 
     def wait(self, k: int) -> None:
-        with self.changed:
-            self.changed.wait_for(lambda: self.next.value == k)
+        while self.next.value != k:
+            time.sleep(0.001)
 
     def done(self, k: int) -> None:
-        with self.changed:
-            self.next.value = k + 1
-            self.changed.notify_all()
+        self.next.value = k + 1
 
 
 _worker: dict[str, Any] = {}  # the store and turns of a writing worker process
 
 
-def _open_writer(settings: Any, turns: _Turns, chunk: int, writers: int) -> None:
+def _open_writer(settings: Any, turns: _Turns, chunk: int, writers: int, started: Any) -> None:
     from server.storage import open_store
 
     _ignore_interrupts()
     _warm_up()
+    _started(started)
     # Rows and tuples by the million, and no reference cycles worth chasing during a chunk:
     # what warm-up loaded is set aside, and the young generations are collected once a chunk.
     gc.freeze()
@@ -661,9 +702,13 @@ class Importer:
         slots = threading.Semaphore(self.workers * 2)
         meta: collections.deque[list[_Source]] = collections.deque()
 
+        failed = threading.Event()
+
         def jobs() -> Iterator[tuple[int, list[Item], bool]]:
             for k, (chunk, sources) in enumerate(self._chunks(paths)):
                 slots.acquire()
+                if failed.is_set():
+                    return
                 if self.stopping.is_set():
                     self.report.interrupted = True
                     return
@@ -676,14 +721,22 @@ class Importer:
                 read[id(source.counting)] = source.counting.count
             self.progress(sum(read.values()), self.report.imported, self.report.rejected_count)
 
+        def unblock() -> None:  # jobs() reads no further
+            failed.set()
+            slots.release(self.workers * 2)
+
+        spawned = ctx.Value("i", 0)  # worker processes, counted by _watched
         if self.atomic:  # one transaction: the workers prepare, this process writes
-            with _pool(ctx, self.workers, _prepare_worker) as pool:
-                await self._atomic(pool.imap(_prepare_chunk, jobs()), meta, consumed)
+            with _pool(ctx, self.workers, _prepare_worker, (spawned,), unblock) as pool:
+                await self._atomic(_watched(pool.imap(_prepare_chunk, jobs()), spawned,
+                                            self.workers), meta, consumed)
         else:
             turns = _Turns(ctx)
             with _pool(ctx, self.workers, _open_writer,
-                       (self.settings, turns, self.chunk, self.workers)) as pool:
-                for k, (written, prepared) in enumerate(pool.imap(_prepare_and_write, jobs())):
+                       (self.settings, turns, self.chunk, self.workers, spawned),
+                       unblock) as pool:
+                for k, (written, prepared) in enumerate(_watched(
+                        pool.imap(_prepare_and_write, jobs()), spawned, self.workers)):
                     sources = meta.popleft()
                     if written is None:  # a chunk with Bundles, ours to write in its turn
                         try:
@@ -771,7 +824,7 @@ class Importer:
         """Everything in one store transaction, fed through a queue while the pool prepares.
         After a rejected line nothing more is written, but the rest is still checked so that
         every bad line is reported; then the transaction is rolled back."""
-        feed: queue.Queue[list[Any] | None] = queue.Queue(maxsize=8)
+        feed: queue.Queue[list[Any] | bool | None] = queue.Queue(maxsize=8)  # False: undo
 
         class Abort(Exception):
             pass
@@ -780,6 +833,8 @@ class Importer:
             imported = unchanged = 0
             while True:
                 batch = feed.get()
+                if isinstance(batch, bool):  # False: undo
+                    raise Abort
                 if batch is None:
                     if self.stopping.is_set():
                         self.report.interrupted = True
@@ -798,8 +853,12 @@ class Importer:
                 if not self.report.rejected_count:
                     await asyncio.to_thread(feed.put, batch)
                 consumed(sources)
-        finally:
-            await asyncio.to_thread(feed.put, None)
+        except BaseException:  # the transaction is rolled back, then the failure goes on
+            await asyncio.to_thread(feed.put, False)
+            with contextlib.suppress(Abort):
+                await job
+            raise
+        await asyncio.to_thread(feed.put, None)
         with contextlib.suppress(Abort):  # rolled back: nothing imported
             self.report.count(await job)
 
