@@ -7,6 +7,7 @@ import json
 import resource
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -449,6 +450,68 @@ def test_a_history_bundle_is_replayed_oldest_first(tmp_path: Path) -> None:
     assert stored[("Patient", "hb-1")]["name"] == [{"family": "Third"}]
     assert stored[("Patient", "hb-1")]["meta"]["versionId"] == "3"
     assert ("Patient", "hb-2") not in stored  # deleted
+
+
+def test_ctrl_c_stops_a_file_of_bundles_between_bundles(tmp_path: Path) -> None:
+    """A file of transaction Bundles is written Bundle by Bundle: Ctrl-C stops at the next
+    one (it used to go on to the end of the file, exiting 0), and importing the file again
+    completes it with nothing made twice."""
+    import os
+    import signal
+    import time
+
+    bundles, per = 400, 25
+    src = write_ndjson(tmp_path / "bundles.ndjson", [
+        {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": f"urn:uuid:{uuid.UUID(int=b * per + i)}",
+             "resource": {"resourceType": "Patient", "name": [{"family": f"B{b}-{i}"}]},
+             "request": {"method": "POST", "url": "Patient"}} for i in range(per)]}
+        for b in range(bundles)])
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "server", "import", "--quiet", "--data-dir",
+                             str(data), str(src)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while stored_count(data) < 10 * per and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert 0 < stored_count(data) < bundles * per
+    again = consilium(str(src), data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert stored_count(data) == bundles * per
+
+
+def test_a_transaction_of_creates_imported_again_makes_nothing_twice(tmp_path: Path) -> None:
+    """Importing again is how an interrupted import is completed: a transaction's creates
+    (POST) are made once, each under the uuid of its urn:uuid fullUrl (or an id derived from
+    the entry), their references to one another rewritten as usual."""
+    urn = "urn:uuid:4a7b0c3e-1d2f-4e5a-8b6c-7d8e9f0a1b2c"
+    tx = tmp_path / "tx.json"
+    tx.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": urn, "resource": {"resourceType": "Patient", "name": [{"family": "Once"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "o"},
+                      "subject": {"reference": urn}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "o"},
+                      "subject": {"reference": urn}},
+         "request": {"method": "POST", "url": "Observation"}}]}))
+    data = tmp_path / "data"
+    first = consilium(str(tx), data_dir=data)
+    assert first.returncode == 0 and "imported 3 resources" in first.stdout, first
+    stored = read_all(data)
+    assert ("Patient", "4a7b0c3e-1d2f-4e5a-8b6c-7d8e9f0a1b2c") in stored
+    observations = [r for (t, _), r in stored.items() if t == "Observation"]
+    assert len(observations) == 2  # two entries alike are two resources
+    assert {o["subject"]["reference"] for o in observations} == {
+        "Patient/4a7b0c3e-1d2f-4e5a-8b6c-7d8e9f0a1b2c"}
+    again = consilium(str(tx), data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert "imported 3 resources (3 unchanged: already stored as they are)" in again.stdout, \
+        again.stdout
+    assert read_all(data) == stored
 
 
 def test_a_bundle_imported_again_counts_its_writes_as_unchanged(tmp_path: Path) -> None:

@@ -362,6 +362,29 @@ def _urn_id(urn: str) -> str:
     return name if valid_id(name) else new_id()
 
 
+def _creates_as_updates(entries: list[Any]) -> list[Any]:
+    """An imported transaction's or batch's creates (POST, without ``ifNoneExist``) as updates
+    of the ids :func:`_urn_id` gives their ``urn:`` fullUrls, or else (without a fullUrl)
+    derived from the entry, its content and place: importing the file again, which is how an
+    interrupted import is completed, finds them stored instead of making them again. A create
+    whose fullUrl is a RESTful URL, which other entries' relative references may name, is
+    left as it is."""
+    out = []
+    for at, entry in enumerate(entries):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        full = entry.get("fullUrl") if isinstance(entry, dict) else None
+        if isinstance(request, dict) and request.get("method") == "POST" \
+                and not request.get("ifNoneExist") and isinstance(resource, dict) \
+                and request.get("url") == resource.get("resourceType") \
+                and (full is None or isinstance(full, str) and full.startswith(URNS)):
+            id_ = _urn_id(full) if full else _content_id({"entry": at, "resource": resource})
+            entry = {**entry, "resource": {**resource, "id": id_},
+                     "request": {**request, "method": "PUT", "url": f"{request['url']}/{id_}"}}
+        out.append(entry)
+    return out
+
+
 def _content_id(resource: dict[str, Any]) -> str:
     """The id of a line (or entry) without one: derived from its content (however its JSON is
     written), so that importing the same file again finds it stored instead of making it
@@ -526,6 +549,7 @@ class _Turns:
 
     def __init__(self, ctx: Any):
         self.next = ctx.Value("q", 0)
+        self.halted = ctx.Value("b", 0)
 
     def wait(self, k: int) -> None:
         while self.next.value != k:
@@ -533,6 +557,11 @@ class _Turns:
 
     def done(self, k: int) -> None:
         self.next.value = k + 1
+
+    def halt(self) -> None:
+        """The import stopped within a chunk: the chunks after it are not written (in their
+        turn, what follows it would otherwise be written without it)."""
+        self.halted.value = 1
 
 
 _worker: dict[str, Any] = {}  # the store and turns of a writing worker process
@@ -579,7 +608,7 @@ def _write_in_turn(k: int, items: list[Any]) -> Counts:
     turns: _Turns = _worker["turns"]
     turns.wait(k)
     try:
-        if not items:
+        if not items or turns.halted.value:
             return 0, 0
         counts: Counts = _worker["loop"].run_until_complete(_worker["store"].run(
             lambda tx: _write_all(tx, items)))
@@ -620,6 +649,8 @@ class Importer:
         self.progress = progress or (lambda done_bytes, imported, rejected: None)
         self.report = Report()
         self.stopping = threading.Event()
+        #: Stops the writing of the chunks after the one under way (_Turns.halt).
+        self.halt: Callable[[], None] = lambda: None
 
     def stop(self) -> None:
         """Read no further: the chunks under way are written (an --atomic import writes
@@ -732,6 +763,7 @@ class Importer:
                                             self.workers), meta, consumed)
         else:
             turns = _Turns(ctx)
+            self.halt = turns.halt
             with _pool(ctx, self.workers, _open_writer,
                        (self.settings, turns, self.chunk, self.workers, spawned),
                        unblock) as pool:
@@ -771,6 +803,10 @@ class Importer:
                     name, number, "transaction, batch and history Bundles cannot be part of an "
                                   "--atomic import; import them without it")
             else:  # the lines before it are written first: later lines win
+                if self.stopping.is_set():  # Bundle by Bundle, a chunk of them stops at once
+                    self.report.interrupted = True
+                    self.halt()
+                    break
                 if batch:
                     self.report.count(await self.store.run(lambda tx, b=batch: _write_all(tx, b)))
                     batch = []
@@ -788,6 +824,8 @@ class Importer:
         began = instant(time.time_ns() // 1000)
         try:
             check_envelope(bundle)
+            if bundle.get("type") in ("transaction", "batch"):
+                entries = _creates_as_updates(entries)
             if bundle.get("type") == "transaction":
                 response = await transaction(req, self.store, entries)
                 assert response.resource is not None
