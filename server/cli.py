@@ -36,7 +36,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="store: empty for the embedded SQLite store under the data dir, or "
                              "a mongodb:// URI (env CONSILIUM_DB)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        help="log level (default info; env CONSILIUM_LOG_LEVEL)")
+                        help="log level (default info, and warning for import; env "
+                             "CONSILIUM_LOG_LEVEL)")
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -238,10 +239,14 @@ def _import_parser(sub: Any) -> None:
                     ".ndjson.gz, .jsonl), Bundle files or single resources (.json, .json.gz). "
                     "Each resource is validated "
                     "and indexed as on the API; resources with an id keep it (a new version if "
-                    "it exists), others get a new id. Transaction and batch Bundles are "
-                    "processed as the API processes them. Works while a server runs on the "
-                    "same data dir. Exits 1 and lists the rejected lines if any line is "
-                    "rejected.")
+                    "it changed), others get one derived from their content, so importing a "
+                    "file again makes nothing twice. Transaction, batch and history Bundles are "
+                    "processed as the API processes them; document and message Bundles are "
+                    "stored whole. Works while a server runs on the same data dir. Ctrl-C "
+                    "writes the chunks under way and stops; importing again completes it. "
+                    "Exit status: 0 all imported; 1 some lines rejected (listed); 2 bad "
+                    "arguments, files or data dir; 3 the store or a worker failed midway; "
+                    "130/143 interrupted (SIGINT/SIGTERM).")
     _common(p)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--atomic", action="store_true",

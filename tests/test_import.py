@@ -301,6 +301,19 @@ def test_rejects_written_over_an_input_file_are_refused(tmp_path: Path) -> None:
     assert src.read_bytes() == before
 
 
+def test_each_reject_is_one_line_of_the_rejects_file(tmp_path: Path) -> None:
+    """FILE:LINE: why, one per line, whatever the reason's own text holds (a JSON parser's
+    message spans lines)."""
+    src = tmp_path / "truncated.json"  # a collection cut short: the parser's message
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": patient(1)}, {"resource": patient(2)}]})[:-30])
+    rejects = tmp_path / "rejects.txt"
+    out = consilium(str(src), "--rejects", str(rejects), data_dir=tmp_path / "data")
+    assert out.returncode == 1, out.stderr
+    lines = rejects.read_text().splitlines()
+    assert lines and all(line.startswith(f"{src}:") for line in lines), lines
+
+
 def test_rejects_written_into_the_data_dir_are_refused(tmp_path: Path) -> None:
     """--rejects naming the store (or anything in the data dir) would destroy it: refused."""
     data = tmp_path / "data"

@@ -119,8 +119,9 @@ class Report:
         self.unchanged += counts[1]
 
     def reject(self, source: str, line: int, message: str) -> None:
-        """Note a rejected line (from the reading thread or the importing one)."""
-        r = Rejected(source, line, message)
+        """Note a rejected line (from the reading thread or the importing one); its message
+        on one line, as --rejects lists them (FILE:LINE: why)."""
+        r = Rejected(source, line, " ".join(message.split()))
         with self._lock:
             key = (-self.order.get(source, len(self.order)), -line, -self.rejected_count, r)
             self.rejected_count += 1
