@@ -279,8 +279,8 @@ def reference_row(ref: str) -> Row | None:
 
     ``Patient/1`` and ``Patient/1/_history/2`` are local; an absolute URL keeps the whole URL
     and, when its path ends in ``Type/id[/_history/v]``, that type, id and version as well;
-    ``urn:uuid:``/``urn:oid:`` and ``#contained`` keep only the url (chains and includes do not
-    look inside contained resources; the row says the reference is there).
+    ``urn:uuid:``/``urn:oid:`` and ``#contained`` keep only the url (:func:`extract` gives the
+    latter the contained resource's type, and that resource's rows for chains).
     """
     return _cached_reference(ref) if len(ref) <= 256 else _parse_reference(ref)
 
