@@ -876,12 +876,16 @@ def test_a_worker_that_dies_fails_the_import_rather_than_hang_it(
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:  # until it works on a chunk
-        workers = _workers(proc.pid)
-        if len(workers) == 2 and cpu_seconds(workers[0]) > 1.5:
-            break
-        time.sleep(0.02)
-    os.kill(workers[0], signal.SIGKILL)
+    busy = None
+    while busy is None and proc.poll() is None and time.monotonic() < deadline:
+        # a worker past its warm-up that is working on a chunk (an idle one holds none)
+        before = {w: cpu_seconds(w) for w in _workers(proc.pid)}
+        time.sleep(0.1)
+        busy = next((w for w, t in before.items()
+                     if t > 1.5 and w in _workers(proc.pid) and cpu_seconds(w) - t >= 0.05),
+                    None)
+    assert busy is not None, "no worker was seen working"
+    os.kill(busy, signal.SIGKILL)
     try:
         out, err = proc.communicate(timeout=60)
     finally:

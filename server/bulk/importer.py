@@ -30,6 +30,7 @@ import heapq
 import io
 import logging
 import multiprocessing
+import multiprocessing.pool
 import os
 import queue
 import re
@@ -498,10 +499,16 @@ def _pool(ctx: Any, workers: int, initializer: Callable[..., None],
         yield pool
     except BaseException as exc:
         unblock()
+        if isinstance(exc, WorkerDied):
+            # Its queues' locks may have died with it, and Pool.terminate would wait on them:
+            # the pool's own thread stops replacing workers (it looks every 0.1 s), those
+            # left are killed, and the process ends without more (cmd_import).
+            pool._worker_handler._state = multiprocessing.pool.TERMINATE
+            time.sleep(0.3)
         for child in multiprocessing.active_children():
             child.kill()
-        if not isinstance(exc, WorkerDied):  # else its queues' locks may have died with it:
-            pool.terminate()                 # the process ends without (cmd_import)
+        if not isinstance(exc, WorkerDied):
+            pool.terminate()
         raise
     pool.close()
     pool.join()
