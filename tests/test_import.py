@@ -346,6 +346,24 @@ def test_a_directory_is_refused_as_such(tmp_path: Path) -> None:
     assert out.returncode == 2 and "a directory, not a file" in out.stderr
 
 
+def test_compression_is_known_by_content(tmp_path: Path) -> None:
+    """gzip whatever the file's name; another compression is named, not read as garbage."""
+    import bz2
+
+    plain = json.dumps(patient(1)).encode() + b"\n" + json.dumps(patient(2)).encode() + b"\n"
+    unnamed = tmp_path / "export.ndjson"
+    unnamed.write_bytes(gzip.compress(plain))
+    squeezed = tmp_path / "other.ndjson.bz2"
+    squeezed.write_bytes(bz2.compress(plain))
+    data = tmp_path / "data"
+    out = consilium(str(unnamed), str(squeezed), data_dir=data)
+    assert out.returncode == 1, out.stderr
+    assert "imported 2 resources" in out.stdout, out.stdout
+    assert f"{squeezed}:1: compressed with bzip2" in out.stderr and "gzip" in out.stderr, \
+        out.stderr
+    assert len(read_all(data)) == 2
+
+
 def test_bundles_gzip_and_reimport(tmp_path: Path) -> None:
     data = tmp_path / "data"
     collection = tmp_path / "collection.json"

@@ -162,7 +162,7 @@ def _open(path: Path) -> tuple[IO[bytes], _Counting]:
     Windows tools write), with the counter of the bytes read from the file."""
     counting = _Counting(open(path, "rb"))  # noqa: SIM115 (the returned stream owns it)
     stream: IO[bytes] = io.BufferedReader(counting, 1 << 20)
-    if path.name.endswith(".gz"):
+    if stream.peek(2)[:2] == _GZIP:  # type: ignore[attr-defined]  # whatever the name
         stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
     with contextlib.suppress(*_UNREADABLE):  # reported when read
         if stream.peek(3)[:3] == _BOM:  # type: ignore[attr-defined]
@@ -171,6 +171,20 @@ def _open(path: Path) -> tuple[IO[bytes], _Counting]:
 
 
 _BOM = b"\xef\xbb\xbf"
+_GZIP = b"\x1f\x8b"
+#: How the other compressions start: named rather than read as garbage.
+_COMPRESSED = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+               b"PK\x03\x04": "zip"}
+
+
+def _check_compression(path: Path) -> None:
+    """Refuse a file compressed otherwise than with gzip, naming how."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    for magic, name in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise _NotImportable(f"compressed with {name}: decompress it, or compress it with "
+                                 "gzip, which is read as it is")
 
 
 def _is_ndjson(path: Path) -> bool:
@@ -671,6 +685,7 @@ class Importer:
         A file that cannot be imported, or the rest of one that breaks, is listed as rejected."""
         for path in paths:
             try:
+                _check_compression(path)
                 kind = "ndjson" if _is_ndjson(path) else _json_kind(path)
             except _NotImportable as exc:
                 self.report.reject(str(path), 1, str(exc))
