@@ -91,14 +91,17 @@ def element_items(raw: str) -> list[str]:
     return [n.strip() for n in raw.split(",") if n.strip()]
 
 
+def element_path(item: str) -> str:
+    """An ``_elements`` item without the resource type it may start with (``Patient.name``)."""
+    head, _, rest = item.partition(".")
+    return rest if rest and structures().is_resource_type(head) else item
+
+
 def element_name(item: str) -> str:
     """The top-level element an ``_elements`` item keeps: its "base element name" (search.html
     #elements). ``Patient.name`` is tolerated; a nested path (``name.family``) keeps its
     top-level element whole."""
-    head, _, rest = item.partition(".")
-    if rest and structures().is_resource_type(head):
-        head = rest.partition(".")[0]
-    return head
+    return element_path(item).partition(".")[0]
 
 
 def selectable(type_: str, name: str) -> bool:

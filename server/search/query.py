@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 from server.fhir.errors import FhirError, invalid
 from server.fhir.structures import structures
-from server.fhir.summary import element_items, element_name, selectable
+from server.fhir.summary import element_items, element_path, selectable
 from server.fhir.values import parse_count, valid_id
 from server.search import index
 from server.search.plan import (
@@ -404,29 +404,26 @@ class Parser:
         all provided types". One that some of them lack is refused under strict handling, and
         used with a warning otherwise, saying what becomes of the types that lack it."""
         lacking = [t for t in types if self.reg.get(t, code) is None]
-        if not lacking:
-            return
-        why = (f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no parameter "
-               f"{code!r}: {otherwise}")
-        if self.strict:
-            raise invalid(f"{name}: {why}; with _type, every parameter must be common to the "
-                          "types", expression=name)
-        self.warnings[name] = why
+        if lacking:
+            self.warn(name, f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no "
+                            f"parameter {code!r}: {otherwise}",
+                      rule="with _type, every parameter must be common to the types")
 
-    def warn(self, name: str, why: str) -> None:
+    def warn(self, name: str, why: str, rule: str | None = None) -> None:
         """A parameter used, or left unused, with something the client should know: refused
-        under strict handling."""
+        under strict handling (saying the ``rule`` it breaks)."""
         if self.strict:
-            raise invalid(f"{name}: {why}", expression=name)
-        self.warnings[name] = f"{self.warnings[name]}; {why}" if name in self.warnings else why
+            raise invalid(f"{name}: {why}" + (f"; {rule}" if rule else ""), expression=name)
+        known = self.warnings.get(name)
+        if known is None or why not in known:
+            self.warnings[name] = why if known is None else f"{known}; {why}"
 
     def elements(self, types: tuple[str, ...], name: str, raw: str) -> None:
         """search.html#elements takes "base element names": one no searched type has is
         reported, and a nested path keeps its top-level element whole (summary.element_name)."""
         for item in element_items(raw):
-            top = element_name(item)
-            path = item.partition(".")[2] if structures().is_resource_type(
-                item.partition(".")[0]) else item
+            path = element_path(item)
+            top = path.partition(".")[0]
             if not any(selectable(t, top) for t in types):
                 self.warn(name, f"{item!r} is not an element of {' or '.join(types)}; "
                                 "nothing is kept for it")
