@@ -143,3 +143,41 @@ def test_a_caller_that_stops_waiting_leaves_the_writer_working(store: SqliteStor
     assert asyncio.run(main()) == ["a", "b", "c"]
     assert names(store, "Gamma") == ["c"]
 
+
+
+def test_a_long_write_inserts_its_index_rows_as_they_pile_up(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write of very many resources (an --atomic import is one) does not hold all their index
+    rows until its commit: past a bound, those waiting are inserted."""
+    monkeypatch.setattr("server.storage.sqlite.PENDING_ROWS", 10)
+    held: list[int] = []
+
+    def many(tx: Any) -> None:
+        for i in range(40):
+            body = patient(f"m{i}", "Many")
+            tx.write("Patient", body["id"], body, extract(body), "PUT")
+            held.append(tx.index.count)
+
+    in_one_group(store, many)
+    assert max(held) < 10 + 5 and len(held) == 40  # a write adds at most a few rows
+    page = asyncio.run(store.search(parse(("Patient",), [("name:exact", "Many"), ("_count", "50")])))
+    assert sorted(v.id for v in page.matches) == sorted(f"m{i}" for i in range(40))
+
+
+def test_rows_inserted_early_for_a_write_that_fails_leave_the_others(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of the writes before a failing one, inserted while it ran, are inserted again once it
+    is rolled back; its own go."""
+    monkeypatch.setattr("server.storage.sqlite.PENDING_ROWS", 3)
+
+    def many_then_fail(tx: Any) -> None:
+        for i in range(10):
+            body = patient(f"x{i}", "Xeno")
+            tx.write("Patient", body["id"], body, extract(body), "PUT")
+        raise ValueError("refused")
+
+    results = in_one_group(store, write(patient("a", "Alpha")), write(patient("b", "Alpha")),
+                           many_then_fail, write(patient("d", "Delta")))
+    assert isinstance(results[2], ValueError)
+    assert names(store, "Alpha") == ["a", "b"] and names(store, "Xeno") == []
+    assert names(store, "Delta") == ["d"]

@@ -113,39 +113,55 @@ def _as_dict(type: str, resource: dict[str, Any] | Serialized) -> dict[str, Any]
     return {"resourceType": type, **meta, **codec.loads(resource.rest)}
 
 
+#: Index rows waiting to be inserted, past which they are inserted: a write of very many
+#: resources (an --atomic import is one) would otherwise hold all of theirs until its commit.
+PENDING_ROWS = 100_000
+
+
 class _IndexRows:
     """The index rows of a commit's writes, inserted together (one statement per table for the
-    whole group, not per write) before anything reads the index tables and before the commit.
+    whole group, not per write) before anything reads the index tables, before the commit, and
+    whenever :data:`PENDING_ROWS` wait.
 
     A write that fails is rolled back to its savepoint; rows inserted during it, its own and
-    those of the writes before it, go with it. :meth:`undo` drops its own rows and marks the
-    others to be inserted again."""
+    those of the writes before it, go with it. :meth:`undo` drops its own rows and puts the
+    others back to be inserted again."""
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
-        self.rows: dict[str, list[tuple[Any, ...]]] = {}
-        self.written: dict[str, int] = {}  # how many of each kind's rows are in the tables
-        self._start: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        self.pending: dict[str, list[tuple[Any, ...]]] = {}
+        self.count = 0  # rows pending
+        # Of each kind, how many pending rows are the earlier writes' (the rest: the current
+        # write's); and the earlier writes' rows inserted since the current write began.
+        self._earlier: dict[str, int] = {}
+        self._inserted: dict[str, list[tuple[Any, ...]]] = {}
 
     def begin(self) -> None:
         """A write starts (its savepoint is open)."""
-        self._start = ({k: len(v) for k, v in self.rows.items()}, dict(self.written))
+        self._earlier = {k: len(v) for k, v in self.pending.items()}
+        self._inserted = {}
 
     def undo(self) -> None:
         """The write begun last was rolled back to its savepoint."""
-        lengths, written = self._start
-        for kind, rows in self.rows.items():
-            del rows[lengths.get(kind, 0):]
-        self.written = {k: min(n, written.get(k, 0)) for k, n in self.written.items()}
+        kinds = self.pending.keys() | self._inserted.keys()
+        self.pending = {k: self._inserted.get(k, []) + self.pending.get(k, [])[:self._earlier.get(k, 0)]
+                        for k in kinds}
+        self.count = sum(map(len, self.pending.values()))
+        self.begin()
 
     def add(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
         for kind, new in rows.items():
-            self.rows.setdefault(kind, []).extend(new)
+            self.pending.setdefault(kind, []).extend(new)
+            self.count += len(new)
+        if self.count >= PENDING_ROWS:
+            self.flush()
 
     def flush(self) -> None:
-        new = {k: v[self.written.get(k, 0):] for k, v in self.rows.items()}
-        sqlite_schema.insert_index_rows(self.conn, new)
-        self.written = {k: len(v) for k, v in self.rows.items()}
+        sqlite_schema.insert_index_rows(self.conn, self.pending)
+        for kind, rows in self.pending.items():
+            if self._earlier.get(kind):
+                self._inserted.setdefault(kind, []).extend(rows[:self._earlier[kind]])
+        self.pending, self._earlier, self.count = {}, {}, 0
 
 
 class _Ids:
