@@ -989,3 +989,69 @@ def test_imported_bodies_are_those_an_update_stores(tmp_path: Path) -> None:
             assert list(written) == list(stored) and list(written["meta"]) == list(stored["meta"])
     finally:
         store.close_sync()
+
+
+def test_a_batch_file_is_read_in_slices_each_a_batch_of_its_entries(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A batch Bundle file is not read whole: its entries go in slices of BATCH_SLICE, each a
+    batch Bundle with the file's envelope (its entries are independent, so the slices are the
+    same batch), numbered by their first entry."""
+    from server.bulk import importer
+
+    monkeypatch.setattr(importer, "BATCH_SLICE", 3)
+    entries = [{"resource": patient(i), "request": {"method": "PUT", "url": f"Patient/imp-{i}"}}
+               for i in range(7)]
+    src = tmp_path / "batch.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "id": "b1", "type": "batch",
+                               "entry": entries}))
+    chunks = [chunk for chunk, _ in importer.Importer(None, None)._chunks([src])]
+    items = [item for chunk in chunks for item in chunk]
+    assert [n for n, _ in items] == [1, 4, 7]
+    slices = [json.loads(raw) for _, raw in items]  # type: ignore[arg-type]
+    assert all(s["type"] == "batch" and s["id"] == "b1" for s in slices)
+    assert [len(s["entry"]) for s in slices] == [3, 3, 1]
+    assert [e for s in slices for e in s["entry"]] == entries
+
+
+def test_a_batch_file_reports_its_refused_entries_by_their_number(tmp_path: Path) -> None:
+    """Through the command, a batch file of more entries than a slice: every entry is processed
+    on its own, the refused ones listed by their place in the file."""
+    n = 1_200
+    entries = [{"resource": patient(i), "request": {"method": "PUT", "url": f"Patient/imp-{i}"}}
+               for i in range(n)]
+    for at in (2, 1_100):  # entries 3 and 1,101
+        entries[at]["resource"]["gender"] = "robot"
+    src = tmp_path / "batch.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries}))
+    out = consilium(str(src), data_dir=tmp_path / "data")
+    assert out.returncode == 1, out.stderr
+    robots = [line.split(": ")[:2] for line in out.stderr.splitlines() if "robot" in line]
+    assert robots == [[f"{src}:3", "batch entry 3"], [f"{src}:1101", "batch entry 1101"]], \
+        out.stderr
+    assert len(read_all(tmp_path / "data")) == n - 2
+
+
+def test_a_transaction_or_history_file_of_too_many_entries_is_refused_unread(
+        tmp_path: Path) -> None:
+    """A transaction is processed whole, in memory: as through the API, it may have at most
+    20,000 entries. A larger one is refused before it is read, saying how to import it; so is
+    a larger Bundle on a line of NDJSON, as it would be through the API."""
+    from server.fhir.transaction import MAX_ENTRIES
+
+    entry = {"resource": {"resourceType": "Basic", "code": {"text": "x"}},
+             "request": {"method": "POST", "url": "Basic"}}
+    for kind in ("transaction", "history"):
+        src = tmp_path / f"{kind}.json"
+        src.write_text(json.dumps({"resourceType": "Bundle", "type": kind,
+                                   "entry": [entry] * (MAX_ENTRIES + 1)}))
+        out = consilium(str(src), data_dir=tmp_path / "data")
+        assert out.returncode == 1, out.stderr
+        assert f"{src}:1: a {kind} Bundle may have at most 20000 entries" in out.stderr, \
+            out.stderr
+        assert "collection" in out.stderr and "--atomic" in out.stderr
+    lines = write_ndjson(tmp_path / "lines.ndjson", [  # a line is a Bundle read whole
+        patient(1), {"resourceType": "Bundle", "type": "batch",
+                     "entry": [entry] * (MAX_ENTRIES + 1)}])
+    out = consilium(str(lines), data_dir=tmp_path / "data")
+    assert f"{lines}:2: a batch Bundle may have at most 20000 entries" in out.stderr, out.stderr
+    assert stored_count(tmp_path / "data") == 1

@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import heapq
 import io
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.pool
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 #: or a Bundle file's entries, uncompressed), so that memory stays bounded whatever they hold.
 CHUNK = 20000
 CHUNK_BYTES = 64 << 20
+#: A batch Bundle file's entries go in slices of this many, each a batch of its own: their
+#: entries are independent (http.html#transaction), so the slices are the same batch, and the
+#: file is not read whole.
+BATCH_SLICE = 1000
 _BUNDLE_KINDS = ("transaction", "batch", "history")
 #: The Bundles whose entries are imported one by one (a document or message is one resource).
 _ENTRY_KINDS = ("collection", "searchset", "transaction-response", "batch-response")
@@ -330,6 +335,52 @@ def _entry_json(entry: Any, resource: Any, links: dict[str, str]) -> bytes | Unr
         return codec.dumps(resource)
     except (TypeError, ValueError, RecursionError) as exc:  # orjson: nested too deeply
         return Unreadable(f"cannot be imported: {exc}")
+
+
+def _envelope(path: Path) -> tuple[dict[str, Any], int, bool]:
+    """A Bundle file's members but its entries, how many entries it has, and whether it holds
+    escaped surrogates (:class:`_Escapes`): one pass, the entries not kept."""
+    envelope: dict[str, Any] = {}
+    count = 0
+    key, builder = None, None
+    stream, _ = _open(path)
+    escapes = _Escapes(stream)
+    with stream, contextlib.suppress(ijson.JSONError, *_UNREADABLE):  # reported when read
+        for prefix, event, value in ijson.parse(escapes):
+            if prefix == "" and event in ("map_key", "end_map"):
+                if builder is not None:
+                    envelope[key] = builder.value  # type: ignore[index]
+                key, builder = value, None if value == "entry" else ijson.ObjectBuilder()
+            elif prefix == "entry.item" and event not in ("map_key", "end_map", "end_array"):
+                count += 1
+            elif builder is not None:
+                builder.event(event, value)
+    return envelope, count, escapes.seen
+
+
+def _batch_slices(stream: IO[bytes], envelope: dict[str, Any],
+                  escapes: bool) -> Iterator[tuple[Item, int]]:
+    """A batch Bundle file's entries in batches of :data:`BATCH_SLICE`, each numbered by its
+    first entry, with the bytes of JSON read up to it (uncompressed)."""
+    json = _Counting(stream)
+    read = ijson_python.items if escapes else ijson.items
+    entries = read(json, "entry.item")
+    first = 1
+    while group := list(itertools.islice(entries, BATCH_SLICE)):
+        yield (first, codec.dumps({**envelope, "entry": group})), json.count
+        first += len(group)
+
+
+def _max_entries() -> int:
+    from server.fhir.transaction import MAX_ENTRIES
+
+    return MAX_ENTRIES
+
+
+def _too_many(kind: str) -> str:
+    return (f"a {kind} Bundle may have at most {_max_entries()} entries, as through the API (it is "
+            "processed whole, in memory): import more resources as NDJSON or as a collection "
+            "Bundle, with --atomic for all or nothing")
 
 
 def _urn_links(path: Path) -> tuple[dict[str, str], bool]:
@@ -670,6 +721,7 @@ class Importer:
         self.workers = workers or os.cpu_count() or 1
         self.progress = progress or (lambda done_bytes, imported, rejected: None)
         self.report = Report()
+        self.sliced: set[str] = set()  # the batch files read in slices (_batch_slices)
         self.stopping = threading.Event()
         #: Stops the writing of the chunks after the one under way (_Turns.halt).
         self.halt: Callable[[], None] = lambda: None
@@ -692,17 +744,24 @@ class Importer:
                 continue
             stream, counting = _open(path)
             with stream:
-                if kind in (*_BUNDLE_KINDS, "resource"):  # one item: the whole file
-                    try:
-                        data = stream.read()
-                    except _UNREADABLE as exc:
-                        self.report.reject(str(path), 1, f"cannot be read: {exc}")
-                        continue
-                    yield str(path), counting, (1, data), len(data)
-                    continue
                 try:
-                    items = _ndjson_sized(stream) if kind == "ndjson" else \
-                        _bundle_items(stream, *_urn_links(path))
+                    if kind == "ndjson":
+                        items = _ndjson_sized(stream)
+                    elif kind == "entries":
+                        items = _bundle_items(stream, *_urn_links(path))
+                    elif kind == "batch":
+                        envelope, _, escapes = _envelope(path)
+                        items = _batch_slices(stream, envelope, escapes)
+                        self.sliced.add(str(path))
+                    else:  # one item: the whole file
+                        if kind != "resource" and _envelope(path)[1] > _max_entries():
+                            raise _NotImportable(_too_many(kind))
+                        try:
+                            data = stream.read()
+                        except _UNREADABLE as exc:
+                            raise _NotImportable(f"cannot be read: {exc}") from None
+                        yield str(path), counting, (1, data), len(data)
+                        continue
                 except _NotImportable as exc:
                     self.report.reject(str(path), 1, str(exc))
                     continue
@@ -845,6 +904,11 @@ class Importer:
                           _resource=bundle)
         entries = bundle.get("entry") or []
         began = instant(time.time_ns() // 1000)
+        # A slice of a batch file (_batch_slices) is numbered by its first entry.
+        first = number if name in self.sliced else 1
+        if isinstance(entries, list) and len(entries) > _max_entries():
+            self.report.reject(name, number, _too_many(str(bundle.get("type"))))
+            return
         try:
             check_envelope(bundle)
             if bundle.get("type") in ("transaction", "batch"):
@@ -863,8 +927,9 @@ class Importer:
                     if status[0] in "45":
                         issues = e["response"].get("outcome", {}).get("issue", [{}])
                         self.report.reject(
-                            name, number, f"batch entry {i + 1}: {status}: "
-                                          f"{issues[0].get('diagnostics', '')}")
+                            name, number + i if name in self.sliced else number,
+                            f"batch entry {first + i}: {status}: "
+                            f"{issues[0].get('diagnostics', '')}")
                     else:
                         written.append((entries[i], e))
             self.report.count(_tally(written, began))
