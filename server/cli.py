@@ -265,7 +265,10 @@ def _import_parser(sub: Any) -> None:
                    help=f"resources per transaction (default {CHUNK:,}): larger chunks write "
                         "less and import faster, smaller ones use less memory and let a "
                         "server on the same data dir write sooner")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, nor progress lines")
+    p.add_argument("--progress-every", type=float, default=10, metavar="SECONDS",
+                   help="when stderr is not a terminal (a log, a pipe), a progress line this "
+                        "often, in place of the bar (default 10)")
     p.set_defaults(func=cmd_import)
 
 
@@ -311,15 +314,23 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     logs.setup("warning" if not args.log_level else args.log_level)
     total = sum(f.stat().st_size for f in args.files)
+    lines = not args.quiet and not sys.stderr.isatty()  # a log or a pipe: lines, not a bar
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="import",
-               disable=args.quiet or None, dynamic_ncols=True)
-    started = time.monotonic()
+               disable=args.quiet or lines, dynamic_ncols=True)
+    started = told = time.monotonic()
+    last: tuple[int, ...] = ()
 
     def progress(done: int, imported: int, rejected: int) -> None:
+        nonlocal told, last
         bar.update(done - bar.n)
-        rate = imported / max(time.monotonic() - started, 1e-9)
-        bar.set_postfix_str(f"{imported:,} resources, {rate:,.0f}/s, {rejected:,} rejected",
-                            refresh=False)
+        now = time.monotonic()
+        counts = (f"{imported:,} resources, {imported / max(now - started, 1e-9):,.0f}/s, "
+                  f"{rejected:,} rejected")
+        bar.set_postfix_str(counts, refresh=False)
+        if lines and now - told >= args.progress_every and last != (done, imported, rejected):
+            told, last = now, (done, imported, rejected)
+            print(f"import: {done / max(total, 1):.0%} of {total / 2**20:,.1f} MiB, {counts}",
+                  file=sys.stderr, flush=True)
 
     async def run() -> Any:
         # This process writes only Bundles, unless the import is one (--atomic) transaction.

@@ -1055,3 +1055,18 @@ def test_a_transaction_or_history_file_of_too_many_entries_is_refused_unread(
     out = consilium(str(lines), data_dir=tmp_path / "data")
     assert f"{lines}:2: a batch Bundle may have at most 20000 entries" in out.stderr, out.stderr
     assert stored_count(tmp_path / "data") == 1
+
+
+def test_progress_is_told_in_lines_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    """A log or a pipe gets a plain progress line now and then (--progress-every), not a bar;
+    --quiet silences both."""
+    src = write_ndjson(tmp_path / "in.ndjson", [patient(i) for i in range(30)])
+    out = consilium(str(src), "--chunk", "10", "--progress-every", "0",
+                    data_dir=tmp_path / "data")
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("import: ")]
+    assert len(lines) >= 3, out.stderr
+    assert "\r" not in out.stderr and "30 resources" in lines[-1] and "100%" in lines[-1]
+    assert "0 rejected" in lines[-1]
+    quiet = consilium(str(src), "--quiet", "--progress-every", "0", data_dir=tmp_path / "d2")
+    assert quiet.returncode == 0 and "import: " not in quiet.stderr
