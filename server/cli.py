@@ -248,7 +248,9 @@ def _import_parser(sub: Any) -> None:
                     "arguments, files or data dir; 3 the store or a worker failed midway; "
                     "130/143 interrupted (SIGINT/SIGTERM).")
     _common(p)
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                   help="NDJSON, Bundle or resource files, gzipped or not; - reads NDJSON "
+                        "from stdin")
     p.add_argument("--atomic", action="store_true",
                    help="all or nothing: one rejected line and nothing is imported (one store "
                         "transaction: a server on the same data dir writes only once it ends)")
@@ -285,10 +287,15 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from server.bulk.importer import Importer, WorkerDied
+    from server.bulk.importer import STDIN, Importer, WorkerDied
     from server.storage import open_store
 
+    if sum(str(f) == STDIN for f in args.files) > 1:
+        print("consilium import: stdin (-) can be read once only", file=sys.stderr)
+        return 2
     for f in args.files:
+        if str(f) == STDIN:
+            continue
         if not f.is_file():
             why = "a directory, not a file" if f.is_dir() else "no such file"
             print(f"consilium import: {f}: {why}", file=sys.stderr)
@@ -313,7 +320,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     from server import logs
 
     logs.setup("warning" if not args.log_level else args.log_level)
-    total = sum(f.stat().st_size for f in args.files)
+    # Of files only: how much stdin holds is known once it is read.
+    total = None if any(str(f) == STDIN for f in args.files) else \
+        sum(f.stat().st_size for f in args.files)
     lines = not args.quiet and not sys.stderr.isatty()  # a log or a pipe: lines, not a bar
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="import",
                disable=args.quiet or lines, dynamic_ncols=True)
@@ -329,7 +338,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         bar.set_postfix_str(counts, refresh=False)
         if lines and now - told >= args.progress_every and last != (done, imported, rejected):
             told, last = now, (done, imported, rejected)
-            print(f"import: {done / max(total, 1):.0%} of {total / 2**20:,.1f} MiB, {counts}",
+            read = f"{done / 2**20:,.1f} MiB read" if total is None else \
+                f"{done / max(total, 1):.0%} of {total / 2**20:,.1f} MiB"
+            print(f"import: {read}, {counts}",
                   file=sys.stderr, flush=True)
 
     async def run() -> Any:

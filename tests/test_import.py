@@ -1070,3 +1070,31 @@ def test_progress_is_told_in_lines_when_stderr_is_not_a_terminal(tmp_path: Path)
     assert "0 rejected" in lines[-1]
     quiet = consilium(str(src), "--quiet", "--progress-every", "0", data_dir=tmp_path / "d2")
     assert quiet.returncode == 0 and "import: " not in quiet.stderr
+
+
+def test_ndjson_from_stdin(tmp_path: Path) -> None:
+    """``-`` reads NDJSON from stdin (a pipe: zcat, curl), gzipped or not; its rejected lines
+    are listed under <stdin>. What is not NDJSON is refused at its first line."""
+    def piped(data: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "server", "import", "--data-dir",
+                               str(tmp_path / "data"), "--workers", "2", *args, "-"],
+                              input=data, capture_output=True, timeout=600)
+
+    lines = [patient(1), {**patient(2), "gender": "robot"}, patient(3)]
+    text = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    out = piped(text)
+    assert out.returncode == 1, out.stderr
+    assert b"imported 2 resources" in out.stdout
+    assert out.stderr.decode().splitlines()[-1].startswith("<stdin>:2: 'robot'"), out.stderr
+    out = piped(gzip.compress(json.dumps(patient(4)).encode() + b"\n"))
+    assert out.returncode == 0, out.stderr
+    assert {i for _, i in read_all(tmp_path / "data")} == {"imp-1", "imp-3", "imp-4"}
+    pretty = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": patient(5)}]}, indent=2).encode()
+    out = piped(pretty)
+    assert out.returncode == 1
+    assert out.stderr.decode().count("<stdin>:") == 1, out.stderr
+    assert "one resource a line" in out.stderr.decode(), out.stderr
+    import bz2
+    out = piped(bz2.compress(text))
+    assert out.returncode == 1 and b"<stdin>:1: compressed with bzip2" in out.stderr, out.stderr

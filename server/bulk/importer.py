@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -162,12 +162,29 @@ class _Counting(io.RawIOBase):
         return n or 0
 
 
+#: The file name that reads stdin (NDJSON only: it is read once), and its name in reports.
+STDIN, STDIN_NAME = "-", "<stdin>"
+
+
+def source_name(path: Path) -> str:
+    return STDIN_NAME if str(path) == STDIN else str(path)
+
+
 def _open(path: Path) -> tuple[IO[bytes], _Counting]:
-    """The file's bytes (uncompressed), past a UTF-8 byte order mark that starts them (as some
+    """The file's bytes (uncompressed: gzip is known by its content, whatever the name; another
+    compression is refused, naming it), past a UTF-8 byte order mark that starts them (as some
     Windows tools write), with the counter of the bytes read from the file."""
-    counting = _Counting(open(path, "rb"))  # noqa: SIM115 (the returned stream owns it)
+    raw = sys.stdin.buffer if str(path) == STDIN else open(path, "rb")  # noqa: SIM115
+    counting = _Counting(raw)  # (the returned stream owns it)
     stream: IO[bytes] = io.BufferedReader(counting, 1 << 20)
-    if stream.peek(2)[:2] == _GZIP:  # type: ignore[attr-defined]  # whatever the name
+    with contextlib.suppress(*_UNREADABLE):  # reported when read
+        head = stream.peek(6)[:6]  # type: ignore[attr-defined]
+        for magic, name in _COMPRESSED.items():
+            if head.startswith(magic):
+                stream.close()
+                raise _NotImportable(f"compressed with {name}: decompress it, or compress it "
+                                     "with gzip, which is read as it is")
+    if stream.peek(2)[:2] == _GZIP:  # type: ignore[attr-defined]
         stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
     with contextlib.suppress(*_UNREADABLE):  # reported when read
         if stream.peek(3)[:3] == _BOM:  # type: ignore[attr-defined]
@@ -182,21 +199,11 @@ _COMPRESSED = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zst
                b"PK\x03\x04": "zip"}
 
 
-def _check_compression(path: Path) -> None:
-    """Refuse a file compressed otherwise than with gzip, naming how."""
-    with open(path, "rb") as f:
-        head = f.read(6)
-    for magic, name in _COMPRESSED.items():
-        if head.startswith(magic):
-            raise _NotImportable(f"compressed with {name}: decompress it, or compress it with "
-                                 "gzip, which is read as it is")
-
-
 def _is_ndjson(path: Path) -> bool:
     """Named so (.ndjson, .jsonl), or, whatever its name, a file whose first line is a JSON
     object and which holds more after it."""
     name = path.name.lower().removesuffix(".gz")
-    if name.endswith((".ndjson", ".jsonl")):
+    if name.endswith((".ndjson", ".jsonl")) or str(path) == STDIN:
         return True
     stream, _ = _open(path)
     with stream, contextlib.suppress(*_UNREADABLE):
@@ -210,6 +217,23 @@ def _is_ndjson(path: Path) -> bool:
             return False
         return _next_line(stream).lstrip().startswith(b"{")
     return False
+
+
+def _first_line_checked(stream: IO[bytes]) -> Iterator[bytes]:
+    """The lines of a stream read once (stdin), refused at once unless the first is a JSON
+    object: a JSON document on several lines would otherwise be rejected line by line."""
+    try:
+        first = stream.readline()
+    except _UNREADABLE as exc:
+        raise _NotImportable(f"cannot be read: {exc}") from None
+    try:
+        ok = not first.strip() or isinstance(orjson.loads(first), dict)
+    except orjson.JSONDecodeError:
+        ok = False
+    if not ok:
+        raise _NotImportable("stdin is read as NDJSON (one resource a line), and its first "
+                             "line is not a JSON object; name a JSON file to import it")
+    return itertools.chain([first], stream)
 
 
 def _next_line(stream: IO[bytes]) -> bytes:
@@ -464,7 +488,7 @@ def _content_id(resource: dict[str, Any]) -> str:
 _CONTENT_IDS = uuid.UUID("5d5b0f3e-8f0a-4f5c-9a53-6c6f6e73696c")
 
 
-def _ndjson_sized(stream: IO[bytes]) -> Iterator[tuple[Item, int]]:
+def _ndjson_sized(stream: Iterable[bytes]) -> Iterator[tuple[Item, int]]:
     """The lines, each with the bytes of the lines up to it."""
     size = 0
     for number, line in enumerate(stream, 1):
@@ -736,23 +760,24 @@ class Importer:
         """Every item of every file: (file, its bytes-read counter, item, its bytes of JSON).
         A file that cannot be imported, or the rest of one that breaks, is listed as rejected."""
         for path in paths:
+            name = source_name(path)
             try:
-                _check_compression(path)
                 kind = "ndjson" if _is_ndjson(path) else _json_kind(path)
+                stream, counting = _open(path)
             except _NotImportable as exc:
-                self.report.reject(str(path), 1, str(exc))
+                self.report.reject(name, 1, str(exc))
                 continue
-            stream, counting = _open(path)
             with stream:
                 try:
                     if kind == "ndjson":
-                        items = _ndjson_sized(stream)
+                        items = _ndjson_sized(_first_line_checked(stream) if name == STDIN_NAME
+                                              else stream)
                     elif kind == "entries":
                         items = _bundle_items(stream, *_urn_links(path))
                     elif kind == "batch":
                         envelope, _, escapes = _envelope(path)
                         items = _batch_slices(stream, envelope, escapes)
-                        self.sliced.add(str(path))
+                        self.sliced.add(name)
                     else:  # one item: the whole file
                         if kind != "resource" and _envelope(path)[1] > _max_entries():
                             raise _NotImportable(_too_many(kind))
@@ -760,21 +785,21 @@ class Importer:
                             data = stream.read()
                         except _UNREADABLE as exc:
                             raise _NotImportable(f"cannot be read: {exc}") from None
-                        yield str(path), counting, (1, data), len(data)
+                        yield name, counting, (1, data), len(data)
                         continue
                 except _NotImportable as exc:
-                    self.report.reject(str(path), 1, str(exc))
+                    self.report.reject(name, 1, str(exc))
                     continue
                 last = read = 0
                 try:
                     for item, upto in items:
-                        yield str(path), counting, item, upto - read
+                        yield name, counting, item, upto - read
                         last, read = item[0], upto
                 except (ijson.JSONError, *_UNREADABLE) as exc:  # broken after a good start
                     at = last + 1
                     what = "line" if kind == "ndjson" else "entry"
                     self.report.reject(
-                        str(path), at, f"cannot be read from {what} {at} on: {exc}")
+                        name, at, f"cannot be read from {what} {at} on: {exc}")
 
     def _chunks(self, paths: list[Path]) -> Iterator[tuple[list[Item], list[_Source]]]:
         """The items in chunks of ``chunk`` items or CHUNK_BYTES of JSON, each with the files
@@ -808,7 +833,7 @@ class Importer:
 
     async def _run(self, paths: list[Path]) -> Report:
         started = time.monotonic()
-        self.report.order = {str(p): i for i, p in enumerate(paths)}
+        self.report.order = {source_name(p): i for i, p in enumerate(paths)}
         ctx = multiprocessing.get_context("spawn")
         read: dict[int, int] = {}  # bytes read so far, per file
         # At most this many chunks are read ahead of the writes: memory stays bounded.
