@@ -344,8 +344,10 @@ def cmd_import(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
 
     async def run() -> Any:
-        # This process writes only Bundles, unless the import is one (--atomic) transaction.
-        importer.store = open_store(settings, bulk=args.chunk if args.atomic else 0)
+        # This process writes only Bundles, unless the import is one (--atomic) transaction:
+        # then a bulk writer, with the smallest page cache, which could not hold the pages of
+        # the whole import anyway (its dirty pages go to the WAL as it fills).
+        importer.store = open_store(settings, bulk=1 if args.atomic else 0)
         try:
             return await importer.run(list(args.files))
         finally:

@@ -975,7 +975,7 @@ class Importer:
         """Everything in one store transaction, fed through a queue while the pool prepares.
         After a rejected line nothing more is written, but the rest is still checked so that
         every bad line is reported; then the transaction is rolled back."""
-        feed: queue.Queue[list[Any] | bool | None] = queue.Queue(maxsize=8)  # False: undo
+        feed: queue.Queue[list[Any] | bool | None] = queue.Queue(maxsize=2)  # False: undo
 
         class Abort(Exception):
             pass
