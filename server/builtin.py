@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from server.fhir import codec
 from server.fhir.prepare import prepare
-from server.storage.base import ResourceStore, Transaction
+from server.storage.base import ResourceStore, Transaction, same_content
 
 log = logging.getLogger("consilium.builtin")
 
@@ -47,6 +48,12 @@ def _items(found: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any], 
     return [(r["resourceType"], r["id"], r, prepare(r, r["resourceType"])) for r in found]
 
 
+async def _stored(store: ResourceStore, item: tuple[str, str, dict[str, Any], Any]) -> bool:
+    """The definition is stored as it is (writing it would make no new version)."""
+    v = await store.read(item[0], item[1])
+    return v is not None and v.body is not None and same_content(codec.loads(v.body), item[2])
+
+
 async def install(store: ResourceStore) -> int:
     """Write every definition that is missing or different and every seed that is missing;
     returns how many changed."""
@@ -60,7 +67,12 @@ async def install(store: ResourceStore) -> int:
         return len(missing) + sum(1 for v in written if (b := before[(v.type, v.id)]) is None
                                   or b.version != v.version)
 
-    changed = await store.run(apply)
+    # Read first: once they are stored as they are, a start writes nothing, and so does not
+    # wait for the write lock (an --atomic import holds it for its whole length).
+    changed = 0
+    if not all([await _stored(store, item) for item in definitions]) or \
+            not all([await store.read(t, i) is not None for t, i, _, _ in starting]):
+        changed = await store.run(apply)
     log.info("built-in resources installed", extra={"event": "builtin.install",
                                                       "resources": len(definitions) + len(starting),
                                                       "changed": changed})

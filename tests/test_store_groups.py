@@ -181,3 +181,61 @@ def test_rows_inserted_early_for_a_write_that_fails_leave_the_others(
     assert isinstance(results[2], ValueError)
     assert names(store, "Alpha") == ["a", "b"] and names(store, "Xeno") == []
     assert names(store, "Delta") == ["d"]
+
+
+def test_a_store_opens_and_reads_while_another_process_holds_a_long_write(
+        tmp_path: Path) -> None:
+    """A server started during an --atomic import (one write transaction for its whole length)
+    opens its store and answers reads: it waits for the write lock only to migrate an older
+    database."""
+    import sqlite3
+
+    path = tmp_path / "busy.db"
+    first = SqliteStore(path)
+    asyncio.run(first.run(write(patient("a", "Alpha"))))
+    first.close_sync()
+    importer = sqlite3.connect(path, isolation_level=None)
+    importer.execute("BEGIN IMMEDIATE")
+    importer.execute("DELETE FROM idx_string")
+    opened: list[SqliteStore] = []
+    opener = threading.Thread(target=lambda: opened.append(SqliteStore(path)), daemon=True)
+    opener.start()
+    opener.join(20)  # it waited for the lock: an hour (the migration's busy timeout)
+    try:
+        assert opened, "the store waited for the other process's write transaction"
+        assert opened[0].read_sync("Patient", "a") is not None
+        assert names(opened[0], "Alpha") == ["a"]  # not the uncommitted deletion
+    finally:
+        importer.execute("ROLLBACK")
+        importer.close()
+        opener.join(5)
+        for store in opened:
+            store.close_sync()
+
+
+def test_built_in_resources_already_installed_are_not_written_again(tmp_path: Path) -> None:
+    """A server starting beside a long write (an --atomic import) does not wait for it: the
+    definitions it ships, once stored as they are, are checked by reading, with no write."""
+    import sqlite3
+
+    from server import builtin
+
+    path = tmp_path / "busy.db"
+    first = SqliteStore(path)
+    assert asyncio.run(builtin.install(first)) > 0
+    first.close_sync()
+    importer = sqlite3.connect(path, isolation_level=None)
+    importer.execute("BEGIN IMMEDIATE")
+    store = SqliteStore(path)
+    done: list[int] = []
+    installer = threading.Thread(target=lambda: done.append(asyncio.run(builtin.install(store))),
+                                 daemon=True)
+    installer.start()
+    installer.join(30)  # it waited for the write lock: 30 s, then failed
+    try:
+        assert done == [0]
+    finally:
+        importer.execute("ROLLBACK")
+        importer.close()
+        installer.join(35)
+        store.close_sync()

@@ -184,7 +184,8 @@ def migrate(conn: sqlite3.Connection,
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (got {mode})")
-    _check_version(conn)
+    if _check_version(conn) == SCHEMA_VERSION:  # no write lock to wait for: an --atomic
+        return                                  # import holds it for its whole length
     # Another process may be migrating a large database (a minute a million resources): wait
     # for it rather than fail after the usual 30 s.
     conn.execute("PRAGMA busy_timeout = 3600000")
