@@ -239,3 +239,33 @@ def test_built_in_resources_already_installed_are_not_written_again(tmp_path: Pa
         importer.close()
         installer.join(35)
         store.close_sync()
+
+
+def test_writes_queued_while_another_process_commits_join_one_commit(store: SqliteStore) -> None:
+    """The processes of a server take turns at the write lock: the writes that queue while
+    another one holds it are committed together once it is free, not the first alone."""
+    import fcntl
+    import os
+
+    lock = os.open(f"{store.path}.write-lock", os.O_RDWR)
+    commits: list[Any] = []
+
+    def note(tx: Any) -> None:
+        commits.append(tx.index)  # one per commit (kept: no id is reused)
+
+    async def main() -> None:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as another process's writer does
+        try:
+            first = asyncio.ensure_future(store.run(note))
+            await asyncio.sleep(0.2)  # the writer has taken it and waits for the lock
+            others = [asyncio.ensure_future(store.run(note)) for _ in range(4)]
+            await asyncio.sleep(0.2)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        await asyncio.gather(first, *others)
+
+    try:
+        asyncio.run(main())
+    finally:
+        os.close(lock)
+    assert len(commits) == 5 and len({id(c) for c in commits}) == 1

@@ -389,27 +389,33 @@ class _Writer(threading.Thread):
                 op = self.queue.get()
                 if op is None:
                     return
-                batch = [op]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        nxt = self.queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        self.queue.put(None)
-                        break
-                    batch.append(nxt)
-                self._commit(conn, batch)
-                op = nxt = None  # what the writes hold goes now, not at the next write
-                batch.clear()
+                self._commit(conn, op)
+                op = None  # what the writes hold goes now, not at the next write
         finally:
             conn.close()
             os.close(self.lock)
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+    def _batch(self, first: _Op) -> list[_Op]:
+        """The write and those queued behind it, up to _MAX_BATCH."""
+        batch = [first]
+        while len(batch) < _MAX_BATCH:
+            try:
+                nxt = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:  # closing: after this commit
+                self.queue.put(None)
+                break
+            batch.append(nxt)
+        return batch
+
+    def _commit(self, conn: sqlite3.Connection, first: _Op) -> None:
+        # The group is gathered once the lock is held: the writes that queue while another
+        # process commits join it, and the processes of a server take turns with groups as
+        # large as one process's, each of one commit (one fsync), rather than small ones.
         fcntl.flock(self.lock, fcntl.LOCK_EX)
         try:
-            outcomes = self._run(conn, batch)
+            outcomes = self._run(conn, self._batch(first))
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
         # One wake-up per event loop for the whole group, rather than one per write: each
