@@ -4,12 +4,12 @@ measured two ways:
 
 - through the app in-process (ASGI calls, no HTTP server), 32 clients sending continuously: the
   strict figure, as the costs of HTTP would dilute the difference;
-- through HTTP: ``consilium serve --workers 1`` and wrk, 32 connections cycling through the same
-  resources: the create throughput a client sees.
+- through HTTP: ``consilium serve --workers 1`` (``--workers N``) and wrk, 32 connections cycling
+  through the same resources: the create throughput a client sees.
 
 Durable creates both ways (acknowledged after fsync).
 
-    python bench/index_cost.py [--creates 3000] [--seconds 10]
+    python bench/index_cost.py [--creates 3000] [--seconds 10] [--workers 1]
 
 The last line is the summary figure (the in-process one).
 """
@@ -98,9 +98,16 @@ async def creates_per_second(items: list[dict[str, Any]], index: bool, clients: 
         prepare.extract = real
 
 
-# The server with index extraction switched off, for the comparison only.
-_UNINDEXED = ("import sys; from server.fhir import prepare; prepare.extract = lambda resource: {}; "
-              "from server.cli import main; sys.exit(main())")
+# The server with index extraction switched off, for the comparison only: a script file, which
+# worker processes (spawned) import too, so that it is off in them as well.
+_UNINDEXED = """import sys
+sys.path.insert(0, {root!r})
+from server.fhir import prepare
+prepare.extract = lambda resource: {{}}
+if __name__ == "__main__":
+    from server.cli import main
+    sys.exit(main())
+"""
 
 _CYCLE = """
 local lines = {}
@@ -118,13 +125,16 @@ end
 """
 
 
-def http_creates_per_second(items: list[dict[str, Any]], index: bool, seconds: int) -> float:
-    """Creates/s through ``consilium serve --workers 1`` under wrk, 32 connections."""
+def http_creates_per_second(items: list[dict[str, Any]], index: bool, seconds: int,
+                            workers: int = 1) -> float:
+    """Creates/s through ``consilium serve --workers N`` under wrk, 32 connections."""
     work = Path(tempfile.mkdtemp(prefix="consilium-bench-"))
     try:
         data, port = work / "data", free_port()
-        server = start_consilium(data, port, "--no-access-log",
-                                 launch=("-m", "server") if index else ("-c", _UNINDEXED))
+        unindexed = work / "unindexed.py"
+        unindexed.write_text(_UNINDEXED.format(root=str(Path(__file__).resolve().parents[1])))
+        server = start_consilium(data, port, "--no-access-log", workers=workers,
+                                 launch=("-m", "server") if index else (str(unindexed),))
         try:
             bodies = work / "bodies.tsv"
             bodies.write_bytes(b"".join(r["resourceType"].encode() + b"\t" + orjson.dumps(r)
@@ -149,19 +159,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--creates", type=int, default=3000)
     parser.add_argument("--seconds", type=int, default=10, help="of each run through HTTP")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server worker processes through HTTP (the server's default is one "
+                             "a CPU)")
     args = parser.parse_args()
     items = resources(args.creates)
     http_with = http_without = 0.0
     for _ in range(2):
-        http_with = max(http_with, http_creates_per_second(items, True, args.seconds))
-        http_without = max(http_without, http_creates_per_second(items, False, args.seconds))
+        http_with = max(http_with, http_creates_per_second(items, True, args.seconds,
+                                                           args.workers))
+        http_without = max(http_without, http_creates_per_second(items, False, args.seconds,
+                                                                 args.workers))
     # Best of three each, interleaved: the machine's speed drifts between runs.
     with_index = without = 0.0
     for _ in range(3):
         with_index = max(with_index, asyncio.run(creates_per_second(items, True)))
         without = max(without, asyncio.run(creates_per_second(items, False)))
     print(f"machine: {machine()}")
-    print(f"through HTTP (1 worker, wrk, 32 connections, {args.seconds} s, best of two): "
+    print(f"through HTTP ({args.workers} worker{'s' if args.workers > 1 else ''}, wrk, "
+          f"32 connections, {args.seconds} s, best of two): "
           f"{http_without:,.0f} creates/s without search indexing, {http_with:,.0f} with: "
           f"{(1 - http_with / http_without) * 100:.0f}% fewer")
     print(f"in-process: {len(items)} durable creates, 32 clients, best of three")
