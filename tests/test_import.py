@@ -1098,3 +1098,22 @@ def test_ndjson_from_stdin(tmp_path: Path) -> None:
     import bz2
     out = piped(bz2.compress(text))
     assert out.returncode == 1 and b"<stdin>:1: compressed with bzip2" in out.stderr, out.stderr
+
+
+def test_a_batch_file_broken_midway_is_reported_from_the_slice_it_broke_in(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The slices read before the break are imported; the report names the first entry of the
+    slice that could not be read whole, from which on nothing of the file is."""
+    from server.bulk import importer
+
+    monkeypatch.setattr(importer, "BATCH_SLICE", 3)
+    entries = [{"resource": patient(i), "request": {"method": "PUT", "url": f"Patient/imp-{i}"}}
+               for i in range(8)]
+    text = json.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries})
+    src = tmp_path / "broken.json"
+    src.write_text(text[:text.index('"imp-7"')] + "}}}")  # entry 8 (of 8) cut short
+    imp = importer.Importer(None, None)
+    items = [item for chunk, _ in imp._chunks([src]) for item in chunk]
+    assert [n for n, _ in items] == [1, 4]
+    assert [(r.line, r.message.split(":")[0]) for r in imp.report.rejected] == [
+        (7, "cannot be read from entry 7 on")]

@@ -791,10 +791,12 @@ class Importer:
                     self.report.reject(name, 1, str(exc))
                     continue
                 last = read = 0
+                # A batch file's slices are numbered by their first entry.
+                span = BATCH_SLICE - 1 if kind == "batch" else 0
                 try:
                     for item, upto in items:
                         yield name, counting, item, upto - read
-                        last, read = item[0], upto
+                        last, read = item[0] + span, upto
                 except (ijson.JSONError, *_UNREADABLE) as exc:  # broken after a good start
                     at = last + 1
                     what = "line" if kind == "ndjson" else "entry"
