@@ -267,6 +267,9 @@ def _import_parser(sub: Any) -> None:
                    help=f"resources per transaction (default {CHUNK:,}): larger chunks write "
                         "less and import faster, smaller ones use less memory and let a "
                         "server on the same data dir write sooner")
+    p.add_argument("--base-url", help="the server's public base URL, e.g. https://tm.example.org "
+                                      "(env CONSILIUM_BASE_URL): request URLs of Bundles "
+                                      "absolute on it are taken as the server takes them")
     p.add_argument("--quiet", action="store_true", help="no progress bar, nor progress lines")
     p.add_argument("--progress-every", type=float, default=10, metavar="SECONDS",
                    help="when stderr is not a terminal (a log, a pipe), a progress line this "
@@ -304,7 +307,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"consilium import: --rejects {args.rejects} is one of the files to import; "
                   "name another file", file=sys.stderr)
             return 2
-    settings = _settings(args)
+    settings = _settings(args, base_url=args.base_url)
     if args.rejects is not None and args.rejects.resolve().is_relative_to(
             settings.data_dir.resolve()):
         print(f"consilium import: --rejects {args.rejects} is in the data dir "

@@ -1117,3 +1117,18 @@ def test_a_batch_file_broken_midway_is_reported_from_the_slice_it_broke_in(
     assert [n for n, _ in items] == [1, 4]
     assert [(r.line, r.message.split(":")[0]) for r in imp.report.rejected] == [
         (7, "cannot be read from entry 7 on")]
+
+
+def test_a_transaction_of_absolute_request_urls_on_our_base(tmp_path: Path) -> None:
+    """Request URLs may be absolute on the server's base (http.html#transaction): the import
+    knows the base from --base-url (or CONSILIUM_BASE_URL), as the server does; without it they
+    are refused, naming the URL."""
+    base = "https://tm.example.org"
+    tx = tmp_path / "absolute.json"
+    tx.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient(1), "request": {"method": "PUT", "url": f"{base}/fhir/Patient/imp-1"}}]}))
+    out = consilium(str(tx), data_dir=tmp_path / "d1")
+    assert out.returncode == 1 and f"{base}/fhir/Patient/imp-1" in out.stderr, out.stderr
+    out = consilium(str(tx), "--base-url", base, data_dir=tmp_path / "d2")
+    assert out.returncode == 0, out.stderr
+    assert ("Patient", "imp-1") in read_all(tmp_path / "d2")
