@@ -422,11 +422,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     if failure is not None:
         print(f"consilium import: stopped by an error: {failure}; what is imported above stays"
               f"{'' if args.atomic else '; ' + again}", file=sys.stderr)
-        if isinstance(failure, WorkerDied):  # the pool cannot be shut down: its queues' locks
-            sys.stdout.flush()               # may have died with the worker
-            sys.stderr.flush()
-            os._exit(3)
-        return 3
+        # The pool cannot be shut down: its workers were killed (importer._pool), and its
+        # queues' locks may have died with them.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(3)
     if report.interrupted:
         print(f"consilium import: interrupted before the end of the files; {again}",
               file=sys.stderr)

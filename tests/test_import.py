@@ -1112,11 +1112,10 @@ def test_a_batch_file_broken_midway_is_reported_from_the_slice_it_broke_in(
     text = json.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries})
     src = tmp_path / "broken.json"
     src.write_text(text[:text.index('"imp-7"')] + "}}}")  # entry 8 (of 8) cut short
-    imp = importer.Importer(None, None)
-    items = [item for chunk, _ in imp._chunks([src]) for item in chunk]
-    assert [n for n, _ in items] == [1, 4]
-    assert [(r.line, r.message.split(":")[0]) for r in imp.report.rejected] == [
-        (7, "cannot be read from entry 7 on")]
+    items = [item for chunk, _ in importer.Importer(None, None)._chunks([src]) for item in chunk]
+    assert [n for n, _ in items] == [1, 4, 7]  # the last, refused where it stands
+    assert isinstance(items[2][1], importer.Unreadable)
+    assert items[2][1].message.startswith("cannot be read from entry 7 on")
 
 
 def test_a_transaction_of_absolute_request_urls_on_our_base(tmp_path: Path) -> None:
@@ -1132,3 +1131,55 @@ def test_a_transaction_of_absolute_request_urls_on_our_base(tmp_path: Path) -> N
     out = consilium(str(tx), "--base-url", base, data_dir=tmp_path / "d2")
     assert out.returncode == 0, out.stderr
     assert ("Patient", "imp-1") in read_all(tmp_path / "d2")
+
+
+def test_a_batch_file_entry_that_cannot_be_imported_is_refused_on_its_own(
+        tmp_path: Path) -> None:
+    """An entry of a batch file holding a lone escaped surrogate (not text) is refused by its
+    number, and the entries around it are imported; in an --atomic import a batch file is
+    refused once, unread."""
+    src = tmp_path / "surrogate.json"
+    src.write_text('{"resourceType": "Bundle", "type": "batch", "entry": ['
+                   '{"resource": {"resourceType": "Patient", "id": "s1"}, '
+                   '"request": {"method": "PUT", "url": "Patient/s1"}}, '
+                   '{"resource": {"resourceType": "Patient", "id": "s2", '
+                   '"name": [{"family": "A\\ud800B"}]}, '
+                   '"request": {"method": "PUT", "url": "Patient/s2"}}, '
+                   '{"resource": {"resourceType": "Patient", "id": "s3"}, '
+                   '"request": {"method": "PUT", "url": "Patient/s3"}}]}')
+    out = consilium(str(src), data_dir=tmp_path / "data")
+    assert out.returncode == 1, out.stderr
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith(str(src))]
+    assert line.startswith(f"{src}:2: cannot be imported"), line
+    assert set(read_all(tmp_path / "data")) == {("Patient", "s1"), ("Patient", "s3")}
+    out = consilium(str(src), "--atomic", data_dir=tmp_path / "d2")
+    assert out.returncode == 1
+    assert [line.split(": ", 1)[0] for line in out.stderr.splitlines()
+            if line.startswith(str(src))] == [f"{src}:1"], out.stderr
+    assert "--atomic" in out.stderr
+
+
+def test_an_internal_error_while_reading_fails_the_import_rather_than_hang_it(
+        tmp_path: Path) -> None:
+    """A fault of ours while the files are read (here, made to happen at the sixth line) ends
+    the import with its summary and exit 3, as a store failure does."""
+    src = write_ndjson(tmp_path / "in.ndjson", [patient(i) for i in range(30)])
+    script = ("import sys\n"
+              "from server.bulk import importer\n"
+              "real = importer._ndjson_sized\n"
+              "def broken(stream):\n"
+              "    for i, item in enumerate(real(stream)):\n"
+              "        if i == 5:\n"
+              "            raise RuntimeError('a fault of ours')\n"
+              "        yield item\n"
+              "importer._ndjson_sized = broken\n"
+              "if __name__ == '__main__':\n"
+              "    from server.cli import main\n"
+              "    sys.argv = ['consilium'] + sys.argv[1:]\n"
+              "    sys.exit(main())\n")
+    (tmp_path / "broken_reader.py").write_text(script)
+    out = subprocess.run([sys.executable, str(tmp_path / "broken_reader.py"), "import",
+                          "--data-dir", str(tmp_path / "data"), "--workers", "2", str(src)],
+                         capture_output=True, text=True, timeout=120, cwd=Path.cwd())
+    assert out.returncode == 3, out.stderr
+    assert "a fault of ours" in out.stderr and "imported 0 resources" in out.stdout

@@ -385,14 +385,41 @@ def _envelope(path: Path) -> tuple[dict[str, Any], int, bool]:
 def _batch_slices(stream: IO[bytes], envelope: dict[str, Any],
                   escapes: bool) -> Iterator[tuple[Item, int]]:
     """A batch Bundle file's entries in batches of :data:`BATCH_SLICE`, each numbered by its
-    first entry, with the bytes of JSON read up to it (uncompressed)."""
+    first entry, with the bytes of JSON read up to it (uncompressed). An entry that cannot be
+    imported (a lone surrogate is not text) is an item of its own, to be refused; so is the
+    rest of a file that breaks (from the first entry of the slice it breaks in)."""
     json = _Counting(stream)
     read = ijson_python.items if escapes else ijson.items
-    entries = read(json, "entry.item")
-    first = 1
-    while group := list(itertools.islice(entries, BATCH_SLICE)):
-        yield (first, codec.dumps({**envelope, "entry": group})), json.count
-        first += len(group)
+    entries = enumerate(read(json, "entry.item"), 1)
+    first, group = 1, []
+    try:
+        for number, entry in entries:
+            try:
+                group.append(codec.dumps(entry))
+            except (TypeError, ValueError, RecursionError) as exc:  # orjson: nested too deeply
+                if group:
+                    yield (first, _batch_of(envelope, group)), json.count
+                yield (number, Unreadable(f"cannot be imported: {exc}")), json.count
+                first, group = number + 1, []
+                continue
+            if len(group) == BATCH_SLICE:
+                yield (first, _batch_of(envelope, group)), json.count
+                first, group = number + 1, []
+    except (ijson.JSONError, *_UNREADABLE) as exc:
+        yield (first, Unreadable(f"cannot be read from entry {first} on: {exc}")), json.count
+        return
+    if group:
+        yield (first, _batch_of(envelope, group)), json.count
+
+
+def _batch_of(envelope: dict[str, Any], entries: list[bytes]) -> bytes:
+    """A batch Bundle of the file's envelope and these entries (JSON each)."""
+    head = codec.dumps({**envelope, "entry": []})  # ends with "entry":[]}
+    return head[:-2] + b",".join(entries) + b"]}"
+
+
+_NOT_ATOMIC = ("transaction, batch and history Bundles cannot be part of an --atomic import; "
+               "import them without it")
 
 
 def _max_entries() -> int:
@@ -581,23 +608,21 @@ def _ignore_interrupts() -> None:
 def _pool(ctx: Any, workers: int, initializer: Callable[..., None],
           initargs: tuple[Any, ...], unblock: Callable[[], None]) -> Iterator[Any]:
     """A pool of workers that ignore SIGTERM (:func:`_ignore_interrupts`), so not ended by
-    ``Pool.terminate``'s: once the work is done they are let go; on a failure, killed, after
-    ``unblock`` has let the pool's thread that reads the jobs end."""
+    ``Pool.terminate``'s: once the work is done they are let go; on a failure (a worker that
+    died, the store's, or one of ours), killed, after ``unblock`` has let the pool's thread
+    that reads the jobs end. A killed worker may hold a lock of the pool's queues, on which
+    ``Pool.terminate`` (and the pool's finalizer at exit) would wait for ever: the pool's own
+    thread stops replacing workers (it looks every 0.1 s), those left are killed, and the
+    process ends without more (cmd_import)."""
     pool = ctx.Pool(workers, initializer=initializer, initargs=initargs)
     try:
         yield pool
-    except BaseException as exc:
+    except BaseException:
         unblock()
-        if isinstance(exc, WorkerDied):
-            # Its queues' locks may have died with it, and Pool.terminate would wait on them:
-            # the pool's own thread stops replacing workers (it looks every 0.1 s), those
-            # left are killed, and the process ends without more (cmd_import).
-            pool._worker_handler._state = multiprocessing.pool.TERMINATE
-            time.sleep(0.3)
+        pool._worker_handler._state = multiprocessing.pool.TERMINATE
+        time.sleep(0.3)
         for child in multiprocessing.active_children():
             child.kill()
-        if not isinstance(exc, WorkerDied):
-            pool.terminate()
         raise
     pool.close()
     pool.join()
@@ -774,6 +799,8 @@ class Importer:
                                               else stream)
                     elif kind == "entries":
                         items = _bundle_items(stream, *_urn_links(path))
+                    elif self.atomic and kind in _BUNDLE_KINDS:
+                        raise _NotImportable(_NOT_ATOMIC)
                     elif kind == "batch":
                         envelope, _, escapes = _envelope(path)
                         items = _batch_slices(stream, envelope, escapes)
@@ -791,12 +818,10 @@ class Importer:
                     self.report.reject(name, 1, str(exc))
                     continue
                 last = read = 0
-                # A batch file's slices are numbered by their first entry.
-                span = BATCH_SLICE - 1 if kind == "batch" else 0
                 try:
                     for item, upto in items:
                         yield name, counting, item, upto - read
-                        last, read = item[0] + span, upto
+                        last, read = item[0], upto
                 except (ijson.JSONError, *_UNREADABLE) as exc:  # broken after a good start
                     at = last + 1
                     what = "line" if kind == "ndjson" else "entry"
@@ -908,9 +933,7 @@ class Importer:
             if kind == "err":
                 self.report.reject(name, number, payload)
             elif atomic:
-                self.report.reject(
-                    name, number, "transaction, batch and history Bundles cannot be part of an "
-                                  "--atomic import; import them without it")
+                self.report.reject(name, number, _NOT_ATOMIC)
             else:  # the lines before it are written first: later lines win
                 if self.stopping.is_set():  # Bundle by Bundle, a chunk of them stops at once
                     self.report.interrupted = True
