@@ -1183,3 +1183,39 @@ def test_an_internal_error_while_reading_fails_the_import_rather_than_hang_it(
                          capture_output=True, text=True, timeout=120, cwd=Path.cwd())
     assert out.returncode == 3, out.stderr
     assert "a fault of ours" in out.stderr and "imported 0 resources" in out.stdout
+
+
+def test_a_batch_file_s_chunks_hold_as_many_entries_as_a_chunk_of_lines(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A slice counts as the entries it holds: a chunk of a batch file holds --chunk entries,
+    not --chunk slices (the file would be read ahead whole)."""
+    from server.bulk import importer
+
+    monkeypatch.setattr(importer, "BATCH_SLICE", 2)
+    src = tmp_path / "batch.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": patient(i), "request": {"method": "PUT", "url": f"Patient/imp-{i}"}}
+        for i in range(10)]}))
+    chunks = [chunk for chunk, _ in importer.Importer(None, None, chunk=4)._chunks([src])]
+    assert [[n for n, _ in chunk] for chunk in chunks] == [[1, 3], [5, 7], [9]]
+
+
+def test_a_batch_file_is_checked_as_a_bundle_whatever_its_entries(tmp_path: Path) -> None:
+    """Its envelope is checked up front, as the API checks it, and its entry must be an array:
+    a batch file with no entries to read is not passed over in silence."""
+    files = {
+        "object.json": {"resourceType": "Bundle", "type": "batch",
+                        "entry": {"resource": patient(1)}},
+        "string.json": {"resourceType": "Bundle", "type": "batch", "entry": "x"},
+        "unknown.json": {"resourceType": "Bundle", "type": "batch", "bogus": 1},
+        "total.json": {"resourceType": "Bundle", "type": "batch", "total": 5, "entry": []}}
+    for name, body in files.items():
+        (tmp_path / name).write_text(json.dumps(body))
+    out = consilium(*(str(tmp_path / n) for n in files), data_dir=tmp_path / "data")
+    assert out.returncode == 1, out.stderr
+    said = {line.split(": ", 1)[0].rsplit("/", 1)[-1]: line.split(": ", 1)[1]
+            for line in out.stderr.splitlines() if line.startswith(str(tmp_path))}
+    assert set(said) == {f"{n}:1" for n in files}, out.stderr
+    assert "must be a JSON array" in said["object.json:1"]
+    assert "must be a JSON array" in said["string.json:1"]
+    assert "bogus" in said["unknown.json:1"] and "total" in said["total.json:1"]

@@ -371,6 +371,8 @@ def _envelope(path: Path) -> tuple[dict[str, Any], int, bool]:
     escapes = _Escapes(stream)
     with stream, contextlib.suppress(ijson.JSONError, *_UNREADABLE):  # reported when read
         for prefix, event, value in ijson.parse(escapes):
+            if prefix == "entry" and event not in ("start_array", "end_array"):
+                raise _NotImportable("Bundle.entry must be a JSON array")
             if prefix == "" and event in ("map_key", "end_map"):
                 if builder is not None:
                     envelope[key] = builder.value  # type: ignore[index]
@@ -416,6 +418,16 @@ def _batch_of(envelope: dict[str, Any], entries: list[bytes]) -> bytes:
     """A batch Bundle of the file's envelope and these entries (JSON each)."""
     head = codec.dumps({**envelope, "entry": []})  # ends with "entry":[]}
     return head[:-2] + b",".join(entries) + b"]}"
+
+
+def _check_envelope(envelope: dict[str, Any]) -> None:
+    """A Bundle's members but its entries are those of a valid Bundle, as the API checks them."""
+    from server.fhir.transaction import check_envelope
+
+    try:
+        check_envelope(envelope)
+    except FhirError as exc:
+        raise _NotImportable(f"{envelope.get('type')} Bundle rejected: {exc}") from None
 
 
 _NOT_ATOMIC = ("transaction, batch and history Bundles cannot be part of an --atomic import; "
@@ -781,8 +793,9 @@ class Importer:
         signal handler."""
         self.stopping.set()
 
-    def _items(self, paths: list[Path]) -> Iterator[tuple[str, _Counting, Item, int]]:
-        """Every item of every file: (file, its bytes-read counter, item, its bytes of JSON).
+    def _items(self, paths: list[Path]) -> Iterator[tuple[str, _Counting, Item, int, int]]:
+        """Every item of every file: (file, its bytes-read counter, item, its bytes of JSON, the
+        resources it holds: a slice of a batch file, BATCH_SLICE).
         A file that cannot be imported, or the rest of one that breaks, is listed as rejected."""
         for path in paths:
             name = source_name(path)
@@ -803,6 +816,7 @@ class Importer:
                         raise _NotImportable(_NOT_ATOMIC)
                     elif kind == "batch":
                         envelope, _, escapes = _envelope(path)
+                        _check_envelope(envelope)
                         items = _batch_slices(stream, envelope, escapes)
                         self.sliced.add(name)
                     else:  # one item: the whole file
@@ -812,15 +826,16 @@ class Importer:
                             data = stream.read()
                         except _UNREADABLE as exc:
                             raise _NotImportable(f"cannot be read: {exc}") from None
-                        yield name, counting, (1, data), len(data)
+                        yield name, counting, (1, data), len(data), 1
                         continue
                 except _NotImportable as exc:
                     self.report.reject(name, 1, str(exc))
                     continue
                 last = read = 0
+                weight = BATCH_SLICE if kind == "batch" else 1  # resources an item holds
                 try:
                     for item, upto in items:
-                        yield name, counting, item, upto - read
+                        yield name, counting, item, upto - read, weight
                         last, read = item[0], upto
                 except (ijson.JSONError, *_UNREADABLE) as exc:  # broken after a good start
                     at = last + 1
@@ -829,22 +844,24 @@ class Importer:
                         name, at, f"cannot be read from {what} {at} on: {exc}")
 
     def _chunks(self, paths: list[Path]) -> Iterator[tuple[list[Item], list[_Source]]]:
-        """The items in chunks of ``chunk`` items or CHUNK_BYTES of JSON, each with the files
-        its items come from, in order. A chunk runs on into the next file: a small file, or a
-        file's last lines, would otherwise make a small chunk, written while the workers are
-        still preparing the next one, and the store would wait."""
+        """The items in chunks of ``chunk`` resources (a slice of a batch file holds many) or
+        CHUNK_BYTES of JSON, each with the files its items come from, in order. A chunk runs on
+        into the next file: a small file, or a file's last lines, would otherwise make a small
+        chunk, written while the workers are still preparing the next one, and the store would
+        wait."""
         chunk: list[Item] = []
         sources: list[_Source] = []
-        size = 0
-        for name, counting, item, length in self._items(paths):
+        size = resources = 0
+        for name, counting, item, length, weight in self._items(paths):
             if not sources or sources[-1].name != name:
                 sources.append(_Source(name, counting))
             chunk.append(item)
             sources[-1].items += 1
             size += length
-            if len(chunk) >= self.chunk or size >= CHUNK_BYTES:
+            resources += weight
+            if resources >= self.chunk or size >= CHUNK_BYTES:
                 yield chunk, sources
-                chunk, sources, size = [], [], 0
+                chunk, sources, size, resources = [], [], 0, 0
         if chunk:
             yield chunk, sources
 
