@@ -1219,3 +1219,19 @@ def test_a_batch_file_is_checked_as_a_bundle_whatever_its_entries(tmp_path: Path
     assert "must be a JSON array" in said["object.json:1"]
     assert "must be a JSON array" in said["string.json:1"]
     assert "bogus" in said["unknown.json:1"] and "total" in said["total.json:1"]
+
+
+def test_a_deletion_imported_again_is_unchanged(tmp_path: Path) -> None:
+    """Deleting what is already deleted changes nothing: the second import says so."""
+    data = tmp_path / "data"
+    assert consilium(str(write_ndjson(tmp_path / "p.ndjson", [patient(9)])),
+                     data_dir=data).returncode == 0
+    delete = tmp_path / "delete.json"
+    delete.write_text(json.dumps({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient/imp-9"}}]}))
+    first = consilium(str(delete), data_dir=data)
+    assert "imported 1 resource (1 Bundle)" in first.stdout, first.stdout
+    again = consilium(str(delete), data_dir=data)
+    assert "imported 1 resource (1 unchanged: already stored as they are)" in again.stdout, \
+        again.stdout
+    assert ("Patient", "imp-9") not in read_all(data)

@@ -1069,8 +1069,9 @@ def _tally(written: list[tuple[dict[str, Any], dict[str, Any]]], began: str) -> 
     """(writes, of which unchanged) of the entries of a Bundle processed from ``began`` on, each
     with its response entry. Reads are neither, nor is a conditional create that found its
     match. A write is unchanged when it left its resource as it was: an entry answered without
-    a version (of a history replayed before, a deletion of nothing), an update whose answer was
-    last modified before the Bundle (the same content again)."""
+    a version (of a history replayed before, a deletion of nothing), an update or a deletion
+    whose answer was last modified before the Bundle (the same content again, a deletion made
+    before)."""
     writes = unchanged = 0
     for entry, answer in written:
         method = entry.get("request", {}).get("method")
@@ -1084,6 +1085,6 @@ def _tally(written: list[tuple[dict[str, Any], dict[str, Any]]], began: str) -> 
         if method == "POST" and not response["status"].startswith("201"):
             continue
         writes += 1
-        unchanged += method != "DELETE" and response.get("lastModified", "") < began
+        unchanged += "lastModified" in response and response["lastModified"] < began
     return writes, unchanged
 

@@ -105,3 +105,6 @@ class FhirResponse:
     native_type: str | None = None
     #: Apply ``Prefer: return=`` (writes).
     honour_prefer: bool = False
+    #: The deletion a DELETE made, or found made before (its version and time go in a Bundle's
+    #: response entry).
+    deletion: Version | None = None

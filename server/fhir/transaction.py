@@ -230,6 +230,9 @@ def _response_entry(req: FhirRequest, resp: FhirResponse, entry: Entry) -> dict[
             response["location"] = f"{v.type}/{v.id}/_history/{v.version}"
         response["etag"] = v.etag
         response["lastModified"] = instant(v.last_updated)
+    elif resp.deletion is not None:
+        response["etag"] = resp.deletion.etag
+        response["lastModified"] = instant(resp.deletion.last_updated)
     elif "ETag" in resp.headers:
         response["etag"] = resp.headers["ETag"]
     # Prefer: return= shapes what writes give back; a read or search answers with its result.

@@ -421,7 +421,7 @@ class Delete:
                 else f"{self.type}/{self.id} does not exist; nothing deleted"))
         return FhirResponse(200, resource=information(
             f"{self.type}/{version.id} deleted (version {version.version})"),
-            headers={"ETag": version.etag})
+            headers={"ETag": version.etag}, deletion=version)
 
 
 def build_delete(req: FhirRequest, conditional: bool = False) -> Delete:
