@@ -1091,10 +1091,13 @@ def test_ndjson_from_stdin(tmp_path: Path) -> None:
     assert {i for _, i in read_all(tmp_path / "data")} == {"imp-1", "imp-3", "imp-4"}
     pretty = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
         {"resource": patient(5)}]}, indent=2).encode()
-    out = piped(pretty)
-    assert out.returncode == 1
-    assert out.stderr.decode().count("<stdin>:") == 1, out.stderr
-    assert "one resource a line" in out.stderr.decode(), out.stderr
+    for shown in (pretty, b"\n\n" + pretty):
+        out = piped(shown)
+        assert out.returncode == 1
+        assert out.stderr.decode().count("<stdin>:") == 1, out.stderr
+        assert "one resource a line" in out.stderr.decode(), out.stderr
+    out = piped(b"\n" + text)  # a blank line first: the lines keep their numbers
+    assert out.stderr.decode().splitlines()[-1].startswith("<stdin>:3: 'robot'"), out.stderr
     import bz2
     out = piped(bz2.compress(text))
     assert out.returncode == 1 and b"<stdin>:1: compressed with bzip2" in out.stderr, out.stderr
@@ -1235,3 +1238,24 @@ def test_a_deletion_imported_again_is_unchanged(tmp_path: Path) -> None:
     assert "imported 1 resource (1 unchanged: already stored as they are)" in again.stdout, \
         again.stdout
     assert ("Patient", "imp-9") not in read_all(data)
+
+
+def test_progress_counts_the_chunks_written_not_those_read_ahead(tmp_path: Path) -> None:
+    """Each chunk carries how far its file was read when it was made: the progress of a
+    written chunk is not that of the chunks read ahead of it. An --atomic import counts what
+    it has written into its transaction."""
+    from server.bulk import importer
+
+    big = "x" * 100_000
+    src = write_ndjson(tmp_path / "big.ndjson", [
+        {"resourceType": "Basic", "id": f"b{i}", "code": {"text": big}} for i in range(60)])
+    reads = [source.read for _, sources in importer.Importer(None, None, chunk=10)._chunks([src])
+             for source in sources]
+    assert reads == sorted(reads) and reads[0] < src.stat().st_size / 2, reads
+    assert reads[-1] == src.stat().st_size
+    small = write_ndjson(tmp_path / "in.ndjson", [patient(i) for i in range(30)])
+    out = consilium(str(small), "--atomic", "--chunk", "10", "--progress-every", "0",
+                    data_dir=tmp_path / "data")
+    assert out.returncode == 0, out.stderr
+    counts = [line.split(", ")[1] for line in out.stderr.splitlines() if line.startswith("import:")]
+    assert counts and counts[-1] == "30 resources" and "0 resources" not in counts, out.stderr

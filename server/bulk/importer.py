@@ -87,6 +87,7 @@ class _Source:
     name: str
     counting: _Counting
     items: int = 0
+    read: int = 0  # bytes of the file read once the chunk was (its items, and a buffer more)
 
 
 #: Rejected lines a report keeps (for the summary); the others are counted, and passed on.
@@ -220,20 +221,23 @@ def _is_ndjson(path: Path) -> bool:
 
 
 def _first_line_checked(stream: IO[bytes]) -> Iterator[bytes]:
-    """The lines of a stream read once (stdin), refused at once unless the first is a JSON
-    object: a JSON document on several lines would otherwise be rejected line by line."""
+    """The lines of a stream read once (stdin), refused at once unless the first that is not
+    blank is a JSON object: a JSON document on several lines would otherwise be rejected line
+    by line."""
+    blank = []  # given back, so that lines keep their numbers
     try:
-        first = stream.readline()
+        while (first := stream.readline()) and not first.strip():
+            blank.append(first)
     except _UNREADABLE as exc:
         raise _NotImportable(f"cannot be read: {exc}") from None
     try:
-        ok = not first.strip() or isinstance(orjson.loads(first), dict)
+        ok = not first or isinstance(orjson.loads(first), dict)
     except orjson.JSONDecodeError:
         ok = False
     if not ok:
         raise _NotImportable("stdin is read as NDJSON (one resource a line), and its first "
                              "line is not a JSON object; name a JSON file to import it")
-    return itertools.chain([first], stream)
+    return itertools.chain(blank, [first], stream)
 
 
 def _next_line(stream: IO[bytes]) -> bytes:
@@ -783,6 +787,7 @@ class Importer:
         self.progress = progress or (lambda done_bytes, imported, rejected: None)
         self.report = Report()
         self.sliced: set[str] = set()  # the batch files read in slices (_batch_slices)
+        self.uncommitted = 0  # resources written in an --atomic import's open transaction
         self.stopping = threading.Event()
         #: Stops the writing of the chunks after the one under way (_Turns.halt).
         self.halt: Callable[[], None] = lambda: None
@@ -860,10 +865,10 @@ class Importer:
             size += length
             resources += weight
             if resources >= self.chunk or size >= CHUNK_BYTES:
-                yield chunk, sources
+                yield chunk, _read(sources)
                 chunk, sources, size, resources = [], [], 0, 0
         if chunk:
-            yield chunk, sources
+            yield chunk, _read(sources)
 
     async def run(self, paths: list[Path]) -> Report:
         _warm_up()
@@ -900,8 +905,9 @@ class Importer:
         def consumed(sources: list[_Source]) -> None:
             slots.release()
             for source in sources:
-                read[id(source.counting)] = source.counting.count
-            self.progress(sum(read.values()), self.report.imported, self.report.rejected_count)
+                read[id(source.counting)] = source.read
+            self.progress(sum(read.values()), self.report.imported + self.uncommitted,
+                          self.report.rejected_count)
 
         def unblock() -> None:  # jobs() reads no further
             failed.set()
@@ -1045,6 +1051,7 @@ class Importer:
                 batch = await self._sort(sources, list(enumerate(prepared)), atomic=True)
                 if not self.report.rejected_count:
                     await asyncio.to_thread(feed.put, batch)
+                    self.uncommitted += len(batch)
                 consumed(sources)
         except BaseException:  # the transaction is rolled back, then the failure goes on
             await asyncio.to_thread(feed.put, False)
@@ -1054,6 +1061,14 @@ class Importer:
         await asyncio.to_thread(feed.put, None)
         with contextlib.suppress(Abort):  # rolled back: nothing imported
             self.report.count(await job)
+
+
+def _read(sources: list[_Source]) -> list[_Source]:
+    """The sources of a chunk, with how far their files were read when it was: progress counts
+    the bytes of the chunks written, not of those read ahead."""
+    for source in sources:
+        source.read = source.counting.count
+    return sources
 
 
 def _name_at(sources: list[_Source], at: int) -> str:
