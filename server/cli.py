@@ -430,6 +430,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if report.interrupted:
         print(f"consilium import: interrupted before the end of the files; {again}",
               file=sys.stderr)
+        if any(str(f) == STDIN for f in args.files) and not args.atomic:
+            print(f"consilium import: stdin was imported through line "
+                  f"{report.stdin_through:,}; send the lines after it again",
+                  file=sys.stderr)
         return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
     return 1 if report.rejected_count else 0
 

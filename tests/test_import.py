@@ -1259,3 +1259,34 @@ def test_progress_counts_the_chunks_written_not_those_read_ahead(tmp_path: Path)
     assert out.returncode == 0, out.stderr
     counts = [line.split(", ")[1] for line in out.stderr.splitlines() if line.startswith("import:")]
     assert counts and counts[-1] == "30 resources" and "0 resources" not in counts, out.stderr
+
+
+def test_stdin_idle_stops_on_sigterm_saying_where_to_resume(tmp_path: Path) -> None:
+    """SIGTERM to the importer alone (a service manager's stop) while its producer is idle
+    stops it at once, and it says through which line stdin was imported, for the rest to be
+    sent again."""
+    import os
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "server", "import", "--data-dir", str(data),
+                             "--workers", "2", "--chunk", "2", "-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None
+    proc.stdin.write("".join(json.dumps(patient(i)) + "\n" for i in range(3)))
+    proc.stdin.flush()  # and left open, idle
+    deadline = time.monotonic() + 60
+    while stored_count(data) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)  # stdin still open: the producer is idle, not ended
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert proc.returncode == 143, err
+    assert "stdin was imported through line 2" in err, err
+    assert stored_count(data) == 2

@@ -35,6 +35,7 @@ import multiprocessing.pool
 import os
 import queue
 import re
+import select
 import signal
 import sys
 import threading
@@ -88,6 +89,7 @@ class _Source:
     counting: _Counting
     items: int = 0
     read: int = 0  # bytes of the file read once the chunk was (its items, and a buffer more)
+    last: int = 0  # the line (entry) number of the chunk's last item from the file
 
 
 #: Rejected lines a report keeps (for the summary); the others are counted, and passed on.
@@ -103,6 +105,8 @@ class Report:
     rejected_count: int = 0
     seconds: float = 0.0
     interrupted: bool = False  # stopped (Importer.stop) before it wrote everything
+    #: The last line of stdin in the chunks written: the lines after it, read or not, were not.
+    stdin_through: int = 0
     #: Where every rejected line goes too (``consilium import --rejects FILE``).
     sink: Callable[[Rejected], None] | None = None
     #: The place of each file among those imported, which orders the rejected lines.
@@ -171,11 +175,35 @@ def source_name(path: Path) -> str:
     return STDIN_NAME if str(path) == STDIN else str(path)
 
 
-def _open(path: Path) -> tuple[IO[bytes], _Counting]:
+class _Stopped(Exception):
+    """The import was stopped while stdin had nothing to read."""
+
+
+class _Stdin(io.RawIOBase):
+    """stdin's bytes as they come (a pipe's, not waiting for a buffer to fill); given up once
+    ``stop()`` says so while nothing comes (a service manager's SIGTERM to the importer alone,
+    its producer idle)."""
+
+    def __init__(self, stop: Callable[[], bool]):
+        self.fd = sys.stdin.fileno()
+        self.stop = stop
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not select.select([self.fd], [], [], 0.2)[0]:
+            if self.stop():
+                raise _Stopped
+        return os.readv(self.fd, [b])
+
+
+def _open(path: Path, stop: Callable[[], bool] = lambda: False) -> tuple[IO[bytes], _Counting]:
     """The file's bytes (uncompressed: gzip is known by its content, whatever the name; another
     compression is refused, naming it), past a UTF-8 byte order mark that starts them (as some
-    Windows tools write), with the counter of the bytes read from the file."""
-    raw = sys.stdin.buffer if str(path) == STDIN else open(path, "rb")  # noqa: SIM115
+    Windows tools write), with the counter of the bytes read from the file. ``stop``: stdin's
+    reading ends (:class:`_Stopped`) once it says so while nothing comes."""
+    raw: Any = _Stdin(stop) if str(path) == STDIN else open(path, "rb")  # noqa: SIM115
     counting = _Counting(raw)  # (the returned stream owns it)
     stream: IO[bytes] = io.BufferedReader(counting, 1 << 20)
     with contextlib.suppress(*_UNREADABLE):  # reported when read
@@ -803,50 +831,57 @@ class Importer:
         resources it holds: a slice of a batch file, BATCH_SLICE).
         A file that cannot be imported, or the rest of one that breaks, is listed as rejected."""
         for path in paths:
-            name = source_name(path)
             try:
-                kind = "ndjson" if _is_ndjson(path) else _json_kind(path)
-                stream, counting = _open(path)
+                yield from self._file_items(path)
+            except _Stopped:  # stdin, idle when the import was stopped: nothing more is read
+                return
+
+    def _file_items(self, path: Path) -> Iterator[tuple[str, _Counting, Item, int, int]]:
+        """The items of one file (:meth:`_items`)."""
+        name = source_name(path)
+        try:
+            kind = "ndjson" if _is_ndjson(path) else _json_kind(path)
+            stream, counting = _open(path, self.stopping.is_set)
+        except _NotImportable as exc:
+            self.report.reject(name, 1, str(exc))
+            return
+        with stream:
+            try:
+                if kind == "ndjson":
+                    items = _ndjson_sized(_first_line_checked(stream) if name == STDIN_NAME
+                                          else stream)
+                elif kind == "entries":
+                    items = _bundle_items(stream, *_urn_links(path))
+                elif self.atomic and kind in _BUNDLE_KINDS:
+                    raise _NotImportable(_NOT_ATOMIC)
+                elif kind == "batch":
+                    envelope, _, escapes = _envelope(path)
+                    _check_envelope(envelope)
+                    items = _batch_slices(stream, envelope, escapes)
+                    self.sliced.add(name)
+                else:  # one item: the whole file
+                    if kind != "resource" and _envelope(path)[1] > _max_entries():
+                        raise _NotImportable(_too_many(kind))
+                    try:
+                        data = stream.read()
+                    except _UNREADABLE as exc:
+                        raise _NotImportable(f"cannot be read: {exc}") from None
+                    yield name, counting, (1, data), len(data), 1
+                    return
             except _NotImportable as exc:
                 self.report.reject(name, 1, str(exc))
-                continue
-            with stream:
-                try:
-                    if kind == "ndjson":
-                        items = _ndjson_sized(_first_line_checked(stream) if name == STDIN_NAME
-                                              else stream)
-                    elif kind == "entries":
-                        items = _bundle_items(stream, *_urn_links(path))
-                    elif self.atomic and kind in _BUNDLE_KINDS:
-                        raise _NotImportable(_NOT_ATOMIC)
-                    elif kind == "batch":
-                        envelope, _, escapes = _envelope(path)
-                        _check_envelope(envelope)
-                        items = _batch_slices(stream, envelope, escapes)
-                        self.sliced.add(name)
-                    else:  # one item: the whole file
-                        if kind != "resource" and _envelope(path)[1] > _max_entries():
-                            raise _NotImportable(_too_many(kind))
-                        try:
-                            data = stream.read()
-                        except _UNREADABLE as exc:
-                            raise _NotImportable(f"cannot be read: {exc}") from None
-                        yield name, counting, (1, data), len(data), 1
-                        continue
-                except _NotImportable as exc:
-                    self.report.reject(name, 1, str(exc))
-                    continue
-                last = read = 0
-                weight = BATCH_SLICE if kind == "batch" else 1  # resources an item holds
-                try:
-                    for item, upto in items:
-                        yield name, counting, item, upto - read, weight
-                        last, read = item[0], upto
-                except (ijson.JSONError, *_UNREADABLE) as exc:  # broken after a good start
-                    at = last + 1
-                    what = "line" if kind == "ndjson" else "entry"
-                    self.report.reject(
-                        name, at, f"cannot be read from {what} {at} on: {exc}")
+                return
+            last = read = 0
+            weight = BATCH_SLICE if kind == "batch" else 1  # resources an item holds
+            try:
+                for item, upto in items:
+                    yield name, counting, item, upto - read, weight
+                    last, read = item[0], upto
+            except (ijson.JSONError, *_UNREADABLE) as exc:  # broken after a good start
+                at = last + 1
+                what = "line" if kind == "ndjson" else "entry"
+                self.report.reject(
+                    name, at, f"cannot be read from {what} {at} on: {exc}")
 
     def _chunks(self, paths: list[Path]) -> Iterator[tuple[list[Item], list[_Source]]]:
         """The items in chunks of ``chunk`` resources (a slice of a batch file holds many) or
@@ -862,6 +897,7 @@ class Importer:
                 sources.append(_Source(name, counting))
             chunk.append(item)
             sources[-1].items += 1
+            sources[-1].last = item[0]
             size += length
             resources += weight
             if resources >= self.chunk or size >= CHUNK_BYTES:
@@ -906,6 +942,8 @@ class Importer:
             slots.release()
             for source in sources:
                 read[id(source.counting)] = source.read
+                if source.name == STDIN_NAME:
+                    self.report.stdin_through = source.last
             self.progress(sum(read.values()), self.report.imported + self.uncommitted,
                           self.report.rejected_count)
 
