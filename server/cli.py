@@ -248,7 +248,7 @@ def _import_parser(sub: Any) -> None:
                     "arguments, files or data dir; 3 the store or a worker failed midway; "
                     "130/143 interrupted (SIGINT/SIGTERM).")
     _common(p)
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE",
+    p.add_argument("files", nargs="+", type=_file_or_stdin, metavar="FILE",
                    help="NDJSON, Bundle or resource files, gzipped or not; - reads NDJSON "
                         "from stdin")
     p.add_argument("--atomic", action="store_true",
@@ -275,6 +275,12 @@ def _import_parser(sub: Any) -> None:
                    help="when stderr is not a terminal (a log, a pipe), a progress line this "
                         "often, in place of the bar (default 10)")
     p.set_defaults(func=cmd_import)
+
+
+def _file_or_stdin(text: str) -> Path:
+    """``-`` is stdin; any other name a file, ``./-`` too (which a Path writes as ``-``)."""
+    path = Path(text)
+    return path if text == "-" or str(path) != "-" else path.absolute()
 
 
 def _at_least_one(text: str) -> int:

@@ -1290,3 +1290,14 @@ def test_stdin_idle_stops_on_sigterm_saying_where_to_resume(tmp_path: Path) -> N
     assert proc.returncode == 143, err
     assert "stdin was imported through line 2" in err, err
     assert stored_count(data) == 2
+
+
+def test_a_file_named_dash_is_a_file_when_named_so(tmp_path: Path) -> None:
+    """Only ``-`` itself is stdin: ``./-`` is the file of that name."""
+    write_ndjson(tmp_path / "-", [patient(1)])
+    out = subprocess.run([sys.executable, "-m", "server", "import", "--data-dir",
+                          str(tmp_path / "data"), "--workers", "2", "./-"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert ("Patient", "imp-1") in read_all(tmp_path / "data")
