@@ -115,7 +115,9 @@ def _as_dict(type: str, resource: dict[str, Any] | Serialized) -> dict[str, Any]
 
 #: Index rows waiting to be inserted, past which they are inserted: a write of very many
 #: resources (an --atomic import is one) would otherwise hold all of theirs until its commit.
-PENDING_ROWS = 100_000
+#: Above an import chunk's (20,000 resources, about 300,000 rows), which are inserted together:
+#: at 100,000, a chunk's inserts were split, and the import 5 % slower.
+PENDING_ROWS = 400_000
 
 
 class _IndexRows:
