@@ -347,10 +347,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         bar.set_postfix_str(counts, refresh=False)
         if lines and now - told >= args.progress_every and last != (done, imported, rejected):
             told, last = now, (done, imported, rejected)
-            read = f"{done / 2**20:,.1f} MiB read" if total is None else \
-                f"{done / max(total, 1):.0%} of {total / 2**20:,.1f} MiB"
-            print(f"import: {read}, {counts}",
-                  file=sys.stderr, flush=True)
+            if total is None:
+                read = f"{done / 2**20:,.1f} MiB read"
+            else:
+                read = f"{done / max(total, 1):.0%} of {total / 2**20:,.1f} MiB"
+                if 0 < done < total:
+                    read += f", about {(now - started) * (total - done) / done:,.0f} s to go"
+            print(f"import: {read}, {counts}", file=sys.stderr, flush=True)
 
     async def run() -> Any:
         # This process writes only Bundles, unless the import is one (--atomic) transaction:

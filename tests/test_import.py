@@ -1066,6 +1066,7 @@ def test_progress_is_told_in_lines_when_stderr_is_not_a_terminal(tmp_path: Path)
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.startswith("import: ")]
     assert len(lines) >= 3, out.stderr
+    assert all("s to go" in line for line in lines if "100%" not in line), out.stderr
     assert "\r" not in out.stderr and "30 resources" in lines[-1] and "100%" in lines[-1]
     assert "0 rejected" in lines[-1]
     quiet = consilium(str(src), "--quiet", "--progress-every", "0", data_dir=tmp_path / "d2")
