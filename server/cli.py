@@ -299,7 +299,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from server.bulk.importer import STDIN, Importer, WorkerDied
     from server.storage import open_store
 
-    if sum(str(f) == STDIN for f in args.files) > 1:
+    stdin = sum(str(f) == STDIN for f in args.files)
+    if stdin > 1:
         print("consilium import: stdin (-) can be read once only", file=sys.stderr)
         return 2
     for f in args.files:
@@ -330,8 +331,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     logs.setup("warning" if not args.log_level else args.log_level)
     # Of files only: how much stdin holds is known once it is read.
-    total = None if any(str(f) == STDIN for f in args.files) else \
-        sum(f.stat().st_size for f in args.files)
+    total = None if stdin else sum(f.stat().st_size for f in args.files)
     lines = not args.quiet and not sys.stderr.isatty()  # a log or a pipe: lines, not a bar
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="import",
                disable=args.quiet or lines, dynamic_ncols=True)
@@ -439,7 +439,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if report.interrupted:
         print(f"consilium import: interrupted before the end of the files; {again}",
               file=sys.stderr)
-        if any(str(f) == STDIN for f in args.files) and not args.atomic:
+        if stdin and not args.atomic:
             print(f"consilium import: stdin was imported through line "
                   f"{report.stdin_through:,}; send the lines after it again",
                   file=sys.stderr)

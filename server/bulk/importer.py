@@ -1015,8 +1015,10 @@ class Importer:
                           _resource=bundle)
         entries = bundle.get("entry") or []
         began = instant(time.time_ns() // 1000)
-        # A slice of a batch file (_batch_slices) is numbered by its first entry.
-        first = number if name in self.sliced else 1
+        # A slice of a batch file (_batch_slices) is numbered by its first entry, and its
+        # refused entries are listed by theirs; a whole Bundle's, under its own line.
+        sliced = name in self.sliced
+        first = number if sliced else 1
         if isinstance(entries, list) and len(entries) > _max_entries():
             self.report.reject(name, number, _too_many(str(bundle.get("type"))))
             return
@@ -1038,7 +1040,7 @@ class Importer:
                     if status[0] in "45":
                         issues = e["response"].get("outcome", {}).get("issue", [{}])
                         self.report.reject(
-                            name, number + i if name in self.sliced else number,
+                            name, first + i if sliced else number,
                             f"batch entry {first + i}: {status}: "
                             f"{issues[0].get('diagnostics', '')}")
                     else:

@@ -146,8 +146,9 @@ class _IndexRows:
     def undo(self) -> None:
         """The write begun last was rolled back to its savepoint."""
         kinds = self.pending.keys() | self._inserted.keys()
-        self.pending = {k: self._inserted.get(k, []) + self.pending.get(k, [])[:self._earlier.get(k, 0)]
-                        for k in kinds}
+        self.pending = {
+            k: self._inserted.get(k, []) + self.pending.get(k, [])[:self._earlier.get(k, 0)]
+            for k in kinds}
         self.count = sum(map(len, self.pending.values()))
         self.begin()
 
