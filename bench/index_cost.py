@@ -7,9 +7,13 @@ measured two ways:
 - through HTTP: ``consilium serve --workers 1`` (``--workers N``) and wrk, 32 connections cycling
   through the same resources: the create throughput a client sees.
 
-Durable creates both ways (acknowledged after fsync).
+Durable creates both ways (acknowledged after fsync). The store indexes creates after their
+commit, in batches, in a process of their own (server.storage.sqlite_indexer): each run ends
+with a search, which waits until all its creates are indexed, and the time to that search's
+answer counts. Without indexing, no index process runs, and the store only moves its mark: it
+reads, extracts and writes no rows.
 
-    python bench/index_cost.py [--creates 3000] [--seconds 10] [--workers 1]
+    python bench/index_cost.py [--creates 10000] [--seconds 10] [--workers 1]
 
 The last line is the summary figure (the in-process one).
 """
@@ -18,10 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +42,7 @@ from bench.datagen import iter_resources  # noqa: E402
 
 def resources(n: int) -> list[dict[str, Any]]:
     out = []
-    for r in iter_resources(200, seed=3):
+    for r in iter_resources(n // 10, seed=3):
         if r["resourceType"] in ("Patient", "Observation", "Encounter", "Condition"):
             r.pop("id", None)
             out.append(r)
@@ -48,14 +56,14 @@ async def creates_per_second(items: list[dict[str, Any]], index: bool, clients: 
     from server.auth.keys import KeyStore
     from server.auth.tokens import TokenService
     from server.config import Settings
-    from server.fhir import prepare
+    from server.search.query import parse
+    from server.storage import sqlite_indexer
 
-    real = prepare.extract
-    if not index:
-        prepare.extract = lambda resource: {}  # type: ignore[assignment]
+    switch_on = (lambda: None) if index else switch_indexing_off()
     try:
         work = tempfile.TemporaryDirectory(prefix="consilium-bench-")
-        settings = Settings(data_dir=Path(work.name), workers=1, access_log=False)
+        settings = Settings(data_dir=Path(work.name), workers=1, access_log=False,
+                            index_process=index, log_level="warning")
         app = app_module.create_app(settings)
         token = TokenService(KeyStore(settings.keys_dir)).issue("bench", "system/*.cruds")
         bodies = [(r["resourceType"], orjson.dumps(r)) for r in items]
@@ -80,6 +88,8 @@ async def creates_per_second(items: list[dict[str, Any]], index: bool, clients: 
             return status
 
         await asyncio.gather(*(call(t, b) for t, b in bodies[:50]))  # warm
+        while index and not sqlite_indexer.running(settings.sqlite_path):  # as in a server
+            await asyncio.sleep(0.05)
         todo = iter(bodies[50:])
         statuses: list[int] = []
 
@@ -89,21 +99,51 @@ async def creates_per_second(items: list[dict[str, Any]], index: bool, clients: 
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
+        await app.store.search(parse(("Patient",), [("_count", "1")]))  # all indexed
         elapsed = time.perf_counter() - started
         assert set(statuses) == {201}, set(statuses)
         await app.store.close()
         work.cleanup()
         return len(statuses) / elapsed
     finally:
-        prepare.extract = real
+        switch_on()
+
+
+def switch_indexing_off() -> Callable[[], None]:
+    """Switch the store's indexing off in this process: its mark moves, no row is read,
+    extracted or written. Returns what switches it on again."""
+    from server.storage import sqlite
+
+    def catch_up(self: Any) -> int:
+        if self.backlog() > 0:
+            self.mark = self.ids.seq - 1
+        return 0
+
+    def index_backlog(conn: sqlite3.Connection, lock: int) -> int:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            conn.execute("UPDATE indexed SET seq = (SELECT coalesce(max(seq), 0) FROM version)")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        return 0
+
+    saved = sqlite._IndexRows.catch_up, sqlite.index_backlog
+    sqlite._IndexRows.catch_up = catch_up  # type: ignore[method-assign]
+    sqlite.index_backlog = index_backlog
+
+    def switch_on() -> None:
+        sqlite._IndexRows.catch_up, sqlite.index_backlog = saved  # type: ignore[method-assign]
+
+    return switch_on
 
 
 # The server with index extraction switched off, for the comparison only: a script file, which
 # worker processes (spawned) import too, so that it is off in them as well.
-_UNINDEXED = """import sys
+_UNINDEXED = """import os, sys
 sys.path.insert(0, {root!r})
-from server.fhir import prepare
-prepare.extract = lambda resource: {{}}
+from bench.index_cost import switch_indexing_off
+switch_indexing_off()
+os.environ["CONSILIUM_INDEX_PROCESS"] = "off"
 if __name__ == "__main__":
     from server.cli import main
     sys.exit(main())
@@ -123,6 +163,15 @@ request = function()
   return wrk.format("POST", "/fhir/" .. lines[n][1], nil, lines[n][2])
 end
 """
+
+
+def indexed(url: str, headers: dict[str, str]) -> float:
+    """Seconds a search waits for the creates before it to be indexed."""
+    started = time.perf_counter()
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/Patient?_count=1",
+                                                       headers=headers)) as response:
+        response.read()
+    return time.perf_counter() - started
 
 
 def http_creates_per_second(items: list[dict[str, Any]], index: bool, seconds: int,
@@ -145,19 +194,21 @@ def http_creates_per_second(items: list[dict[str, Any]], index: bool, seconds: i
                        "Authorization": f"Bearer {token(data)}"}
             url = f"http://127.0.0.1:{port}/fhir"
             wrk(url, seconds=2, headers=headers, script=script, args=[str(bodies)])  # warm
+            indexed(url, headers)
             result = wrk(url, seconds=seconds, headers=headers, script=script,
                          args=[str(bodies)])
+            waited = indexed(url, headers)
         finally:
             server.stop()
         assert result["errors"] == 0, result
-        return result["rps"]
+        return result["requests"] / (result["requests"] / result["rps"] + waited)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--creates", type=int, default=3000)
+    parser.add_argument("--creates", type=int, default=10000)
     parser.add_argument("--seconds", type=int, default=10, help="of each run through HTTP")
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes through HTTP (the server's default is one "

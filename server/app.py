@@ -77,7 +77,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> ConsiliumApp:
     """The application over the store the settings name. ``clock``: the time the workflow
     rules use (the system clock unless a test gives another)."""
     check_models(settings.model_check)
-    store = open_store(settings)
+    store = open_store(settings, serving=True)
     keys = KeyStore(settings.keys_dir)
     keys.ensure()
     tokens = TokenService(keys)

@@ -43,6 +43,9 @@ class Settings:
     #: Check every write against the fhir.resources R4B models too, after the R4 validator: a
     #: second opinion (no error it catches alone is known) that costs a third of a create.
     model_check: bool = False
+    #: Index the API's writes in a process of their own (server.storage.sqlite_indexer), on
+    #: another core; off, the server's writer indexes them.
+    index_process: bool = True
     max_body_bytes: int = 64 * 1024 * 1024
     default_page_size: int = 20
     max_page_size: int = 1000

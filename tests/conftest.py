@@ -31,7 +31,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", workers=1, access_log=False)
+    return Settings(data_dir=tmp_path / "data", workers=1, access_log=False,
+                    index_process=False)
 
 
 def issue_token(settings: Settings, scope: str = "system/*.cruds", **kw: object) -> str:

@@ -5,6 +5,7 @@ away and none of the others' (server.storage.sqlite)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -269,3 +270,302 @@ def test_writes_queued_while_another_process_commits_join_one_commit(store: Sqli
     finally:
         os.close(lock)
     assert len(commits) == 5 and len({id(c) for c in commits}) == 1
+
+
+# -- writes given without their rows (the API's): indexed after their commit -----------------
+
+def later(body: dict[str, Any]) -> Any:
+    """A write as the API makes it: without its index rows, which the store extracts."""
+    return lambda tx: tx.write("Patient", body["id"], dict(body), None, "PUT")
+
+
+def marks(store: SqliteStore | Path) -> tuple[int, int]:
+    """(the seq through which the index is up to date, the last version's seq)."""
+    import sqlite3
+
+    conn = sqlite3.connect(store if isinstance(store, Path) else store.path)
+    try:
+        return conn.execute("SELECT (SELECT seq FROM indexed), "
+                            "(SELECT max(seq) FROM version)").fetchone()
+    finally:
+        conn.close()
+
+
+def test_a_write_without_rows_is_found_by_the_next_search(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("server.storage.sqlite.INDEX_IDLE", 3600)  # no indexing when idle
+    in_one_group(store, later(patient("a", "Alpha")), later(patient("b", "Beta")))
+    assert marks(store)[0] < marks(store)[1]  # the index is behind the writes
+    assert names(store, "Alpha") == ["a"]  # the search had it brought up to date first
+    assert marks(store)[0] == marks(store)[1]
+    assert names(store, "Beta") == ["b"]
+
+
+def test_the_writer_indexes_the_backlog_once_no_write_comes(store: SqliteStore) -> None:
+    import time
+
+    in_one_group(store, later(patient("a", "Alpha")))
+    deadline = time.monotonic() + 10
+    while marks(store)[0] < marks(store)[1] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marks(store)[0] == marks(store)[1]
+
+
+def test_the_writer_indexes_a_long_backlog_between_writes(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("server.storage.sqlite.INDEX_IDLE", 3600)
+    monkeypatch.setattr("server.storage.sqlite.INDEX_BACKLOG", 5)
+    in_one_group(store, *(later(patient(f"p{i}", "Many")) for i in range(6)))
+    in_one_group(store, later(patient("q", "Other")))  # the writer indexed after the first
+    indexed, last = marks(store)
+    assert indexed == last - 1
+
+
+def test_updates_and_deletions_without_rows_replace_the_rows(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("server.storage.sqlite.INDEX_IDLE", 3600)
+    in_one_group(store, later(patient("a", "Alpha")), later(patient("b", "Alpha")))
+    assert names(store, "Alpha") == ["a", "b"]
+    in_one_group(store, later(patient("a", "Beta")), lambda tx: tx.delete("Patient", "b"))
+    assert names(store, "Alpha") == [] and names(store, "Beta") == ["a"]
+    # rows given for one write, after others without: those are indexed first
+    in_one_group(store, later(patient("a", "Gamma")), write(patient("c", "Gamma")))
+    assert marks(store)[0] == marks(store)[1]
+    assert names(store, "Gamma") == ["a", "c"] and names(store, "Beta") == []
+
+
+def test_a_search_inside_a_write_sees_the_writes_without_rows_before_it(
+        store: SqliteStore) -> None:
+    def search(tx: Any) -> list[str]:
+        return sorted(v.id for v in tx.search(parse(("Patient",), [("name:exact", "Alpha")])))
+
+    results = in_one_group(store, later(patient("a", "Alpha")), later(patient("b", "Beta")),
+                           later(patient("b", "Alpha")), search)
+    assert results[3] == ["a", "b"]
+
+
+def test_a_failing_write_that_indexed_the_backlog_leaves_it_to_be_indexed_again(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("server.storage.sqlite.INDEX_IDLE", 3600)
+
+    def search_then_fail(tx: Any) -> None:
+        assert [v.id for v in tx.search(parse(("Patient",), [("name:exact", "Alpha")]))] == ["a"]
+        raise ValueError("refused")
+
+    results = in_one_group(store, later(patient("a", "Alpha")), search_then_fail,
+                           later(patient("b", "Alpha")))
+    assert isinstance(results[1], ValueError)
+    assert marks(store)[0] < marks(store)[1]  # what the failing write indexed went with it
+    assert names(store, "Alpha") == ["a", "b"]
+
+
+def test_another_store_on_the_same_file_finds_the_writes(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processes of a server: one writes, another searches (and has the index brought up
+    to date by its own writer)."""
+    monkeypatch.setattr("server.storage.sqlite.INDEX_IDLE", 3600)
+    first, second = SqliteStore(tmp_path / "two.db"), SqliteStore(tmp_path / "two.db")
+    try:
+        in_one_group(first, later(patient("a", "Alpha")))
+        assert names(second, "Alpha") == ["a"]
+        in_one_group(first, later(patient("a", "Beta")))
+        assert names(second, "Alpha") == [] and names(second, "Beta") == ["a"]
+    finally:
+        first.close_sync()
+        second.close_sync()
+
+
+_FLIP = """
+import sys, time
+sys.path.insert(0, {root!r})
+from server.storage.sqlite import SqliteStore
+store = SqliteStore({path!r})
+n, end = 0, time.monotonic() + {seconds}
+while time.monotonic() < end:
+    body = {{"resourceType": "Patient", "id": f"p{{n % 20}}",
+             "name": [{{"family": "Alpha" if n // 20 % 2 else "Beta"}}]}}
+    store.run_sync(lambda tx: tx.write("Patient", body["id"], body, None, "PUT"))
+    n += 1
+store.close_sync()
+print(n)
+"""
+
+
+def test_searches_while_another_process_writes_see_whole_versions(tmp_path: Path) -> None:
+    """A search reads index rows and resources of one moment: never a resource found by the
+    rows of a version it no longer has."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "two.db"
+    SqliteStore(path).close_sync()
+    root = str(Path(__file__).resolve().parents[1])
+    writer = subprocess.Popen([sys.executable, "-c", _FLIP.format(root=root, path=str(path),
+                                                                   seconds=3)],
+                              stdout=subprocess.PIPE, text=True)
+    store = SqliteStore(path)
+    try:
+        seen, end = 0, time.monotonic() + 3
+        while time.monotonic() < end:
+            page = asyncio.run(store.search(parse(("Patient",), [("name:exact", "Alpha"),
+                                                                 ("_count", "50")])))
+            for v in page.matches:
+                assert b'"Alpha"' in (v.body or b""), v
+            seen += len(page.matches)
+        assert seen > 0
+    finally:
+        written = writer.communicate(timeout=30)[0]
+        store.close_sync()
+    assert int(written) > 100
+
+
+_WRITE_AND_HANG = """
+import sys, time
+sys.path.insert(0, {root!r})
+from server.storage import sqlite
+sqlite.INDEX_IDLE = 3600
+store = sqlite.SqliteStore({path!r})
+for n in range(30):
+    body = {{"resourceType": "Patient", "id": f"k{{n}}", "name": [{{"family": "Killed"}}]}}
+    store.run_sync(lambda tx: tx.write("Patient", body["id"], body, None, "PUT"))
+print("written", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_writes_acknowledged_before_a_kill_are_indexed_after_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.db"
+    root = str(Path(__file__).resolve().parents[1])
+    writer = subprocess.Popen([sys.executable, "-c", _WRITE_AND_HANG.format(root=root,
+                                                                             path=str(path))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "written\n"
+    finally:
+        writer.kill()  # SIGKILL
+        writer.wait(10)
+    indexed, last = marks(path)
+    assert indexed < last == 30
+    store = SqliteStore(path)
+    try:
+        page = asyncio.run(store.search(parse(("Patient",), [("name:exact", "Killed"),
+                                                             ("_count", "50")])))
+        assert sorted(v.id for v in page.matches) == sorted(f"k{n}" for n in range(30))
+    finally:
+        store.close_sync()
+
+
+def test_the_backlog_is_read_along_the_version_numbers(store: SqliteStore) -> None:
+    from server.storage.sqlite import _BACKLOG
+
+    plan = store.run_sync(lambda tx: " ".join(
+        row[3] for row in tx.conn.execute("EXPLAIN QUERY PLAN " + _BACKLOG, (0, 10, 2000))))
+    assert "SEARCH v USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in plan, plan
+    assert "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+
+
+def test_an_older_database_was_indexed_through_its_last_version(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    store = SqliteStore(path)
+    in_one_group(store, write(patient("a", "Alpha")), write(patient("b", "Beta")))
+    store.close_sync()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE indexed")
+    conn.execute("PRAGMA user_version = 8")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        assert marks(store) == (2, 2)
+        assert names(store, "Alpha") == ["a"]
+    finally:
+        store.close_sync()
+
+
+# -- the index process ---------------------------------------------------------------------
+
+def test_an_index_process_indexes_the_writes_without_the_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setattr("server.storage.sqlite.INDEX_IDLE", 3600)
+    monkeypatch.setattr("server.storage.sqlite.INDEX_BACKLOG", 10**9)
+    store = SqliteStore(tmp_path / "ix.db", indexer="warning")
+    try:
+        assert store._indexer is not None
+        in_one_group(store, *(later(patient(f"p{i}", "Many")) for i in range(30)))
+        deadline = time.monotonic() + 30
+        while marks(store)[0] < marks(store)[1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marks(store) == (30, 30)
+        page = asyncio.run(store.search(parse(("Patient",), [("name:exact", "Many"),
+                                                             ("_count", "50")])))
+        assert len(page.matches) == 30
+    finally:
+        store.close_sync()
+    assert store._indexer.returncode == 0  # it stopped with the store
+
+
+def test_one_index_process_runs_per_database(tmp_path: Path) -> None:
+    from server.storage import sqlite_indexer
+
+    path = tmp_path / "one.db"
+    SqliteStore(path).close_sync()
+    first = sqlite_indexer.start(path, "warning")
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while not sqlite_indexer.running(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sqlite_indexer.running(path)
+        second = sqlite_indexer.start(path, "warning")
+        assert second.wait(30) == 0  # it found the first one and left
+        assert first.poll() is None
+    finally:
+        assert first.stdin is not None
+        first.stdin.close()
+        assert first.wait(30) == 0
+
+
+_OPEN_AND_HANG = """
+import sys, time
+sys.path.insert(0, {root!r})
+from server.storage.sqlite import SqliteStore
+store = SqliteStore({path!r}, indexer="warning")
+print(store._indexer.pid, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_the_index_process_ends_with_the_process_that_started_it(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = str(Path(__file__).resolve().parents[1])
+    server = subprocess.Popen([sys.executable, "-c", _OPEN_AND_HANG.format(
+        root=root, path=str(tmp_path / "gone.db"))], stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    pid = int(server.stdout.readline())
+    server.kill()  # SIGKILL: no store.close
+    server.wait(10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the index process outlived its server")

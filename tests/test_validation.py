@@ -991,7 +991,7 @@ def test_the_model_check_setting_gives_writes_the_second_opinion(
                                                  access_log=False, model_check=on))
             asyncio.run(app.store.close())
             asked.clear()
-            assert prepare(patient(), "Patient")["token"]
+            assert prepare(patient(), "Patient", index=True)["token"]
             assert asked == (["Patient"] if on else [])
             with pytest.raises(FhirError):
                 prepare(with_(patient(), gender="robot"), "Patient")

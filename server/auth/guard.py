@@ -101,7 +101,7 @@ class GuardedTransaction:
         require(self.principal, type, "r")
         return self.tx.vread(type, id, version)
 
-    def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
+    def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows | None,
               method: str) -> Version:
         self._require_write(type, id)
         return self.tx.write(type, id, resource, indexes, method)

@@ -610,7 +610,7 @@ def _prepare(number: int, raw: bytes | Unreadable, models: bool) -> Prepared:
 
         if not structures().is_resource_type(type_):
             return "err", number, f"unknown resource type {type_!r}"
-        indexes = prepare(resource, type_, models=models)
+        indexes = prepare(resource, type_, models=models, index=True)
         # A conditional reference holds a '?': a line without one (nor an escape) has none.
         if b"?" in raw or b"\\u" in raw:
             check_unconditional(resource)
@@ -621,7 +621,7 @@ def _prepare(number: int, raw: bytes | Unreadable, models: bool) -> Prepared:
     # The store writes the JSON as it is (Serialized), without serialising the dict again.
     rest = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
     return "ok", number, (type_, id_, Serialized(resource.get("meta"), codec.dumps(rest)),
-                          {k: v for k, v in indexes.items() if v})
+                          {k: v for k, v in (indexes or {}).items() if v})
 
 
 def _prepare_chunk(job: tuple[int, list[Item], bool]) -> list[Prepared]:

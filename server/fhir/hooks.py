@@ -123,7 +123,6 @@ def store(tx: Transaction, context: AppContext | None, principal: Principal | No
         version = tx.delete(type, id)
         assert version is not None
     else:
-        assert indexes is not None
         version = tx.write(type, id, resource, indexes, method)
     if event is not None:
         event.version = version

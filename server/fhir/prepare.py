@@ -1,6 +1,7 @@
-"""What every write does before it reaches the store: validate, then extract search indexes.
+"""What every write does before it reaches the store: validate (and, for bulk loads, extract
+search indexes).
 
-Both are CPU work done on the request's own thread, outside the store's write lock.
+This is CPU work done on the request's own thread, outside the store's write lock.
 
 Status codes (http.html#create, #update): 400 when the body is not a well-formed resource of the
 type (not JSON/XML, not an object, wrong ``resourceType``, unknown elements, wrong datatypes or
@@ -51,8 +52,11 @@ def check_models(on: bool) -> None:
     _checks["models"] = on
 
 
-def prepare(resource: Any, type: str, *, models: bool | None = None) -> IndexRows:
-    """Validate ``resource`` as a ``type`` and return its search index rows; raise FhirError.
+def prepare(resource: Any, type: str, *, models: bool | None = None,
+            index: bool = False) -> IndexRows | None:
+    """Validate ``resource`` as a ``type``; raise FhirError. Returns the search index rows to
+    write with it: with ``index``, its rows; else None, and the store extracts them once the
+    resource is written (before any search can miss them).
     Validation is the R4 validator (server.fhir.validation), and the fhir.resources (R4B)
     second opinion when ``models`` is true (by default when the server's ``model_check`` is
     on). A resource that claims Consilium profiles in ``meta.profile`` is also validated
@@ -70,7 +74,7 @@ def prepare(resource: Any, type: str, *, models: bool | None = None) -> IndexRow
         from server.workflow.profiles import require_claimed_profiles
 
         require_claimed_profiles(resource)
-    return extract(resource)
+    return extract(resource) if index else None
 
 
 def known_type(type: str) -> bool:

@@ -93,7 +93,7 @@ def _store(tx: Transaction, caller: Caller, type_: str, id_: str, resource: dict
 
 
 def write_checked(tx: Transaction, type_: str, id_: str, resource: dict[str, Any],
-                  indexes: IndexRows, method: str, if_match: Etags | None,
+                  indexes: IndexRows | None, method: str, if_match: Etags | None,
                   caller: Caller = NOBODY, if_none_match: Etags | None = None
                   ) -> tuple[Version, bool]:
     """Write a new version unless If-Match or If-None-Match (RFC 9110 §13.1.1-2) fail;
@@ -149,7 +149,7 @@ def body_resource(req: FhirRequest) -> dict[str, Any]:
 class Create:
     type: str
     resource: dict[str, Any]
-    indexes: IndexRows
+    indexes: IndexRows | None
     id: str = field(default_factory=new_id)
     query: SearchQuery | None = None  # If-None-Exist
     caller: Caller = NOBODY
@@ -191,7 +191,7 @@ class Update:
     type: str
     id: str
     resource: dict[str, Any]
-    indexes: IndexRows
+    indexes: IndexRows | None
     if_match: Etags | None = None
     caller: Caller = NOBODY
     if_none_match: Etags | None = None
@@ -230,7 +230,7 @@ class ConditionalUpdate:
     type: str
     query: SearchQuery
     resource: dict[str, Any]
-    indexes: IndexRows
+    indexes: IndexRows | None
     if_match: Etags | None = None
     fresh_id: str = field(default_factory=new_id)
     caller: Caller = NOBODY

@@ -37,8 +37,9 @@ class Serialized:
     rest: bytes
 
 
-#: One resource of a bulk write: (type, id, resource, index rows).
-WriteItem = tuple[str, str, dict[str, Any] | Serialized, IndexRows]
+#: One resource of a bulk write: (type, id, resource, index rows or None: the store's to
+#: extract).
+WriteItem = tuple[str, str, dict[str, Any] | Serialized, IndexRows | None]
 
 
 def instant(us: int) -> str:
@@ -138,9 +139,9 @@ class Transaction(Protocol):
     def read(self, type: str, id: str) -> Version | None:
         """The current version (a deletion included), or None if the resource never existed."""
 
-    def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
+    def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows | None,
               method: str) -> Version:
-        """Store a new version. Sets ``id``, ``meta.versionId`` and ``meta.lastUpdated`` in
+        """Store a new version, with its search index rows (None: the store extracts them). Sets ``id``, ``meta.versionId`` and ``meta.lastUpdated`` in
         ``resource`` (the caller's dict is updated) and returns what was stored. If the content
         equals the current version's (see :func:`same_content`), nothing is written and the
         current version is returned."""

@@ -21,14 +21,17 @@ import logging
 import os
 import queue
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from server.fhir import codec
+from server.search import index as search_index
 from server.storage import sqlite_schema
 from server.storage.base import (
     HistoryPage,
@@ -55,6 +58,17 @@ _READ_VERSION = (
     "JOIN version v ON v.rid = r.rid AND v.version = ? WHERE r.type = ? AND r.id = ?"
 )
 _MAX_BATCH = 128
+#: The writer indexes the backlog when no write came for this long (seconds), or once it holds
+#: this many versions; a search has it indexed at once.
+INDEX_IDLE = 0.05
+INDEX_BACKLOG = 2000
+#: Searches that find the index behind the writes have it brought up to date and look again;
+#: after this many tries, the writer searches, holding the write lock.
+_SEARCH_TRIES = 3
+_MARKS = "SELECT (SELECT seq FROM indexed), coalesce((SELECT max(seq) FROM version), 0)"
+_CAUGHT_UP = "SELECT (SELECT seq FROM indexed) >= coalesce((SELECT max(seq) FROM version), 0)"
+#: Batches the writer indexes at a time, at most (new writes may keep coming meanwhile).
+_INDEX_BATCHES = 50
 
 
 def _now_us() -> int:
@@ -120,28 +134,53 @@ def _as_dict(type: str, resource: dict[str, Any] | Serialized) -> dict[str, Any]
 PENDING_ROWS = 400_000
 
 
-class _IndexRows:
-    """The index rows of a commit's writes, inserted together (one statement per table for the
-    whole group, not per write) before anything reads the index tables, before the commit, and
-    whenever :data:`PENDING_ROWS` wait.
-
-    A write that fails is rolled back to its savepoint; rows inserted during it, its own and
-    those of the writes before it, go with it. :meth:`undo` drops its own rows and puts the
-    others back to be inserted again."""
+class _Ids:
+    """The next rid and seq of a commit, looked up at its first write: nothing else allocates
+    them while it holds the write lock. A write rolled back to its savepoint leaves a gap."""
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+        self.rid = self.seq = 0
+
+    def load(self) -> None:
+        if not self.rid:
+            self.rid = (self.conn.execute("SELECT max(rid) FROM resource").fetchone()[0] or 0) + 1
+            self.seq = (self.conn.execute("SELECT max(seq) FROM version").fetchone()[0] or 0) + 1
+
+
+class _IndexRows:
+    """The search index of one commit: the rows its writes bring, and the mark through which
+    every resource's rows are those of its current version (the ``indexed`` table).
+
+    A write given its rows (an import's, extracted in its worker processes) is indexed in its
+    commit, once the writes before it are. A write without (the API's) is indexed later, by
+    :meth:`catch_up`, with many others: the writer does so when it is idle or the backlog is
+    long, and before anything searches (:meth:`SqliteStore.search`, a search inside a
+    transaction). Its rows, once found, are the same, as they come from its stored JSON; and a
+    search never reads the index while it lags behind the writes.
+
+    Rows are inserted together (one statement per table for the whole group, not per write)
+    before anything reads the index tables, before the commit, and whenever
+    :data:`PENDING_ROWS` wait. A write that fails is rolled back to its savepoint; rows inserted
+    during it, its own and those of the writes before it, go with it. :meth:`undo` drops its own
+    rows and puts the others back to be inserted again."""
+
+    def __init__(self, conn: sqlite3.Connection, ids: _Ids):
+        self.conn, self.ids = conn, ids
         self.pending: dict[str, list[tuple[Any, ...]]] = {}
         self.count = 0  # rows pending
         # Of each kind, how many pending rows are the earlier writes' (the rest: the current
         # write's); and the earlier writes' rows inserted since the current write began.
         self._earlier: dict[str, int] = {}
         self._inserted: dict[str, list[tuple[Any, ...]]] = {}
+        self.mark = self.stored = -1  # the mark (-1: not read yet) and the one in the table
+        self._saved = (-1, -1)
 
     def begin(self) -> None:
         """A write starts (its savepoint is open)."""
         self._earlier = {k: len(v) for k, v in self.pending.items()}
         self._inserted = {}
+        self._saved = (self.mark, self.stored)
 
     def undo(self) -> None:
         """The write begun last was rolled back to its savepoint."""
@@ -150,7 +189,42 @@ class _IndexRows:
             k: self._inserted.get(k, []) + self.pending.get(k, [])[:self._earlier.get(k, 0)]
             for k in kinds}
         self.count = sum(map(len, self.pending.values()))
+        self.mark, self.stored = self._saved
         self.begin()
+
+    def backlog(self) -> int:
+        """How many versions were written after the mark (some superseded already)."""
+        self._load()
+        return self.ids.seq - 1 - self.mark
+
+    def _load(self) -> None:
+        self.ids.load()
+        if self.mark < 0:
+            self.mark = self.stored = self.conn.execute("SELECT seq FROM indexed").fetchone()[0]
+
+    def written(self, rows: dict[str, list[tuple[Any, ...]]], stale: list[tuple[int]],
+                through: int) -> None:
+        """Versions through seq ``through`` were written with their ``rows``, replacing the
+        rows of the resources ``stale`` (call :meth:`catch_up` before writing them)."""
+        if stale:  # the rows of the versions replaced (and of earlier writes, first) go
+            self.flush()
+            sqlite_schema.delete_index_rows(self.conn, stale)
+        self.add(rows)
+        self.mark = through
+
+    def catch_up(self) -> int:
+        """Index the versions written after the mark (their resources' current ones); returns
+        how many resources were indexed."""
+        if self.backlog() <= 0:
+            return 0
+        self.flush()  # rows of earlier writes go in before those of their resources go
+        top, after, done = self.ids.seq - 1, self.mark, 0
+        while batch := read_backlog(self.conn, after, top):
+            sqlite_schema.delete_index_rows(self.conn, batch.rids)
+            self.add(batch.rows)
+            after, done = batch.through, done + len(batch.rids)
+        self.mark = top
+        return done
 
     def add(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
         for kind, new in rows.items():
@@ -165,20 +239,86 @@ class _IndexRows:
             if self._earlier.get(kind):
                 self._inserted.setdefault(kind, []).extend(rows[:self._earlier[kind]])
         self.pending, self._earlier, self.count = {}, {}, 0
+        if self.mark != self.stored:
+            self.conn.execute("UPDATE indexed SET seq = ?", (self.mark,))
+            self.stored = self.mark
 
 
-class _Ids:
-    """The next rid and seq of a commit, looked up at its first write: nothing else allocates
-    them while it holds the write lock. A write rolled back to its savepoint leaves a gap."""
+#: The current versions written after a mark (``seq`` > ?) through a version (<= ?), in order.
+_BACKLOG = ("SELECT v.seq, v.rid, v.type, r.id, v.body FROM version v JOIN resource r "
+            "ON r.rid = v.rid AND r.seq = v.seq WHERE v.seq > ? AND v.seq <= ? "
+            "ORDER BY v.seq LIMIT ?")
+BACKLOG_BATCH = 2000
 
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-        self.rid = self.seq = 0
 
-    def load(self) -> None:
-        if not self.rid:
-            self.rid = (self.conn.execute("SELECT max(rid) FROM resource").fetchone()[0] or 0) + 1
-            self.seq = (self.conn.execute("SELECT max(seq) FROM version").fetchone()[0] or 0) + 1
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Index rows of some resources written after the mark: of ``rids``, whose current
+    versions are all those written after the mark through seq ``through``."""
+
+    rids: list[tuple[int]]
+    rows: dict[str, list[tuple[Any, ...]]]
+    through: int
+
+    def __bool__(self) -> bool:
+        return bool(self.rids)
+
+
+def index_backlog(conn: sqlite3.Connection, lock: int) -> int:
+    """Index the next :data:`BACKLOG_BATCH` resources of the backlog; returns how many (0:
+    there was no backlog). Their rows are extracted before the write lock (``lock``, see
+    :class:`_Writer`) is taken, and written if nothing else indexed them meanwhile (a version
+    written meanwhile is after the new mark: its resource is indexed again later).
+
+    The connection's transactions need not wait for the disk (``synchronous = NORMAL``): what
+    they write can be found again from the versions, and a crash that loses it loses the mark
+    with it."""
+    conn.execute("BEGIN")
+    try:
+        mark, top = conn.execute(_MARKS).fetchone()
+        batch = read_backlog(conn, mark, top)
+    finally:
+        conn.execute("COMMIT")
+    if not batch:
+        return 0
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT seq FROM indexed").fetchone()[0] == mark:
+                sqlite_schema.delete_index_rows(conn, batch.rids)
+                sqlite_schema.insert_index_rows(conn, batch.rows)
+                conn.execute("UPDATE indexed SET seq = ?", (batch.through,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return len(batch.rids)
+
+
+def read_backlog(conn: sqlite3.Connection, after: int, top: int) -> Backlog:
+    """The next :data:`BACKLOG_BATCH` resources whose current versions were written after seq
+    ``after`` (through ``top``), with their index rows."""
+    found = conn.execute(_BACKLOG, (after, top, BACKLOG_BATCH)).fetchall()
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    for _, rid, type, id, body in found:
+        if body is not None:
+            sqlite_schema.collect_index_rows(rows, rid, type, _extract(type, id, body))
+    through = found[-1][0] if len(found) == BACKLOG_BATCH else top
+    return Backlog([(row[1],) for row in found], rows, through)
+
+
+def _extract(type: str, id: str, body: bytes) -> IndexRows:
+    """The index rows of a stored resource; none (logged) if extraction fails, which leaves
+    it out of searches rather than every search waiting on it."""
+    try:
+        return search_index.extract(codec.loads(body))
+    except Exception:
+        log.exception("search index rows not extracted", extra={"resource": f"{type}/{id}"})
+        return {}
 
 
 class SqliteTransaction:
@@ -201,7 +341,7 @@ class SqliteTransaction:
     def vread(self, type: str, id: str, version: int) -> Version | None:
         return _vread(self.conn, type, id, version)
 
-    def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows,
+    def write(self, type: str, id: str, resource: dict[str, Any], indexes: IndexRows | None,
               method: str) -> Version:
         return self.write_many([(type, id, resource, indexes)], method)[0]
 
@@ -237,6 +377,10 @@ class SqliteTransaction:
         if not items:
             return []
         conn = self.conn
+        # Given their rows, the writes are indexed now (once those before them are); else later.
+        now = all(indexes is not None for _, _, _, indexes in items)
+        if now:
+            self.index.catch_up()
         current = self._current([(t, i) for t, i, _, _ in items])
         self.ids.load()
         next_rid, next_seq = self.ids.rid, self.ids.seq
@@ -282,13 +426,12 @@ class SqliteTransaction:
                 stale.append((rid,))
                 updates.append((version, self.now, seq, rid))
             versions.append((seq, rid, type, version, self.now, method, body))
-            sqlite_schema.collect_index_rows(index_rows, rid, type, indexes)
+            if now:
+                sqlite_schema.collect_index_rows(index_rows, rid, type, indexes)
             out.append(Version(type, id, version, self.now, False, body, method))
         self.ids.rid, self.ids.seq = next_rid, next_seq
-        if stale:  # the rows of the versions replaced (and of earlier writes, first) go
-            self.index.flush()
-            sqlite_schema.delete_index_rows(conn, stale)
-        self.index.add(index_rows)
+        if now:
+            self.index.written(index_rows, stale, next_seq - 1)
         if inserts:
             conn.executemany("INSERT INTO resource (rid, type, id, version, updated, deleted, "
                              "seq) VALUES (?, ?, ?, ?, ?, 0, ?)", inserts)
@@ -310,35 +453,38 @@ class SqliteTransaction:
         if deleted:
             return self.read(type, id)
         version += 1
-        self.ids.load()
+        now = self.index.backlog() == 0  # its rows go now, unless other writes wait first
         seq = self.ids.seq
         self.ids.seq += 1
         conn.execute("INSERT INTO version (seq, rid, type, version, updated, method, body) "
                      "VALUES (?, ?, ?, ?, ?, 'DELETE', NULL)", (seq, rid, type, version, self.now))
         conn.execute("UPDATE resource SET version = ?, updated = ?, deleted = 1, seq = ? "
                      "WHERE rid = ?", (version, self.now, seq, rid))
-        self.index.flush()
-        sqlite_schema.delete_index_rows(conn, [(rid,)])
+        if now:
+            self.index.written({}, [(rid,)], seq)
         return Version(type, id, version, self.now, True, None, "DELETE")
 
     def search(self, query: Any, limit: int | None = None) -> list[Version]:
+        self.index.catch_up()
         self.index.flush()
         return self._search(self.conn, query, limit)
 
     def search_page(self, query: Any) -> SearchPage:
         from server.storage import sqlite_search
 
+        self.index.catch_up()
         self.index.flush()
         return sqlite_search.run_search(self.conn, query)
 
 
 class _Op:
     """A queued write: ``fn``, and the future its caller waits on, an asyncio one (of
-    ``loop``) or, for callers without an event loop, a thread one."""
+    ``loop``) or, for callers without an event loop, a thread one. Without ``fn``: a search
+    waits for the backlog to be indexed."""
 
     __slots__ = ("fn", "future", "loop")
 
-    def __init__(self, fn: Callable[[SqliteTransaction], Any],
+    def __init__(self, fn: Callable[[SqliteTransaction], Any] | None,
                  future: Future[Any] | asyncio.Future[Any],
                  loop: asyncio.AbstractEventLoop | None = None):
         self.fn = fn
@@ -361,19 +507,36 @@ def _settle(outcomes: list[Outcome]) -> None:
             op.future.set_exception(problem)
 
 
+def _answer(outcomes: list[Outcome]) -> None:
+    """Settle the futures of a group: one wake-up per event loop for the whole group, rather
+    than one per write (each costs the writer a system call and a turn at the interpreter
+    lock)."""
+    by_loop: dict[asyncio.AbstractEventLoop | None, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, settled in by_loop.items():
+        if loop is None:
+            _settle(settled)
+            continue
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+            loop.call_soon_threadsafe(_settle, settled)
+
+
 class _Writer(threading.Thread):
     """Executes queued write functions in grouped, durable SQLite transactions."""
 
     def __init__(self, path: Path, search: Callable[..., list[Version]], bulk: int,
-                 writers: int):
+                 writers: int, indexer: bool):
         super().__init__(name="sqlite-writer", daemon=True)
         self.path = path
+        self.indexer = indexer  # an index process may run (the backlog is left to it)
         self.bulk, self.writers = bulk, writers
         self.search = search
         self.queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self.ready = threading.Event()
         self.startup_error: BaseException | None = None
         self.lock = -1
+        self.backlog = 1  # versions not indexed yet, as of the last commit (1: not known yet)
 
     def run(self) -> None:
         try:
@@ -389,11 +552,25 @@ class _Writer(threading.Thread):
         self.ready.set()
         try:
             while True:
-                op = self.queue.get()
+                try:
+                    op = self.queue.get(timeout=INDEX_IDLE if self.backlog else None)
+                except queue.Empty:  # nothing to write for a moment
+                    if self._indexer_runs():
+                        self.backlog = 0  # its to index
+                    else:
+                        self._index(conn)
+                    continue
                 if op is None:
                     return
+                if op.fn is None:
+                    self._index(conn)
+                    _answer([(op, None, None)])
+                    continue
                 self._commit(conn, op)
                 op = None  # what the writes hold goes now, not at the next write
+                if self.backlog >= INDEX_BACKLOG and (self.backlog >= 10 * INDEX_BACKLOG
+                                                      or not self._indexer_runs()):
+                    self._index(conn)
         finally:
             conn.close()
             os.close(self.lock)
@@ -421,17 +598,25 @@ class _Writer(threading.Thread):
             outcomes = self._run(conn, self._batch(first))
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
-        # One wake-up per event loop for the whole group, rather than one per write: each
-        # wake-up costs the writer a system call and a turn at the interpreter lock.
-        by_loop: dict[asyncio.AbstractEventLoop | None, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].loop, []).append(outcome)
-        for loop, settled in by_loop.items():
-            if loop is None:
-                _settle(settled)
-                continue
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
-                loop.call_soon_threadsafe(_settle, settled)
+        _answer(outcomes)
+
+    def _indexer_runs(self) -> bool:
+        from server.storage import sqlite_indexer
+
+        return self.indexer and sqlite_indexer.running(self.path)
+
+    def _index(self, conn: sqlite3.Connection) -> None:
+        """Index the backlog (not waiting for the disk: see :func:`index_backlog`)."""
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            for _ in range(_INDEX_BATCHES):
+                if not index_backlog(conn, self.lock):
+                    self.backlog = 0
+                    break
+        except sqlite3.Error as exc:
+            log.warning("search index not brought up to date", extra={"error": str(exc)})
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
 
     def _run(self, conn: sqlite3.Connection,
              batch: list[_Op]) -> list[Outcome]:
@@ -439,8 +624,13 @@ class _Writer(threading.Thread):
         try:
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute("SELECT max(updated) FROM version").fetchone()[0] or 0
-            index, ids = _IndexRows(conn), _Ids(conn)
+            ids = _Ids(conn)
+            index = _IndexRows(conn, ids)
             for op in batch:
+                if op.fn is None:  # a search waits: the writes before are indexed for it
+                    index.catch_up()
+                    outcomes.append((op, None, None))
+                    continue
                 now = max(_now_us(), last + 1)
                 last = now
                 conn.execute("SAVEPOINT op")
@@ -456,6 +646,7 @@ class _Writer(threading.Thread):
                     conn.execute("RELEASE op")
                     outcomes.append((op, result, None))
             index.flush()
+            self.backlog = index.backlog()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -468,7 +659,10 @@ class _Writer(threading.Thread):
 class SqliteStore:
     """:class:`~server.storage.base.ResourceStore` over one SQLite file."""
 
-    def __init__(self, path: Path, *, bulk: int = 0, writers: int = 1):
+    def __init__(self, path: Path, *, bulk: int = 0, writers: int = 1,
+                 indexer: str | None = None):
+        """``indexer``: start the index process (server.storage.sqlite_indexer), which logs
+        at that level."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with connect(self.path) as conn:
@@ -478,11 +672,17 @@ class SqliteStore:
         from server.storage import sqlite_search
 
         self._search_sql = sqlite_search
-        self._writer = _Writer(self.path, sqlite_search.run_in_transaction, bulk, writers)
+        self._writer = _Writer(self.path, sqlite_search.run_in_transaction, bulk, writers,
+                               indexer is not None)
         self._writer.start()
         self._writer.ready.wait()
         if self._writer.startup_error is not None:
             raise StoreError(f"cannot open {self.path}: {self._writer.startup_error}")
+        self._indexer: subprocess.Popen[bytes] | None = None
+        if indexer is not None:
+            from server.storage import sqlite_indexer
+
+            self._indexer = sqlite_indexer.start(self.path, indexer)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -540,8 +740,21 @@ class SqliteStore:
         return HistoryPage(entries, next_cursor, total)
 
     async def search(self, query: Any) -> SearchPage:
-        with self._reader_lock:
-            return self._search_sql.run_search(self._reader, query)
+        """A search reads a snapshot in which the index holds every version written; one that
+        finds the index behind waits for the writer to index the backlog."""
+        for _ in range(_SEARCH_TRIES):
+            with self._reader_lock:
+                self._reader.execute("BEGIN")
+                try:
+                    if self._reader.execute(_CAUGHT_UP).fetchone()[0]:
+                        return self._search_sql.run_search(self._reader, query)
+                finally:
+                    self._reader.execute("COMMIT")
+            loop = asyncio.get_running_loop()
+            indexed: asyncio.Future[None] = loop.create_future()
+            self._writer.queue.put(_Op(None, indexed, loop))
+            await indexed
+        return await self.run(lambda tx: tx.search_page(query))
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -569,6 +782,14 @@ class SqliteStore:
         self.close_sync()
 
     def close_sync(self) -> None:
+        if self._indexer is not None:  # it stops once its batch is written
+            assert self._indexer.stdin is not None
+            self._indexer.stdin.close()
+            try:
+                self._indexer.wait(30)
+            except subprocess.TimeoutExpired:
+                self._indexer.kill()
+                self._indexer.wait()
         if self._writer.is_alive():
             self._writer.queue.put(None)
             self._writer.join()
@@ -598,7 +819,6 @@ def _add_rows(conn: sqlite3.Connection, kinds: tuple[str, ...], marker: bytes) -
 def _write_rows(conn: sqlite3.Connection, kinds: tuple[str, ...], where: str = "",
                 args: tuple[Any, ...] = ()) -> None:
     """Insert the index rows of these kinds of the current resources (those ``where`` picks)."""
-    from server.search.index import extract
     from server.search.registry import registry
 
     reg = registry()
@@ -613,7 +833,7 @@ def _write_rows(conn: sqlite3.Connection, kinds: tuple[str, ...], where: str = "
                 (type, after, *args)).fetchall():
             index_rows: dict[str, list[tuple[Any, ...]]] = {}
             for rid, body in rows:
-                found = extract(codec.loads(body))
+                found = search_index.extract(codec.loads(body))
                 sqlite_schema.collect_index_rows(index_rows, rid, type,
                                                  {kind: found[kind] for kind in kinds})
             sqlite_schema.insert_index_rows(conn, index_rows)

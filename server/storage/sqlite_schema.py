@@ -16,7 +16,7 @@ from typing import Any
 
 from server.search.plan import NEG_INF, POS_INF
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource (
@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS version (
 CREATE UNIQUE INDEX IF NOT EXISTS version_rid ON version (rid, version);
 CREATE INDEX IF NOT EXISTS version_type ON version (type, seq);
 CREATE INDEX IF NOT EXISTS version_updated ON version (updated);
+
+-- One row: the version seq through which the index tables hold the rows of every resource's
+-- current version (writes are indexed after their commit, see sqlite.py).
+CREATE TABLE IF NOT EXISTS indexed (seq INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS idx_string (
     pid INTEGER NOT NULL, value TEXT NOT NULL, exact TEXT NOT NULL, rid INTEGER NOT NULL,
@@ -179,7 +183,8 @@ def migrate(conn: sqlite3.Connection,
     value, a string) casefolded, and a quantity's comparator leaves out its own value (<5 ends
     below 5). New in 8: a boolean's token has its implicit system (special-values); the
     resources with contained ones have their rows, and a reference to one has a row (it is not
-    :missing). ``add`` writes the rows of some kinds of the resources whose JSON holds a text,
+    :missing). New in 9: the ``indexed`` mark (all versions were indexed as they were written
+    before). ``add`` writes the rows of some kinds of the resources whose JSON holds a text,
     keeping the rows they have."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
@@ -217,6 +222,9 @@ def migrate(conn: sqlite3.Connection,
         if 0 < current < 8:
             add(conn, tuple(k for k in INDEX_TABLES if k != "composite" and k not in kinds),
                 b'"contained":')
+        if current < 9:
+            conn.execute("INSERT INTO indexed SELECT coalesce(max(seq), 0) FROM version "
+                         "WHERE NOT EXISTS (SELECT 1 FROM indexed)")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
