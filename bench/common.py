@@ -84,6 +84,15 @@ def start_consilium(data_dir: Path, port: int, *extra: str, workers: int = 1,
     return proc
 
 
+def indexed(url: str, headers: dict[str, str]) -> float:
+    """Seconds a search waits for the writes before it to be indexed (the API's writes are
+    indexed after their commit): benchmarks of writes count this wait in their time."""
+    started = time.perf_counter()
+    httpx.get(f"{url}/Patient", params={"_count": "1"}, headers=headers,
+              timeout=600).raise_for_status()
+    return time.perf_counter() - started
+
+
 def token(data_dir: Path, scope: str = "system/*.cruds") -> str:
     out = subprocess.run([PYTHON, "-m", "server", "token", "--data-dir", str(data_dir),
                           "--scope", scope], capture_output=True, text=True, check=True)

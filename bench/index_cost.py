@@ -28,7 +28,6 @@ import sqlite3
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import free_port, machine, start_consilium, token, wrk  # noqa: E402
+from bench.common import free_port, indexed, machine, start_consilium, token, wrk  # noqa: E402
 from bench.datagen import iter_resources  # noqa: E402
 
 
@@ -163,15 +162,6 @@ request = function()
   return wrk.format("POST", "/fhir/" .. lines[n][1], nil, lines[n][2])
 end
 """
-
-
-def indexed(url: str, headers: dict[str, str]) -> float:
-    """Seconds a search waits for the creates before it to be indexed."""
-    started = time.perf_counter()
-    with urllib.request.urlopen(urllib.request.Request(f"{url}/Patient?_count=1",
-                                                       headers=headers)) as response:
-        response.read()
-    return time.perf_counter() - started
 
 
 def http_creates_per_second(items: list[dict[str, Any]], index: bool, seconds: int,

@@ -26,7 +26,7 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import free_port, machine, start_consilium, token  # noqa: E402
+from bench.common import free_port, indexed, machine, start_consilium, token  # noqa: E402
 from bench.datagen import iter_bundles  # noqa: E402
 
 WORKFLOW_TYPES = ("ServiceRequest", "Task")
@@ -117,6 +117,7 @@ def main() -> None:
         asyncio.run(post_all(base, auth, [(b, 0) for b in network], 1))
         t0 = time.perf_counter()
         committed, latencies = asyncio.run(post_all(base, auth, records, args.clients))
+        waited = indexed(base, auth)
         elapsed = time.perf_counter() - t0
     finally:
         server.stop()
@@ -127,7 +128,7 @@ def main() -> None:
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
     print(f"machine: {machine()}")
     print(f"server workers {args.workers}, {args.clients} clients; Bundle latency "
-          f"p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+          f"p50 {p50:.0f} ms, p99 {p99:.0f} ms; then {waited:.1f} s until all were indexed")
     print(f"transactions: {committed / elapsed:,.0f} resources/s "
           f"({committed} resources in {elapsed:.1f} s; target 3,000)")
 

@@ -218,3 +218,46 @@ def test_acknowledged_writes_survive_kill_9(start_server) -> None:  # type: igno
             body = r.json()
             assert body["identifier"][0]["value"] == tag
             assert int(body["meta"]["versionId"]) >= int(version)
+
+
+def _index_processes(data_dir: Path) -> list[int]:
+    """The live index processes of the store under ``data_dir`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"server.storage.sqlite_indexer" in cmdline and state != "Z" and \
+                str(data_dir / "consilium.db").encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_one_index_process_indexes_the_writes_and_stops_with_the_server(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Each worker starts an index process; one of them stays, and indexes the API's writes
+    without any search asking; all are gone once the server has stopped."""
+    server = start_server("--workers", "2")
+    h = _headers(issue_token(Settings(data_dir=server.data_dir)))
+    for n in range(20):
+        r = httpx.post(server.base + "/fhir/Patient", json=_patient(f"ix{n}"), headers=h)
+        assert r.status_code == 201, r.text
+    db = sqlite3.connect(server.data_dir / "consilium.db")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        indexed, last = db.execute("SELECT (SELECT seq FROM indexed), "
+                                   "(SELECT max(seq) FROM version)").fetchone()
+        if indexed == last and len(_index_processes(server.data_dir)) == 1:
+            break
+        time.sleep(0.1)
+    db.close()
+    assert indexed == last
+    assert len(_index_processes(server.data_dir)) == 1
+    r = httpx.get(server.base + "/fhir/Patient", params={"given": "ix7"}, headers=h)
+    assert [e["resource"]["name"][0]["given"] for e in r.json()["entry"]] == [["ix7"]]
+    assert server.stop(signal.SIGTERM, timeout=30) == 0
+    deadline = time.monotonic() + 30
+    while _index_processes(server.data_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _index_processes(server.data_dir) == []

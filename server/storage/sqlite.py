@@ -9,7 +9,9 @@ Several processes may open the same file; SQLite's lock serialises their writers
 
 Layout: ``resource`` holds one row per logical resource (its current version), ``version``
 one row per version in commit order (``seq``), and ``idx_*`` the search index rows of current
-versions, keyed by the resource's ``rid``.
+versions, keyed by the resource's ``rid``. The API's writes are indexed after their commit, in
+batches (see :class:`_IndexRows`): ``indexed`` holds the seq through which the index is up to
+date, and a search waits for it to reach the last version.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ _READ_VERSION = (
     "JOIN version v ON v.rid = r.rid AND v.version = ? WHERE r.type = ? AND r.id = ?"
 )
 _MAX_BATCH = 128
-#: The writer indexes the backlog when no write came for this long (seconds), or once it holds
-#: this many versions; a search has it indexed at once.
+#: The writer indexes the backlog when no write came for this long (seconds) and no index
+#: process runs, or once it holds this many versions (ten times as many beside an index
+#: process); a search has it indexed at once.
 INDEX_IDLE = 0.05
 INDEX_BACKLOG = 2000
 #: Searches that find the index behind the writes have it brought up to date and look again;
@@ -153,11 +156,12 @@ class _IndexRows:
     every resource's rows are those of its current version (the ``indexed`` table).
 
     A write given its rows (an import's, extracted in its worker processes) is indexed in its
-    commit, once the writes before it are. A write without (the API's) is indexed later, by
-    :meth:`catch_up`, with many others: the writer does so when it is idle or the backlog is
-    long, and before anything searches (:meth:`SqliteStore.search`, a search inside a
-    transaction). Its rows, once found, are the same, as they come from its stored JSON; and a
-    search never reads the index while it lags behind the writes.
+    commit, once the writes before it are. A write without (the API's) is indexed later, with
+    many others, by :func:`index_backlog`: in the index process (server.storage.sqlite_indexer),
+    or in the writer when none runs and no write came for a moment, or when the backlog is long;
+    and before anything searches (:meth:`SqliteStore.search`; a search inside a transaction
+    first calls :meth:`catch_up`). Its rows are the same, as they come from its stored JSON, and
+    a search never reads the index while it lags behind the writes.
 
     Rows are inserted together (one statement per table for the whole group, not per write)
     before anything reads the index tables, before the commit, and whenever
@@ -220,9 +224,9 @@ class _IndexRows:
         self.flush()  # rows of earlier writes go in before those of their resources go
         top, after, done = self.ids.seq - 1, self.mark, 0
         while batch := read_backlog(self.conn, after, top):
-            sqlite_schema.delete_index_rows(self.conn, batch.rids)
+            sqlite_schema.delete_index_rows(self.conn, batch.stale)
             self.add(batch.rows)
-            after, done = batch.through, done + len(batch.rids)
+            after, done = batch.through, done + batch.resources
         self.mark = top
         return done
 
@@ -245,7 +249,7 @@ class _IndexRows:
 
 
 #: The current versions written after a mark (``seq`` > ?) through a version (<= ?), in order.
-_BACKLOG = ("SELECT v.seq, v.rid, v.type, r.id, v.body FROM version v JOIN resource r "
+_BACKLOG = ("SELECT v.seq, v.rid, v.type, r.id, v.version, v.body FROM version v JOIN resource r "
             "ON r.rid = v.rid AND r.seq = v.seq WHERE v.seq > ? AND v.seq <= ? "
             "ORDER BY v.seq LIMIT ?")
 BACKLOG_BATCH = 2000
@@ -253,15 +257,17 @@ BACKLOG_BATCH = 2000
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    """Index rows of some resources written after the mark: of ``rids``, whose current
-    versions are all those written after the mark through seq ``through``."""
+    """Index rows of the ``resources`` whose current versions are all those written after the
+    mark through seq ``through``; ``stale``: those of them with earlier versions, whose rows
+    (if any) these replace."""
 
-    rids: list[tuple[int]]
+    resources: int
+    stale: list[tuple[int]]
     rows: dict[str, list[tuple[Any, ...]]]
     through: int
 
     def __bool__(self) -> bool:
-        return bool(self.rids)
+        return self.resources > 0
 
 
 def index_backlog(conn: sqlite3.Connection, lock: int) -> int:
@@ -286,7 +292,7 @@ def index_backlog(conn: sqlite3.Connection, lock: int) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if conn.execute("SELECT seq FROM indexed").fetchone()[0] == mark:
-                sqlite_schema.delete_index_rows(conn, batch.rids)
+                sqlite_schema.delete_index_rows(conn, batch.stale)
                 sqlite_schema.insert_index_rows(conn, batch.rows)
                 conn.execute("UPDATE indexed SET seq = ?", (batch.through,))
             conn.execute("COMMIT")
@@ -296,7 +302,7 @@ def index_backlog(conn: sqlite3.Connection, lock: int) -> int:
             raise
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
-    return len(batch.rids)
+    return batch.resources
 
 
 def read_backlog(conn: sqlite3.Connection, after: int, top: int) -> Backlog:
@@ -304,11 +310,12 @@ def read_backlog(conn: sqlite3.Connection, after: int, top: int) -> Backlog:
     ``after`` (through ``top``), with their index rows."""
     found = conn.execute(_BACKLOG, (after, top, BACKLOG_BATCH)).fetchall()
     rows: dict[str, list[tuple[Any, ...]]] = {}
-    for _, rid, type, id, body in found:
+    for _, rid, type, id, _, body in found:
         if body is not None:
             sqlite_schema.collect_index_rows(rows, rid, type, _extract(type, id, body))
     through = found[-1][0] if len(found) == BACKLOG_BATCH else top
-    return Backlog([(row[1],) for row in found], rows, through)
+    # A first version has no rows to replace (any it has are its own, ignored when inserted).
+    return Backlog(len(found), [(row[1],) for row in found if row[4] > 1], rows, through)
 
 
 def _extract(type: str, id: str, body: bytes) -> IndexRows:
@@ -556,7 +563,7 @@ class _Writer(threading.Thread):
                     op = self.queue.get(timeout=INDEX_IDLE if self.backlog else None)
                 except queue.Empty:  # nothing to write for a moment
                     if self._indexer_runs():
-                        self.backlog = 0  # its to index
+                        self.backlog = 0  # the index process sees to it
                     else:
                         self._index(conn)
                     continue
