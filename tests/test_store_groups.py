@@ -569,3 +569,23 @@ def test_the_index_process_ends_with_the_process_that_started_it(tmp_path: Path)
     else:
         os.kill(pid, 9)
         raise AssertionError("the index process outlived its server")
+
+
+def test_a_resource_whose_rows_cannot_be_extracted_is_left_out_and_logged(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from server.search import index
+
+    real = index.extract
+
+    def failing(resource: dict[str, Any]) -> Any:
+        if resource["name"][0]["family"] == "Broken":
+            raise ValueError("no rows for this one")
+        return real(resource)
+
+    monkeypatch.setattr(index, "extract", failing)
+    in_one_group(store, later(patient("a", "Alpha")), later(patient("b", "Broken")))
+    assert names(store, "Alpha") == ["a"] and names(store, "Broken") == []
+    assert any("Patient/b" in str(getattr(r, "resource", "")) for r in caplog.records)
+    in_one_group(store, later(patient("c", "Alpha")))  # the store goes on
+    assert names(store, "Alpha") == ["a", "c"]

@@ -620,8 +620,8 @@ class _Writer(threading.Thread):
                 if not index_backlog(conn, self.lock):
                     self.backlog = 0
                     break
-        except sqlite3.Error as exc:
-            log.warning("search index not brought up to date", extra={"error": str(exc)})
+        except Exception:  # the writer goes on: a search then indexes in its transaction
+            log.exception("search index not brought up to date")
         finally:
             conn.execute("PRAGMA synchronous = FULL")
 

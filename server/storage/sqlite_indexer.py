@@ -22,7 +22,6 @@ import logging
 import os
 import select
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -89,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     while not _ended(stdin, wait):
         try:
             wait = 0.0 if index_backlog(conn, lock) == BACKLOG_BATCH else POLL
-        except sqlite3.Error as exc:  # busy for long, disk full: try again later
-            log.warning("search index not brought up to date", extra={"error": str(exc)})
+        except Exception:  # busy for long, disk full: try again later
+            log.exception("search index not brought up to date")
             time.sleep(1)
     conn.close()
     return 0
