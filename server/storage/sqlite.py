@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from server.fhir import codec
 from server.search import index as search_index
-from server.storage import sqlite_schema
+from server.storage import sqlite_indexer, sqlite_schema
 from server.storage.base import (
     HistoryPage,
     HistoryQuery,
@@ -68,8 +68,8 @@ INDEX_BACKLOG = 2000
 #: Searches that find the index behind the writes have it brought up to date and look again;
 #: after this many tries, the writer searches, holding the write lock.
 _SEARCH_TRIES = 3
+#: The index's mark and the last version's seq.
 _MARKS = "SELECT (SELECT seq FROM indexed), coalesce((SELECT max(seq) FROM version), 0)"
-_CAUGHT_UP = "SELECT (SELECT seq FROM indexed) >= coalesce((SELECT max(seq) FROM version), 0)"
 #: Batches the writer indexes at a time, at most (new writes may keep coming meanwhile).
 _INDEX_BATCHES = 50
 
@@ -104,6 +104,11 @@ def connect(path: Path, *, readonly: bool = False, bulk: int = 0,
     if readonly:
         conn.execute("PRAGMA query_only = 1")
     return conn
+
+
+def write_lock(path: Path) -> int:
+    """The file the writers of every process take turns on (see :class:`_Writer`)."""
+    return os.open(f"{path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
 
 
 def memory_kib() -> int:
@@ -198,10 +203,11 @@ class _IndexRows:
 
     def backlog(self) -> int:
         """How many versions were written after the mark (some superseded already)."""
-        self._load()
+        self.load()
         return self.ids.seq - 1 - self.mark
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Read the mark (and the next ids), once."""
         self.ids.load()
         if self.mark < 0:
             self.mark = self.stored = self.conn.execute("SELECT seq FROM indexed").fetchone()[0]
@@ -221,11 +227,9 @@ class _IndexRows:
         how many resources were indexed."""
         if self.backlog() <= 0:
             return 0
-        self.flush()  # rows of earlier writes go in before those of their resources go
         top, after, done = self.ids.seq - 1, self.mark, 0
         while batch := read_backlog(self.conn, after, top):
-            sqlite_schema.delete_index_rows(self.conn, batch.stale)
-            self.add(batch.rows)
+            self.written(batch.rows, batch.stale, batch.through)
             after, done = batch.through, done + batch.resources
         self.mark = top
         return done
@@ -291,10 +295,11 @@ def index_backlog(conn: sqlite3.Connection, lock: int) -> int:
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("SELECT seq FROM indexed").fetchone()[0] == mark:
-                sqlite_schema.delete_index_rows(conn, batch.stale)
-                sqlite_schema.insert_index_rows(conn, batch.rows)
-                conn.execute("UPDATE indexed SET seq = ?", (batch.through,))
+            index = _IndexRows(conn, _Ids(conn))
+            index.load()
+            if index.mark == mark:
+                index.written(batch.rows, batch.stale, batch.through)
+                index.flush()
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -551,7 +556,7 @@ class _Writer(threading.Thread):
             # Writers of several processes take turns on this lock before SQLite's: a blocked
             # flock wakes the moment the holder lets go, where SQLite's busy handler sleeps for
             # up to 100 ms between tries, leaving the database idle.
-            self.lock = os.open(f"{self.path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self.lock = write_lock(self.path)
         except BaseException as exc:  # reported to the opener
             self.startup_error = exc
             self.ready.set()
@@ -608,8 +613,6 @@ class _Writer(threading.Thread):
         _answer(outcomes)
 
     def _indexer_runs(self) -> bool:
-        from server.storage import sqlite_indexer
-
         return self.indexer and sqlite_indexer.running(self.path)
 
     def _index(self, conn: sqlite3.Connection) -> None:
@@ -687,8 +690,6 @@ class SqliteStore:
             raise StoreError(f"cannot open {self.path}: {self._writer.startup_error}")
         self._indexer: subprocess.Popen[bytes] | None = None
         if indexer is not None:
-            from server.storage import sqlite_indexer
-
             self._indexer = sqlite_indexer.start(self.path, indexer)
 
     # -- reads -----------------------------------------------------------------------------
@@ -753,21 +754,24 @@ class SqliteStore:
             with self._reader_lock:
                 self._reader.execute("BEGIN")
                 try:
-                    if self._reader.execute(_CAUGHT_UP).fetchone()[0]:
+                    mark, last = self._reader.execute(_MARKS).fetchone()
+                    if mark >= last:
                         return self._search_sql.run_search(self._reader, query)
                 finally:
                     self._reader.execute("COMMIT")
-            loop = asyncio.get_running_loop()
-            indexed: asyncio.Future[None] = loop.create_future()
-            self._writer.queue.put(_Op(None, indexed, loop))
-            await indexed
+            await self._queued(None)
         return await self.run(lambda tx: tx.search_page(query))
 
     # -- writes ----------------------------------------------------------------------------
 
     async def run(self, fn: Callable[[SqliteTransaction], T]) -> T:
+        result: T = await self._queued(fn)
+        return result
+
+    async def _queued(self, fn: Callable[[SqliteTransaction], Any] | None) -> Any:
+        """Queue ``fn`` for the writer (None: have the backlog indexed) and wait for it."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         self._writer.queue.put(_Op(fn, future, loop))
         return await future
 

@@ -41,9 +41,14 @@ def start(path: Path, log_level: str) -> subprocess.Popen[bytes]:
                             stdin=subprocess.PIPE)
 
 
+def _claim(path: Path) -> int:
+    """The file an index process holds while it runs (``DB.indexer-lock``)."""
+    return os.open(f"{path}.indexer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+
 def running(path: Path) -> bool:
     """Whether an index process holds the database's claim."""
-    claim = os.open(f"{path}.indexer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    claim = _claim(path)
     try:
         fcntl.flock(claim, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -67,21 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     from server import logs
-    from server.storage.sqlite import BACKLOG_BATCH, connect, index_backlog
+    from server.storage.sqlite import BACKLOG_BATCH, connect, index_backlog, write_lock
 
     logs.setup(args.log_level)
     # The parameters the registry leaves out: the server said so at its start.
     logging.getLogger("server.search.registry").setLevel(logging.WARNING)
-    claim = os.open(f"{args.db}.indexer-lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(_claim(args.db), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # another process indexes this database
     for sig in (signal.SIGINT, signal.SIGTERM):  # the server's own signals: it stops us
         signal.signal(sig, signal.SIG_IGN)
     conn = connect(args.db)
     conn.execute("PRAGMA synchronous = NORMAL")
-    lock = os.open(f"{args.db}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock = write_lock(args.db)
     stdin = sys.stdin.fileno()
     log.info("index process started", extra={"event": "index.start", "db": str(args.db)})
     wait = 0.0
